@@ -1,0 +1,331 @@
+//! A publisher with confirms, shared by all concurrent requests of a process.
+//!
+//! Every publish is persistent and `mandatory` on a confirm-mode channel; it succeeds only on a
+//! broker ack without a returned message. Publishes are pipelined: each caller writes its frames
+//! and awaits its own confirm, so many are in flight at once (bounded by a semaphore). The
+//! publisher owns its connection: when the broker drops it, the next publish (or the background
+//! supervisor, whichever comes first) reconnects and re-declares the topology. No process
+//! restart, no lapin auto-recovery (whose replay we cannot observe or test as well).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use paysync_domain::VerifiedWebhook;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{AmqpSettings, redact_url};
+use crate::headers::event_properties;
+use crate::topology::{Topology, declare_topology};
+
+/// Why a publish did not end in a broker ack. Every variant means "not durable": the caller
+/// must answer so the provider retries.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No connection to the broker, and connecting failed just now.
+    #[error("broker unavailable")]
+    Unavailable(#[source] Option<lapin::Error>),
+    /// The broker connection or channel failed during the publish.
+    #[error("broker connection failed during publish")]
+    Connection(#[source] lapin::Error),
+    /// The broker refused the message (basic.nack).
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    /// The message was unroutable and came back (basic.return, e.g. the work queue is gone).
+    #[error("broker returned the message as unroutable ({code} {text})")]
+    Returned {
+        /// AMQP reply code (312 NO_ROUTE).
+        code: u16,
+        /// AMQP reply text.
+        text: String,
+    },
+    /// No confirm arrived within the confirm timeout.
+    #[error("no broker confirm within {0:?}")]
+    Timeout(Duration),
+    /// Too many publishes already waiting for confirms.
+    #[error("too many publishes in flight")]
+    Busy,
+}
+
+/// One live connection with its confirm-mode channels.
+struct Link {
+    generation: u64,
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Link {
+    fn is_open(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+
+    fn channel(&self) -> &Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[i]
+    }
+}
+
+struct Inner {
+    settings: AmqpSettings,
+    topology: Topology,
+    link: RwLock<Option<Arc<Link>>>,
+    connecting: tokio::sync::Mutex<()>,
+    last_failure: Mutex<Option<Instant>>,
+    generation: AtomicU64,
+    in_flight: Semaphore,
+    ready: watch::Sender<bool>,
+}
+
+/// The shared confirmed publisher. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+/// After a failed connect, publishes fail fast for this long instead of each trying again.
+const FAIL_FAST: Duration = Duration::from_millis(500);
+
+impl Publisher {
+    /// A publisher for `settings`; it connects lazily (first publish) or through
+    /// [`Publisher::run_supervisor`].
+    pub fn new(settings: AmqpSettings) -> Self {
+        let topology = Topology::new(settings.prefix.clone(), settings.delivery_limit);
+        let (ready, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+                settings,
+                topology,
+                link: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                last_failure: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                ready,
+            }),
+        }
+    }
+
+    /// The topology this publisher declares and publishes into.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether a live broker connection exists right now (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Keeps a connection open until `shutdown` resolves: reconnects with exponential backoff
+    /// (100 ms to 5 s) after the broker goes away, so readiness recovers even without traffic.
+    pub async fn run_supervisor(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ready = self.inner.ready.subscribe();
+        let mut backoff = reconnect_backoff().build();
+        loop {
+            if self.current().is_some() {
+                backoff = reconnect_backoff().build();
+                // Wait for the link to be invalidated, re-checking its health periodically
+                // because a dropped connection is only noticed on use otherwise.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = ready.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                continue;
+            }
+            let delay = match self.connect().await {
+                Ok(_) => continue,
+                Err(_) => backoff.next().unwrap_or(Duration::from_secs(5)),
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Publishes a verified webhook and waits for the broker's confirm. `Ok` means the broker
+    /// has made the message durable in the work queue.
+    pub async fn publish(&self, hook: &VerifiedWebhook) -> Result<(), PublishError> {
+        let meta = hook.meta();
+        let props = event_properties(meta, 1);
+        self.publish_raw(
+            &self.inner.topology.events_exchange(),
+            &meta.routing_key(),
+            hook.body(),
+            props,
+        )
+        .await
+    }
+
+    /// Publishes `body` with `props` to `exchange`/`routing_key` with a confirm (persistent,
+    /// mandatory). Crate-internal plumbing shared with retries and redrives.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let timeout = self.inner.settings.confirm_timeout;
+        let _permit = tokio::time::timeout(timeout, self.inner.in_flight.acquire())
+            .await
+            .map_err(|_| PublishError::Busy)?
+            .map_err(|_| PublishError::Busy)?;
+        let link = match self.current() {
+            Some(link) => link,
+            None => self.connect().await?,
+        };
+        let channel = link.channel();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            let confirm = channel
+                .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+                .await
+                .map_err(PublishError::Connection)?;
+            confirm.await.map_err(PublishError::Connection)
+        })
+        .await;
+        let confirmation = match outcome {
+            Ok(Ok(confirmation)) => confirmation,
+            Ok(Err(err)) => {
+                self.invalidate_if_broken(&link);
+                return Err(err);
+            }
+            Err(_) => {
+                self.invalidate_if_broken(&link);
+                return Err(PublishError::Timeout(timeout));
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Returned {
+                    code: returned.reply_code,
+                    text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            // Invariant: every publisher channel ran confirm.select before use.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Closes the connection (after in-flight publishes had their chance to finish).
+    pub async fn close(&self) {
+        let link = self.take_link();
+        if let Some(link) = link {
+            let _ = link.connection.close(200, "shutdown".into()).await;
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Link>> {
+        let guard = self.inner.link.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|l| l.is_open()).cloned()
+    }
+
+    fn take_link(&self) -> Option<Arc<Link>> {
+        let mut guard = self.inner.link.write().unwrap_or_else(|p| p.into_inner());
+        let link = guard.take();
+        self.inner.ready.send_replace(false);
+        link
+    }
+
+    fn invalidate_if_broken(&self, link: &Arc<Link>) {
+        if link.is_open() {
+            return;
+        }
+        let mut guard = self.inner.link.write().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().map(|l| l.generation) == Some(link.generation) {
+            *guard = None;
+            self.inner.ready.send_replace(false);
+            tracing::warn!(generation = link.generation, "broker connection lost");
+        }
+    }
+
+    /// Connects (single flight: concurrent callers wait for one attempt), declares the
+    /// topology and opens the confirm channels.
+    async fn connect(&self) -> Result<Arc<Link>, PublishError> {
+        let _guard = self.inner.connecting.lock().await;
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        {
+            let last = self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < FAIL_FAST) {
+                return Err(PublishError::Unavailable(None));
+            }
+        }
+        let settings = &self.inner.settings;
+        let attempt = tokio::time::timeout(settings.connect_timeout, self.open_link()).await;
+        match attempt {
+            Ok(Ok(link)) => {
+                let link = Arc::new(link);
+                let mut guard = self.inner.link.write().unwrap_or_else(|p| p.into_inner());
+                *guard = Some(link.clone());
+                self.inner.ready.send_replace(true);
+                *self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(
+                    url = %redact_url(&settings.url),
+                    generation = link.generation,
+                    "connected to the broker"
+                );
+                Ok(link)
+            }
+            Ok(Err(err)) => {
+                self.note_failure();
+                tracing::warn!(url = %redact_url(&settings.url), error = %err, "broker connect failed");
+                Err(PublishError::Unavailable(Some(err)))
+            }
+            Err(_) => {
+                self.note_failure();
+                tracing::warn!(url = %redact_url(&settings.url), "broker connect timed out");
+                Err(PublishError::Unavailable(None))
+            }
+        }
+    }
+
+    fn note_failure(&self) {
+        *self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    async fn open_link(&self) -> lapin::Result<Link> {
+        let settings = &self.inner.settings;
+        let props =
+            ConnectionProperties::default().with_connection_name(settings.connection_name.as_str().into());
+        let connection = Connection::connect(&settings.url, props).await?;
+        // Declare on a throwaway channel: a declaration error closes the channel it ran on.
+        let setup = connection.create_channel().await?;
+        declare_topology(&setup, &self.inner.topology).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut channels = Vec::with_capacity(settings.publisher_channels.max(1));
+        for _ in 0..settings.publisher_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(channel);
+        }
+        Ok(Link {
+            generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            connection,
+            channels,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}

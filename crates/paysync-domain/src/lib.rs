@@ -1,0 +1,12 @@
+//! The pure domain of paysync: provider signature checks and event envelopes, the message
+//! contract between receiver and worker, and the retry schedule.
+//!
+//! Rule of thumb: no IO, no clock, no randomness of its own. Time and random numbers are
+//! arguments, so every function here is deterministic and tested exhaustively.
+
+pub mod message;
+pub mod retry;
+pub mod stripe;
+pub mod webhook;
+
+pub use webhook::{EventMeta, Mode, Provider, VerifiedWebhook};

@@ -1,0 +1,173 @@
+//! The queue message contract between receiver and worker, defined once.
+//!
+//! The message body is the provider's raw request body, byte for byte (so it can be re-verified
+//! and replayed); everything else travels in AMQP properties and in these headers. The header
+//! set is versioned by [`header::FORMAT`]; a reader refuses a version it does not know rather
+//! than guessing. Attempts are counted in our own header, never from `x-death` (whose meaning
+//! changed across RabbitMQ versions).
+
+use crate::webhook::{EventMeta, Provider};
+
+/// The version of the header set written by this build.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// Content type of every event message (the raw provider JSON).
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// Header names. None starts with `x-`: those belong to the broker.
+pub mod header {
+    /// Version of this header set.
+    pub const FORMAT: &str = "paysync-format";
+    /// Provider name (`stripe`).
+    pub const PROVIDER: &str = "paysync-provider";
+    /// Provider event type.
+    pub const EVENT_TYPE: &str = "paysync-event-type";
+    /// Provider creation time, unix seconds.
+    pub const EVENT_CREATED: &str = "paysync-event-created";
+    /// Live or test mode.
+    pub const LIVEMODE: &str = "paysync-livemode";
+    /// Provider API version; absent when the provider sent none.
+    pub const API_VERSION: &str = "paysync-api-version";
+    /// When the receiver accepted the event, unix milliseconds.
+    pub const RECEIVED_AT_MS: &str = "paysync-received-at-ms";
+    /// Which attempt this delivery is, starting at 1.
+    pub const ATTEMPT: &str = "paysync-attempt";
+}
+
+/// A header value as the contract uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    /// Text.
+    Str(String),
+    /// A signed integer.
+    Int(i64),
+    /// A flag.
+    Bool(bool),
+}
+
+/// Why a message's headers could not be read back into [`EventMeta`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// A required header is absent or has the wrong type.
+    #[error("message header `{0}` is missing or has the wrong type")]
+    MissingHeader(&'static str),
+    /// The header set is of a version this build does not read.
+    #[error("message format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedFormat(i64),
+    /// The provider header names no provider we know.
+    #[error(transparent)]
+    UnknownProvider(#[from] crate::webhook::UnknownProvider),
+}
+
+/// The headers for an event message at `attempt` (1 for the first delivery).
+pub fn headers(meta: &EventMeta, attempt: u32) -> Vec<(&'static str, HeaderValue)> {
+    let mut out = vec![
+        (header::FORMAT, HeaderValue::Int(FORMAT_VERSION)),
+        (header::PROVIDER, HeaderValue::Str(meta.provider.as_str().to_owned())),
+        (header::EVENT_TYPE, HeaderValue::Str(meta.event_type.clone())),
+        (header::EVENT_CREATED, HeaderValue::Int(meta.created)),
+        (header::LIVEMODE, HeaderValue::Bool(meta.livemode)),
+        (header::RECEIVED_AT_MS, HeaderValue::Int(meta.received_at_ms)),
+        (header::ATTEMPT, HeaderValue::Int(i64::from(attempt))),
+    ];
+    if let Some(v) = &meta.api_version {
+        out.push((header::API_VERSION, HeaderValue::Str(v.clone())));
+    }
+    out
+}
+
+/// Reads [`EventMeta`] and the attempt back from a message: `event_id` comes from the AMQP
+/// `message_id` property, the rest from headers looked up with `get`.
+pub fn read_headers<'a>(
+    event_id: Option<&str>,
+    get: impl Fn(&str) -> Option<&'a HeaderValue>,
+) -> Result<(EventMeta, u32), MessageError> {
+    let int = |name: &'static str| match get(name) {
+        Some(HeaderValue::Int(v)) => Ok(*v),
+        _ => Err(MessageError::MissingHeader(name)),
+    };
+    let text = |name: &'static str| match get(name) {
+        Some(HeaderValue::Str(v)) => Ok(v.clone()),
+        _ => Err(MessageError::MissingHeader(name)),
+    };
+    let format = int(header::FORMAT)?;
+    if format != FORMAT_VERSION {
+        return Err(MessageError::UnsupportedFormat(format));
+    }
+    let provider: Provider = text(header::PROVIDER)?.parse()?;
+    let livemode = match get(header::LIVEMODE) {
+        Some(HeaderValue::Bool(v)) => *v,
+        _ => return Err(MessageError::MissingHeader(header::LIVEMODE)),
+    };
+    let attempt = u32::try_from(int(header::ATTEMPT)?)
+        .ok()
+        .filter(|a| *a >= 1)
+        .ok_or(MessageError::MissingHeader(header::ATTEMPT))?;
+    let meta = EventMeta {
+        provider,
+        event_id: event_id
+            .filter(|id| !id.is_empty())
+            .ok_or(MessageError::MissingHeader("message_id"))?
+            .to_owned(),
+        event_type: text(header::EVENT_TYPE)?,
+        created: int(header::EVENT_CREATED)?,
+        livemode,
+        api_version: text(header::API_VERSION).ok(),
+        received_at_ms: int(header::RECEIVED_AT_MS)?,
+    };
+    Ok((meta, attempt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn meta(api_version: Option<&str>) -> EventMeta {
+        EventMeta {
+            provider: Provider::Stripe,
+            event_id: "evt_1".into(),
+            event_type: "invoice.paid".into(),
+            created: 1_600_000_000,
+            livemode: false,
+            api_version: api_version.map(str::to_owned),
+            received_at_ms: 1_700_000_000_123,
+        }
+    }
+
+    fn round_trip(m: &EventMeta, attempt: u32) -> Result<(EventMeta, u32), MessageError> {
+        let map: HashMap<&str, HeaderValue> = headers(m, attempt).into_iter().collect();
+        read_headers(Some(&m.event_id), |k| map.get(k))
+    }
+
+    #[test]
+    fn headers_round_trip_with_and_without_api_version() {
+        for m in [meta(Some("2020-03-02")), meta(None)] {
+            assert_eq!(round_trip(&m, 3), Ok((m.clone(), 3)));
+        }
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let mut map: HashMap<&str, HeaderValue> = headers(&meta(None), 1).into_iter().collect();
+        map.insert(header::FORMAT, HeaderValue::Int(2));
+        assert_eq!(
+            read_headers(Some("evt_1"), |k| map.get(k)),
+            Err(MessageError::UnsupportedFormat(2))
+        );
+    }
+
+    #[test]
+    fn missing_message_id_or_attempt_zero_is_refused() {
+        let map: HashMap<&str, HeaderValue> = headers(&meta(None), 1).into_iter().collect();
+        assert_eq!(
+            read_headers(None, |k| map.get(k)),
+            Err(MessageError::MissingHeader("message_id"))
+        );
+        let map: HashMap<&str, HeaderValue> = headers(&meta(None), 0).into_iter().collect();
+        assert_eq!(
+            read_headers(Some("evt_1"), |k| map.get(k)),
+            Err(MessageError::MissingHeader(header::ATTEMPT))
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Stripe webhooks: the signature scheme and the event envelope.
+//!
+//! [`StripeVerifier::verify`] is the only way to turn a raw Stripe request into a
+//! [`VerifiedWebhook`]: signature first, then the envelope, then the mode. Nothing is parsed
+//! as JSON before the signature holds.
+
+pub mod signature;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::webhook::{EventMeta, Mode, Provider, VerifiedWebhook};
+pub use signature::SignatureError;
+
+/// The header Stripe signs with.
+pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
+
+/// Stripe's own default tolerance for the signature timestamp, in seconds.
+pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
+
+/// Longest event id or type we accept. Stripe's are far shorter; the bound keeps them valid as
+/// AMQP short strings (routing key and message id) with room for our prefix.
+const MAX_ID_LEN: usize = 200;
+
+/// Why a Stripe webhook was refused. Every variant maps to a 400 with [`Self::reason`] as the
+/// one-line body; none of them carries secret material or the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StripeWebhookError {
+    /// The request had no `Stripe-Signature` header.
+    #[error("missing Stripe-Signature header")]
+    MissingSignature,
+    /// The signature header is malformed or does not match.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The body is not a JSON object.
+    #[error("malformed JSON body")]
+    MalformedJson,
+    /// A required envelope field is absent or of the wrong type.
+    #[error("event is missing a valid `{0}`")]
+    MissingField(&'static str),
+    /// A v2 "thin" event (`object: v2.core.event`), which this endpoint does not take.
+    #[error("thin (v2) events are not supported on this endpoint")]
+    ThinEvent,
+    /// The event's `livemode` does not match the configured mode.
+    #[error("event is in {got} mode but this endpoint accepts {expected} mode only")]
+    WrongMode {
+        /// The configured mode.
+        expected: Mode,
+        /// The event's mode.
+        got: Mode,
+    },
+}
+
+impl StripeWebhookError {
+    /// A closed label for metrics (`paysync_webhooks_received_total{outcome}`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::MissingSignature => "missing_signature",
+            Self::Signature(SignatureError::TimestampTooOld { .. }) => "stale_timestamp",
+            Self::Signature(_) => "bad_signature",
+            Self::MalformedJson | Self::MissingField(_) | Self::ThinEvent => "malformed",
+            Self::WrongMode { .. } => "wrong_mode",
+        }
+    }
+}
+
+/// Verifies Stripe webhooks for one endpoint: its secrets (several while rotating), its mode
+/// and its timestamp tolerance.
+#[derive(Clone)]
+pub struct StripeVerifier {
+    secrets: Vec<String>,
+    mode: Mode,
+    tolerance_secs: i64,
+}
+
+impl std::fmt::Debug for StripeVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeVerifier")
+            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field("mode", &self.mode)
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+impl StripeVerifier {
+    /// A verifier accepting signatures under any of `secrets`, events of `mode` only, and
+    /// timestamps at most `tolerance_secs` old (0 disables the age check; Stripe's default is
+    /// [`DEFAULT_TOLERANCE_SECS`]).
+    pub fn new(secrets: Vec<String>, mode: Mode, tolerance_secs: i64) -> Self {
+        Self {
+            secrets,
+            mode,
+            tolerance_secs,
+        }
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Checks a raw request: `signature` is the `Stripe-Signature` header (if any), `body` the
+    /// exact bytes received, `now` the current unix time in seconds, `received_at_ms` the
+    /// receive time to stamp on the event.
+    pub fn verify(
+        &self,
+        signature: Option<&str>,
+        body: Bytes,
+        now: i64,
+        received_at_ms: i64,
+    ) -> Result<VerifiedWebhook, StripeWebhookError> {
+        let header = signature.ok_or(StripeWebhookError::MissingSignature)?;
+        signature::verify(&self.secrets, header, &body, now, self.tolerance_secs)?;
+        let envelope = parse_envelope(&body)?;
+        let got = Mode::from_livemode(envelope.livemode);
+        if got != self.mode {
+            return Err(StripeWebhookError::WrongMode {
+                expected: self.mode,
+                got,
+            });
+        }
+        let meta = EventMeta {
+            provider: Provider::Stripe,
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            created: envelope.created,
+            livemode: envelope.livemode,
+            api_version: envelope.api_version,
+            received_at_ms,
+        };
+        Ok(VerifiedWebhook::new(meta, body))
+    }
+}
+
+/// The fields of a Stripe event envelope that routing, dedupe and ordering need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// `evt_…`, the dedupe key.
+    pub id: String,
+    /// The event type, e.g. `invoice.paid`.
+    pub event_type: String,
+    /// Unix seconds (1-second resolution).
+    pub created: i64,
+    /// Live or test mode.
+    pub livemode: bool,
+    /// The API version that rendered `data` (null for some events).
+    pub api_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    id: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    event_type: Option<serde_json::Value>,
+    created: Option<serde_json::Value>,
+    livemode: Option<serde_json::Value>,
+    api_version: Option<serde_json::Value>,
+    object: Option<serde_json::Value>,
+}
+
+/// Parses the envelope of a Stripe event body. The whole body must be valid JSON; only the
+/// envelope fields are kept.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
+    let raw: RawEnvelope =
+        serde_json::from_slice(body).map_err(|_| StripeWebhookError::MalformedJson)?;
+    if raw.object.as_ref().and_then(|o| o.as_str()) == Some("v2.core.event") {
+        return Err(StripeWebhookError::ThinEvent);
+    }
+    let id = short_token(raw.id.as_ref()).ok_or(StripeWebhookError::MissingField("id"))?;
+    let event_type =
+        short_token(raw.event_type.as_ref()).ok_or(StripeWebhookError::MissingField("type"))?;
+    let created = raw
+        .created
+        .as_ref()
+        .and_then(|c| c.as_i64())
+        .ok_or(StripeWebhookError::MissingField("created"))?;
+    let livemode = raw
+        .livemode
+        .as_ref()
+        .and_then(|l| l.as_bool())
+        .ok_or(StripeWebhookError::MissingField("livemode"))?;
+    let api_version = match raw.api_version {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(v)) if v.len() <= MAX_ID_LEN => Some(v),
+        Some(_) => return Err(StripeWebhookError::MissingField("api_version")),
+    };
+    Ok(Envelope {
+        id,
+        event_type,
+        created,
+        livemode,
+        api_version,
+    })
+}
+
+/// A non-empty string of printable ASCII without spaces, short enough for AMQP short strings.
+fn short_token(value: Option<&serde_json::Value>) -> Option<String> {
+    let s = value?.as_str()?;
+    let ok = !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_unit";
+
+    fn verifier(mode: Mode) -> StripeVerifier {
+        StripeVerifier::new(vec![SECRET.into()], mode, 300)
+    }
+
+    fn signed(body: &str, t: i64) -> (String, Bytes) {
+        (
+            signature::sign_header(SECRET, t, body.as_bytes()),
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+    }
+
+    #[test]
+    fn verified_webhook_keeps_the_raw_body_and_envelope() {
+        let body = r#"{"id":"evt_1","object":"event","type":"invoice.paid","created":5,"livemode":false,"api_version":"2020-03-02","data":{}}"#;
+        let (h, b) = signed(body, 100);
+        let hook = verifier(Mode::Test).verify(Some(&h), b, 100, 7).unwrap();
+        assert_eq!(hook.body().as_ref(), body.as_bytes());
+        assert_eq!(hook.meta().event_id, "evt_1");
+        assert_eq!(hook.meta().event_type, "invoice.paid");
+        assert_eq!(hook.meta().created, 5);
+        assert_eq!(hook.meta().api_version.as_deref(), Some("2020-03-02"));
+        assert_eq!(hook.meta().received_at_ms, 7);
+    }
+
+    #[test]
+    fn missing_signature_is_refused() {
+        let err = verifier(Mode::Test)
+            .verify(None, Bytes::from_static(b"{}"), 0, 0)
+            .unwrap_err();
+        assert_eq!(err, StripeWebhookError::MissingSignature);
+        assert_eq!(err.outcome(), "missing_signature");
+    }
+
+    #[test]
+    fn signed_garbage_is_malformed_json() {
+        let (h, b) = signed("not json", 1);
+        assert_eq!(
+            verifier(Mode::Test).verify(Some(&h), b, 1, 0).unwrap_err(),
+            StripeWebhookError::MalformedJson
+        );
+    }
+
+    #[test]
+    fn envelope_fields_are_required() {
+        for (body, field) in [
+            (r#"{"type":"a","created":1,"livemode":false}"#, "id"),
+            (r#"{"id":"","type":"a","created":1,"livemode":false}"#, "id"),
+            (r#"{"id":"evt 1","type":"a","created":1,"livemode":false}"#, "id"),
+            (r#"{"id":"evt_1","created":1,"livemode":false}"#, "type"),
+            (r#"{"id":"evt_1","type":7,"created":1,"livemode":false}"#, "type"),
+            (r#"{"id":"evt_1","type":"a","livemode":false}"#, "created"),
+            (r#"{"id":"evt_1","type":"a","created":1}"#, "livemode"),
+            (r#"{"id":"evt_1","type":"a","created":1,"livemode":"no"}"#, "livemode"),
+        ] {
+            assert_eq!(
+                parse_envelope(body.as_bytes()),
+                Err(StripeWebhookError::MissingField(field)),
+                "{body}"
+            );
+        }
+        assert_eq!(parse_envelope(b"[]"), Err(StripeWebhookError::MalformedJson));
+    }
+
+    #[test]
+    fn thin_events_are_refused() {
+        let body = br#"{"id":"evt_1","object":"v2.core.event","type":"a","created":1,"livemode":false}"#;
+        assert_eq!(parse_envelope(body), Err(StripeWebhookError::ThinEvent));
+    }
+
+    #[test]
+    fn event_of_the_other_mode_is_refused() {
+        let body = r#"{"id":"evt_1","type":"a","created":1,"livemode":true}"#;
+        let (h, b) = signed(body, 1);
+        let err = verifier(Mode::Test).verify(Some(&h), b.clone(), 1, 0).unwrap_err();
+        assert_eq!(
+            err,
+            StripeWebhookError::WrongMode {
+                expected: Mode::Test,
+                got: Mode::Live
+            }
+        );
+        assert_eq!(err.to_string(), "event is in live mode but this endpoint accepts test mode only");
+        assert!(verifier(Mode::Live).verify(Some(&h), b, 1, 0).is_ok());
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let shown = format!("{:?}", verifier(Mode::Test));
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The thin webhook receiver: verify the provider signature over the raw body, publish to
+//! RabbitMQ with a confirm, answer.
+//!
+//! Rule of thumb: the receiver never touches PostgreSQL and never answers 2xx before the
+//! broker confirmed. Everything else (dedupe, state) is the worker's job.
+
+mod metrics;
+mod routes;
+mod settings;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode};
+use axum::routing::{get, post};
+use paysync_amqp::Publisher;
+use paysync_domain::stripe::StripeVerifier;
+use paysync_telemetry::Readiness;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::timeout::TimeoutLayer;
+
+pub use metrics::{OUTCOMES, ReceiverMetrics};
+pub use settings::{Settings, StripeSettings};
+
+use routes::AppState;
+
+/// A built receiver: listeners bound, publisher created (it connects in the background).
+pub struct App {
+    http: TcpListener,
+    metrics: TcpListener,
+    router: Router,
+    metrics_router: Router,
+    publisher: Publisher,
+}
+
+impl App {
+    /// Binds the listeners and wires the handlers. Does not need the broker to be up: the
+    /// receiver starts, answers 503 and reports not ready until the broker is reachable.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.stripe.secrets.is_empty() {
+            anyhow::bail!("at least one Stripe webhook secret is required");
+        }
+        let registry = paysync_telemetry::new_registry("receiver");
+        let metrics = ReceiverMetrics::register(&registry).context("registering metrics")?;
+        let publisher = Publisher::new(settings.amqp.clone());
+        let secrets = settings
+            .stripe
+            .secrets
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect();
+        let state = Arc::new(AppState {
+            stripe: StripeVerifier::new(secrets, settings.stripe.mode, settings.stripe.tolerance_secs),
+            publisher: publisher.clone(),
+            metrics,
+            body_limit: settings.body_limit,
+            retry_after: HeaderValue::from(settings.retry_after_secs),
+        });
+        let router = public_router(state, settings.request_timeout);
+        let metrics_router = paysync_telemetry::metrics_router(registry, readiness(&publisher));
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (PAYSYNC_HTTP_ADDR)", settings.http_addr))?;
+        let metrics = TcpListener::bind(settings.metrics_addr).await.with_context(|| {
+            format!("cannot listen on {} (PAYSYNC_METRICS_ADDR)", settings.metrics_addr)
+        })?;
+        Ok(Self {
+            http,
+            metrics,
+            router,
+            metrics_router,
+            publisher,
+        })
+    }
+
+    /// The public port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The metrics/health port.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// (each within the request timeout) and closes the broker connection.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let supervisor = {
+            let publisher = self.publisher.clone();
+            let rx = stop_rx.clone();
+            tokio::spawn(async move { publisher.run_supervisor(stopped(rx)).await })
+        };
+        let metrics = tokio::spawn(
+            axum::serve(self.metrics, self.metrics_router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        tracing::info!(port = self.http.local_addr().map(|a| a.port()).unwrap_or_default(), "receiver listening");
+        let served = axum::serve(self.http, self.router)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .await;
+        let _ = supervisor.await;
+        let _ = metrics.await;
+        self.publisher.close().await;
+        tracing::info!("receiver stopped");
+        served.context("serving HTTP")
+    }
+}
+
+fn readiness(publisher: &Publisher) -> Readiness {
+    let publisher = publisher.clone();
+    Arc::new(move || {
+        if publisher.is_ready() {
+            Ok(())
+        } else {
+            Err("broker unreachable")
+        }
+    })
+}
+
+fn public_router(state: Arc<AppState>, request_timeout: std::time::Duration) -> Router {
+    Router::new()
+        .route("/webhooks/stripe", post(routes::stripe_webhook))
+        .route("/healthz", get(paysync_telemetry::healthz))
+        .route("/readyz", get(routes::readyz))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+}

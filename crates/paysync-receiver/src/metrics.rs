@@ -1,0 +1,73 @@
+//! Every metric the receiver exports, declared in one place.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Outcome labels of `paysync_webhooks_received_total` (a closed set).
+pub const OUTCOMES: &[&str] = &[
+    "accepted",
+    "missing_signature",
+    "bad_signature",
+    "stale_timestamp",
+    "malformed",
+    "wrong_mode",
+    "too_large",
+    "bad_request",
+    "unavailable",
+];
+
+/// The receiver's metrics.
+#[derive(Clone)]
+pub struct ReceiverMetrics {
+    /// `paysync_webhooks_received_total{provider,outcome}`: requests by how they ended.
+    pub received: IntCounterVec,
+    /// `paysync_webhook_request_duration_seconds{provider}`: request start to response.
+    pub request_duration: HistogramVec,
+    /// `paysync_publish_confirm_duration_seconds`: publish start to broker confirm.
+    pub confirm_duration: Histogram,
+}
+
+/// Buckets from 0.5 ms to 10 s: a confirm takes a few ms; the tail shows broker trouble.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl ReceiverMetrics {
+    /// Declares and registers the metrics in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let received = IntCounterVec::new(
+            Opts::new(
+                "paysync_webhooks_received_total",
+                "Webhook requests received, by provider and outcome.",
+            ),
+            &["provider", "outcome"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "paysync_webhook_request_duration_seconds",
+                "Time from request start to response, by provider.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let confirm_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "paysync_publish_confirm_duration_seconds",
+                "Time from publish start to the broker's confirm.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(received.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(confirm_duration.clone()))?;
+        // Pre-create every series so dashboards see zeros rather than gaps.
+        for outcome in OUTCOMES {
+            received.with_label_values(&["stripe", outcome]);
+        }
+        request_duration.with_label_values(&["stripe"]);
+        Ok(Self {
+            received,
+            request_duration,
+            confirm_duration,
+        })
+    }
+}

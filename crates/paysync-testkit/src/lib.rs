@@ -1,0 +1,260 @@
+//! Test support against the real local services: every test gets its own AMQP prefix (and, for
+//! the worker, its own PostgreSQL schema), and everything it created is removed when its guard
+//! drops, so tests run in parallel and leave nothing behind.
+//!
+//! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
+//! and poll the real ones.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use paysync_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use paysync_amqp::lapin::types::FieldTable;
+use paysync_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use paysync_amqp::{AmqpSettings, Topology};
+
+/// The local broker the tests use (`PAYSYNC_TEST_AMQP_URL` overrides).
+pub fn amqp_url() -> String {
+    std::env::var("PAYSYNC_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A short random id for names.
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// The repository's `fixtures/` directory.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The bytes of `fixtures/stripe/<name>`.
+pub fn stripe_fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join("stripe").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A Stripe-shaped event body with the given id, type and mode.
+pub fn stripe_event(id: &str, event_type: &str, livemode: bool) -> Vec<u8> {
+    serde_json::json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2020-03-02",
+        "created": 1_700_000_000,
+        "livemode": livemode,
+        "type": event_type,
+        "data": {"object": {"id": format!("obj_{id}"), "object": "charge", "amount": 1200}},
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The current unix time in seconds.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `deadline`.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP port on loopback with nothing listening (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    port
+}
+
+/// One test's private corner of the broker: a unique prefix and connection name. Dropping it
+/// deletes every queue and exchange of its topology.
+pub struct TestBroker {
+    prefix: String,
+    delivery_limit: u32,
+}
+
+impl TestBroker {
+    /// A new isolated prefix `paysync-test-<id>`.
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("paysync-test-{}", unique_id()),
+            delivery_limit: AmqpSettings::default().delivery_limit,
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Settings for an app under this prefix; its connection is named `<prefix>-<role>`.
+    pub fn settings(&self, role: &str) -> AmqpSettings {
+        AmqpSettings {
+            url: amqp_url(),
+            prefix: self.prefix.clone(),
+            connection_name: format!("{}-{role}", self.prefix),
+            ..AmqpSettings::default()
+        }
+    }
+
+    /// The topology under this prefix.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.prefix.clone(), self.delivery_limit)
+    }
+
+    /// A fresh connection for the test's own inspection.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("{}-inspector", self.prefix).into());
+        Connection::connect(&amqp_url(), props)
+            .await
+            .context("test connection to the local RabbitMQ (is it running? deploy/local/services.sh)")
+    }
+
+    /// Messages ready in `queue` (0 if the queue does not exist).
+    pub async fn message_count(&self, queue: &str) -> anyhow::Result<u32> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let count = match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => q.message_count(),
+            Err(_) => 0,
+        };
+        let _ = conn.close(200, "done".into()).await;
+        Ok(count)
+    }
+
+    /// Takes (and acks) up to `max` messages from `queue`, waiting up to `deadline` for at
+    /// least `max` to be there.
+    pub async fn take_messages(
+        &self,
+        queue: &str,
+        max: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<(Vec<u8>, BasicProperties, String)>> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while out.len() < max {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                Some(msg) => {
+                    let routing_key = msg.delivery.routing_key.to_string();
+                    let props = msg.delivery.properties.clone();
+                    let data = msg.delivery.data.clone();
+                    msg.delivery.ack(BasicAckOptions::default()).await?;
+                    out.push((data, props, routing_key));
+                }
+                None if start.elapsed() > deadline => break,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    }
+
+    async fn teardown(prefix: String, delivery_limit: u32) -> anyhow::Result<()> {
+        let topology = Topology::new(prefix, delivery_limit);
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        for queue in topology.queues() {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in topology.exchanges() {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        let _ = conn.close(200, "teardown".into()).await;
+        Ok(())
+    }
+}
+
+impl Default for TestBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let limit = self.delivery_limit;
+        // Drop cannot be async: tear down on a helper thread with its own runtime.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(Self::teardown(prefix, limit))
+        });
+        if let Ok(Err(err)) = handle.join() {
+            eprintln!("testkit: broker teardown failed: {err:#}");
+        }
+    }
+}
+
+/// Closes every broker connection whose client-provided name is `name`, as an operator (or a
+/// broker restart) would, using `rabbitmqctl`. Returns how many were closed.
+pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "--silent", "pid", "client_properties"])
+        .output()
+        .context("running rabbitmqctl list_connections")?;
+    if !out.status.success() {
+        bail!("rabbitmqctl list_connections failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Each line: `<pid>\t[…,{"connection_name","name"},…]`.
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(&needle)) {
+        let Some(pid) = line.split('\t').next() else {
+            continue;
+        };
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid.trim(), "closed by a paysync test"])
+            .output()
+            .context("running rabbitmqctl close_connection")?;
+        if status.status.success() {
+            closed += 1;
+        } else {
+            eprintln!("testkit: close_connection {pid}: {}", String::from_utf8_lossy(&status.stderr));
+        }
+    }
+    if closed == 0 {
+        eprintln!("testkit: no connection named {name:?} in:\n{listing}");
+    }
+    Ok(closed)
+}
