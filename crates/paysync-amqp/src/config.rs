@@ -84,7 +84,10 @@ mod tests {
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("amqp://guest:***@127.0.0.1:5672/%2f"), "{shown}");
+        assert!(
+            shown.contains("amqp://guest:***@127.0.0.1:5672/%2f"),
+            "{shown}"
+        );
         assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
     }
 }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use paysync_domain::VerifiedWebhook;
 use tokio::sync::{Semaphore, watch};
@@ -259,7 +259,11 @@ impl Publisher {
             return Ok(link);
         }
         {
-            let last = self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+            let last = self
+                .inner
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < FAIL_FAST) {
                 return Err(PublishError::Unavailable(None));
             }
@@ -272,7 +276,11 @@ impl Publisher {
                 let mut guard = self.inner.link.write().unwrap_or_else(|p| p.into_inner());
                 *guard = Some(link.clone());
                 self.inner.ready.send_replace(true);
-                *self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *self
+                    .inner
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::info!(
                     url = %redact_url(&settings.url),
                     generation = link.generation,
@@ -294,13 +302,17 @@ impl Publisher {
     }
 
     fn note_failure(&self) {
-        *self.inner.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self
+            .inner
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     async fn open_link(&self) -> lapin::Result<Link> {
         let settings = &self.inner.settings;
-        let props =
-            ConnectionProperties::default().with_connection_name(settings.connection_name.as_str().into());
+        let props = ConnectionProperties::default()
+            .with_connection_name(settings.connection_name.as_str().into());
         let connection = Connection::connect(&settings.url, props).await?;
         // Declare on a throwaway channel: a declaration error closes the channel it ran on.
         let setup = connection.create_channel().await?;
@@ -309,7 +321,9 @@ impl Publisher {
         let mut channels = Vec::with_capacity(settings.publisher_channels.max(1));
         for _ in 0..settings.publisher_channels.max(1) {
             let channel = connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
             channels.push(channel);
         }
         Ok(Link {

@@ -5,9 +5,9 @@
 //! broker error (PRECONDITION_FAILED): that is a migration, not a restart.
 
 use lapin::Channel;
+use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::ExchangeKind;
 
 /// Our broker objects for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,11 +63,20 @@ pub enum MessageError {
 pub fn headers(meta: &EventMeta, attempt: u32) -> Vec<(&'static str, HeaderValue)> {
     let mut out = vec![
         (header::FORMAT, HeaderValue::Int(FORMAT_VERSION)),
-        (header::PROVIDER, HeaderValue::Str(meta.provider.as_str().to_owned())),
-        (header::EVENT_TYPE, HeaderValue::Str(meta.event_type.clone())),
+        (
+            header::PROVIDER,
+            HeaderValue::Str(meta.provider.as_str().to_owned()),
+        ),
+        (
+            header::EVENT_TYPE,
+            HeaderValue::Str(meta.event_type.clone()),
+        ),
         (header::EVENT_CREATED, HeaderValue::Int(meta.created)),
         (header::LIVEMODE, HeaderValue::Bool(meta.livemode)),
-        (header::RECEIVED_AT_MS, HeaderValue::Int(meta.received_at_ms)),
+        (
+            header::RECEIVED_AT_MS,
+            HeaderValue::Int(meta.received_at_ms),
+        ),
         (header::ATTEMPT, HeaderValue::Int(i64::from(attempt))),
     ];
     if let Some(v) = &meta.api_version {

@@ -86,7 +86,11 @@ impl RetryPolicy {
         if failed_attempt >= self.max_attempts {
             return None;
         }
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0 - f64::EPSILON) } else { 0.5 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0 - f64::EPSILON)
+        } else {
+            0.5
+        };
         let scale = 1.0 - self.jitter + 2.0 * self.jitter * unit;
         Some(self.nominal(failed_attempt).mul_f64(scale))
     }
@@ -98,15 +102,22 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy() -> impl Strategy<Value = RetryPolicy> {
-        (1u64..120, 1.0f64..5.0, 1u64..100_000, 0.0f64..0.99, 1u32..30).prop_map(
-            |(base, factor, max_extra, jitter, max_attempts)| RetryPolicy {
-                base: Duration::from_secs(base),
-                factor,
-                max_delay: Duration::from_secs(base + max_extra),
-                jitter,
-                max_attempts,
-            },
+        (
+            1u64..120,
+            1.0f64..5.0,
+            1u64..100_000,
+            0.0f64..0.99,
+            1u32..30,
         )
+            .prop_map(
+                |(base, factor, max_extra, jitter, max_attempts)| RetryPolicy {
+                    base: Duration::from_secs(base),
+                    factor,
+                    max_delay: Duration::from_secs(base + max_extra),
+                    jitter,
+                    max_attempts,
+                },
+            )
     }
 
     #[test]
@@ -124,10 +135,30 @@ mod tests {
     #[test]
     fn invalid_policies_are_refused() {
         let ok = RetryPolicy::default();
-        assert_eq!(RetryPolicy { base: Duration::ZERO, ..ok }.validate(), Err(RetryPolicyError::Base));
-        assert_eq!(RetryPolicy { factor: 0.5, ..ok }.validate(), Err(RetryPolicyError::Factor));
-        assert_eq!(RetryPolicy { jitter: 1.0, ..ok }.validate(), Err(RetryPolicyError::Jitter));
-        assert_eq!(RetryPolicy { max_attempts: 0, ..ok }.validate(), Err(RetryPolicyError::MaxAttempts));
+        assert_eq!(
+            RetryPolicy {
+                base: Duration::ZERO,
+                ..ok
+            }
+            .validate(),
+            Err(RetryPolicyError::Base)
+        );
+        assert_eq!(
+            RetryPolicy { factor: 0.5, ..ok }.validate(),
+            Err(RetryPolicyError::Factor)
+        );
+        assert_eq!(
+            RetryPolicy { jitter: 1.0, ..ok }.validate(),
+            Err(RetryPolicyError::Jitter)
+        );
+        assert_eq!(
+            RetryPolicy {
+                max_attempts: 0,
+                ..ok
+            }
+            .validate(),
+            Err(RetryPolicyError::MaxAttempts)
+        );
     }
 
     proptest! {

@@ -54,7 +54,11 @@ impl App {
             .map(|s| s.expose_secret().to_owned())
             .collect();
         let state = Arc::new(AppState {
-            stripe: StripeVerifier::new(secrets, settings.stripe.mode, settings.stripe.tolerance_secs),
+            stripe: StripeVerifier::new(
+                secrets,
+                settings.stripe.mode,
+                settings.stripe.tolerance_secs,
+            ),
             publisher: publisher.clone(),
             metrics,
             body_limit: settings.body_limit,
@@ -64,10 +68,20 @@ impl App {
         let metrics_router = paysync_telemetry::metrics_router(registry, readiness(&publisher));
         let http = TcpListener::bind(settings.http_addr)
             .await
-            .with_context(|| format!("cannot listen on {} (PAYSYNC_HTTP_ADDR)", settings.http_addr))?;
-        let metrics = TcpListener::bind(settings.metrics_addr).await.with_context(|| {
-            format!("cannot listen on {} (PAYSYNC_METRICS_ADDR)", settings.metrics_addr)
-        })?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (PAYSYNC_HTTP_ADDR)",
+                    settings.http_addr
+                )
+            })?;
+        let metrics = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (PAYSYNC_METRICS_ADDR)",
+                    settings.metrics_addr
+                )
+            })?;
         Ok(Self {
             http,
             metrics,
@@ -84,7 +98,10 @@ impl App {
 
     /// The metrics/health port.
     pub fn metrics_port(&self) -> u16 {
-        self.metrics.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.metrics
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
@@ -111,7 +128,10 @@ impl App {
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
-        tracing::info!(port = self.http.local_addr().map(|a| a.port()).unwrap_or_default(), "receiver listening");
+        tracing::info!(
+            port = self.http.local_addr().map(|a| a.port()).unwrap_or_default(),
+            "receiver listening"
+        );
         let served = axum::serve(self.http, self.router)
             .with_graceful_shutdown(stopped(stop_rx))
             .await;
@@ -140,5 +160,8 @@ fn public_router(state: Arc<AppState>, request_timeout: std::time::Duration) -> 
         .route("/healthz", get(paysync_telemetry::healthz))
         .route("/readyz", get(routes::readyz))
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
 }

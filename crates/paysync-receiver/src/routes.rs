@@ -44,7 +44,10 @@ impl Outcome {
 }
 
 fn plain(reason: String) -> ([(header::HeaderName, &'static str); 1], String) {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n"))
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
 }
 
 /// `POST /webhooks/stripe`.
@@ -55,7 +58,11 @@ pub(crate) async fn stripe_webhook(
 ) -> Response {
     let started = Instant::now();
     let outcome = handle_stripe(&state, &headers, body).await;
-    state.metrics.received.with_label_values(&["stripe", outcome.label]).inc();
+    state
+        .metrics
+        .received
+        .with_label_values(&["stripe", outcome.label])
+        .inc();
     state
         .metrics
         .request_duration
@@ -72,7 +79,9 @@ async fn handle_stripe(state: &AppState, headers: &HeaderMap, body: Body) -> Out
     let signature = headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
     let hook = match state.stripe.verify(signature, body, now_secs, now_ms) {
@@ -163,6 +172,10 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.publisher.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker unreachable\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: broker unreachable\n",
+        )
+            .into_response()
     }
 }

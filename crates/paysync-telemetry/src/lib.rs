@@ -46,7 +46,8 @@ pub fn new_registry(process: &str) -> Registry {
         &["version", "process"],
     )
     .expect("static metric definition is valid");
-    info.with_label_values(&[env!("CARGO_PKG_VERSION"), process]).set(1);
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), process])
+        .set(1);
     registry
         .register(Box::new(info))
         .expect("a fresh registry has no paysync_build_info yet");
@@ -85,7 +86,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => ([(header::CONTENT_TYPE, TextEncoder::new().format_type().to_owned())], buf)
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_owned(),
+            )],
+            buf,
+        )
             .into_response(),
         Err(err) => {
             tracing::error!(error = %err, "encoding metrics failed");
@@ -107,6 +114,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 pub fn readiness_response(readiness: &Readiness) -> Response {
     match readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }

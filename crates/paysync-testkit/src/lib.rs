@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use paysync_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use paysync_amqp::lapin::options::{
+    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use paysync_amqp::lapin::types::FieldTable;
 use paysync_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
 use paysync_amqp::{AmqpSettings, Topology};
@@ -64,7 +67,11 @@ pub fn now_secs() -> i64 {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `deadline`.
-pub async fn poll_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn poll_until<T, F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -129,9 +136,9 @@ impl TestBroker {
     pub async fn connect(&self) -> anyhow::Result<Connection> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{}-inspector", self.prefix).into());
-        Connection::connect(&amqp_url(), props)
-            .await
-            .context("test connection to the local RabbitMQ (is it running? deploy/local/services.sh)")
+        Connection::connect(&amqp_url(), props).await.context(
+            "test connection to the local RabbitMQ (is it running? deploy/local/services.sh)",
+        )
     }
 
     /// Messages ready in `queue` (0 if the queue does not exist).
@@ -216,7 +223,9 @@ impl Drop for TestBroker {
         let limit = self.delivery_limit;
         // Drop cannot be async: tear down on a helper thread with its own runtime.
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(Self::teardown(prefix, limit))
         });
         if let Ok(Err(err)) = handle.join() {
@@ -233,7 +242,10 @@ pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {
         .output()
         .context("running rabbitmqctl list_connections")?;
     if !out.status.success() {
-        bail!("rabbitmqctl list_connections failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rabbitmqctl list_connections failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Each line: `<pid>\t[…,{"connection_name","name"},…]`.
     let needle = format!("{{\"connection_name\",\"{name}\"}}");
@@ -250,7 +262,10 @@ pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {
         if status.status.success() {
             closed += 1;
         } else {
-            eprintln!("testkit: close_connection {pid}: {}", String::from_utf8_lossy(&status.stderr));
+            eprintln!(
+                "testkit: close_connection {pid}: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
         }
     }
     if closed == 0 {

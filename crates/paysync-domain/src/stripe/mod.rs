@@ -76,7 +76,10 @@ pub struct StripeVerifier {
 impl std::fmt::Debug for StripeVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StripeVerifier")
-            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
             .field("mode", &self.mode)
             .field("tolerance_secs", &self.tolerance_secs)
             .finish()
@@ -254,12 +257,21 @@ mod tests {
         for (body, field) in [
             (r#"{"type":"a","created":1,"livemode":false}"#, "id"),
             (r#"{"id":"","type":"a","created":1,"livemode":false}"#, "id"),
-            (r#"{"id":"evt 1","type":"a","created":1,"livemode":false}"#, "id"),
+            (
+                r#"{"id":"evt 1","type":"a","created":1,"livemode":false}"#,
+                "id",
+            ),
             (r#"{"id":"evt_1","created":1,"livemode":false}"#, "type"),
-            (r#"{"id":"evt_1","type":7,"created":1,"livemode":false}"#, "type"),
+            (
+                r#"{"id":"evt_1","type":7,"created":1,"livemode":false}"#,
+                "type",
+            ),
             (r#"{"id":"evt_1","type":"a","livemode":false}"#, "created"),
             (r#"{"id":"evt_1","type":"a","created":1}"#, "livemode"),
-            (r#"{"id":"evt_1","type":"a","created":1,"livemode":"no"}"#, "livemode"),
+            (
+                r#"{"id":"evt_1","type":"a","created":1,"livemode":"no"}"#,
+                "livemode",
+            ),
         ] {
             assert_eq!(
                 parse_envelope(body.as_bytes()),
@@ -267,12 +279,16 @@ mod tests {
                 "{body}"
             );
         }
-        assert_eq!(parse_envelope(b"[]"), Err(StripeWebhookError::MalformedJson));
+        assert_eq!(
+            parse_envelope(b"[]"),
+            Err(StripeWebhookError::MalformedJson)
+        );
     }
 
     #[test]
     fn thin_events_are_refused() {
-        let body = br#"{"id":"evt_1","object":"v2.core.event","type":"a","created":1,"livemode":false}"#;
+        let body =
+            br#"{"id":"evt_1","object":"v2.core.event","type":"a","created":1,"livemode":false}"#;
         assert_eq!(parse_envelope(body), Err(StripeWebhookError::ThinEvent));
     }
 
@@ -280,7 +296,9 @@ mod tests {
     fn event_of_the_other_mode_is_refused() {
         let body = r#"{"id":"evt_1","type":"a","created":1,"livemode":true}"#;
         let (h, b) = signed(body, 1);
-        let err = verifier(Mode::Test).verify(Some(&h), b.clone(), 1, 0).unwrap_err();
+        let err = verifier(Mode::Test)
+            .verify(Some(&h), b.clone(), 1, 0)
+            .unwrap_err();
         assert_eq!(
             err,
             StripeWebhookError::WrongMode {
@@ -288,7 +306,10 @@ mod tests {
                 got: Mode::Live
             }
         );
-        assert_eq!(err.to_string(), "event is in live mode but this endpoint accepts test mode only");
+        assert_eq!(
+            err.to_string(),
+            "event is in live mode but this endpoint accepts test mode only"
+        );
         assert!(verifier(Mode::Live).verify(Some(&h), b, 1, 0).is_ok());
     }
 

@@ -35,7 +35,9 @@ pub enum SignatureError {
     #[error("no signature matches the expected signature for the payload")]
     Mismatch,
     /// `t` is older than the tolerance allows.
-    #[error("timestamp outside the tolerance zone ({age_secs} s old, tolerance {tolerance_secs} s)")]
+    #[error(
+        "timestamp outside the tolerance zone ({age_secs} s old, tolerance {tolerance_secs} s)"
+    )]
     TimestampTooOld {
         /// How many seconds before `now` the header was signed.
         age_secs: i64,
@@ -179,10 +181,7 @@ mod tests {
 
     #[test]
     fn header_without_timestamp_is_malformed() {
-        assert_eq!(
-            parse_header("v1=abc"),
-            Err(SignatureError::MalformedHeader)
-        );
+        assert_eq!(parse_header("v1=abc"), Err(SignatureError::MalformedHeader));
         assert_eq!(parse_header(""), Err(SignatureError::MalformedHeader));
         assert_eq!(
             parse_header("t=12a,v1=abc"),
@@ -196,7 +195,10 @@ mod tests {
 
     #[test]
     fn header_with_only_v0_has_no_v1() {
-        assert_eq!(parse_header("t=1,v0=abc"), Err(SignatureError::NoV1Signature));
+        assert_eq!(
+            parse_header("t=1,v0=abc"),
+            Err(SignatureError::NoV1Signature)
+        );
     }
 
     #[test]
@@ -225,13 +227,19 @@ mod tests {
     fn any_configured_secret_may_match() {
         let body = b"{}";
         let header = sign_header("whsec_new", 5, body);
-        assert_eq!(verify(&["whsec_old", "whsec_new"], &header, body, 5, 300), Ok(5));
+        assert_eq!(
+            verify(&["whsec_old", "whsec_new"], &header, body, 5, 300),
+            Ok(5)
+        );
         assert_eq!(
             verify(&["whsec_old"], &header, body, 5, 300),
             Err(SignatureError::Mismatch)
         );
         let none: [&str; 0] = [];
-        assert_eq!(verify(&none, &header, body, 5, 300), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&none, &header, body, 5, 300),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     proptest! {

@@ -1,3 +1,4 @@
 //! Integration tests of the pure domain against the shared fixtures and signature vectors.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 mod stripe_vectors;

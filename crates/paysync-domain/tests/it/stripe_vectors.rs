@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use paysync_domain::Mode;
-use paysync_domain::stripe::signature::{self, SignatureError};
 use paysync_domain::stripe::StripeVerifier;
+use paysync_domain::stripe::signature::{self, SignatureError};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -70,7 +70,10 @@ fn derived_header_vectors_verify_within_tolerance_only() {
         // We produce the same header Stripe's library did.
         assert_eq!(signature::sign_header(secret, t, &body), header);
         for now in [t, t + tolerance, t - 10_000] {
-            assert_eq!(signature::verify(&[secret], header, &body, now, tolerance), Ok(t));
+            assert_eq!(
+                signature::verify(&[secret], header, &body, now, tolerance),
+                Ok(t)
+            );
         }
         assert!(matches!(
             signature::verify(&[secret], header, &body, t + tolerance + 1, tolerance),
@@ -99,7 +102,10 @@ fn derived_edge_cases_give_the_documented_result() {
         );
         let expect = case["expect"].as_str().unwrap();
         match result {
-            Ok(_) => assert!(expect.starts_with("valid"), "{name}: accepted, expected {expect}"),
+            Ok(_) => assert!(
+                expect.starts_with("valid"),
+                "{name}: accepted, expected {expect}"
+            ),
             Err(SignatureError::NoV1Signature) => assert!(expect.contains("no v1"), "{name}"),
             Err(SignatureError::Mismatch) => assert!(
                 expect.contains("mismatch") || expect.contains("reject (official"),
@@ -138,8 +144,14 @@ fn every_stripe_fixture_passes_verification_when_signed() {
         assert_eq!(hook.meta().event_id, json["id"].as_str().unwrap());
         assert_eq!(hook.meta().event_type, json["type"].as_str().unwrap());
         assert_eq!(hook.meta().created, json["created"].as_i64().unwrap());
-        assert_eq!(hook.meta().api_version.as_deref(), json["api_version"].as_str());
+        assert_eq!(
+            hook.meta().api_version.as_deref(),
+            json["api_version"].as_str()
+        );
         seen += 1;
     }
-    assert_eq!(seen, 23, "fixture count changed: update this test deliberately");
+    assert_eq!(
+        seen, 23,
+        "fixture count changed: update this test deliberately"
+    );
 }

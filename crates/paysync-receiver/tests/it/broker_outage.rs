@@ -18,7 +18,13 @@ async fn unreachable_broker_gets_503_with_retry_after_and_the_receiver_keeps_run
     };
     let app = spawn(settings(amqp, Mode::Test)).await;
     for i in 0..3 {
-        let response = app.post_signed(&stripe_event(&format!("evt_down_{i}"), "invoice.paid", false)).await;
+        let response = app
+            .post_signed(&stripe_event(
+                &format!("evt_down_{i}"),
+                "invoice.paid",
+                false,
+            ))
+            .await;
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["retry-after"], "5");
         assert!(response.text().await.unwrap().contains("retry later"));
@@ -27,8 +33,18 @@ async fn unreachable_broker_gets_503_with_retry_after_and_the_receiver_keeps_run
     assert_eq!(readyz.status(), 503);
     assert!(readyz.text().await.unwrap().contains("broker unreachable"));
     assert_eq!(app.get(format!("{}/healthz", app.base)).await.status(), 200);
-    let scrape = app.get(format!("{}/metrics", app.metrics_base)).await.text().await.unwrap();
-    assert!(scrape.contains(r#"paysync_webhooks_received_total{outcome="unavailable",provider="stripe"} 3"#), "{scrape}");
+    let scrape = app
+        .get(format!("{}/metrics", app.metrics_base))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains(
+            r#"paysync_webhooks_received_total{outcome="unavailable",provider="stripe"} 3"#
+        ),
+        "{scrape}"
+    );
     app.stop().await.unwrap();
 }
 
@@ -36,7 +52,12 @@ async fn unreachable_broker_gets_503_with_retry_after_and_the_receiver_keeps_run
 async fn posts_succeed_again_after_the_broker_closes_the_connection() {
     let broker = TestBroker::new();
     let app = spawn_for(&broker).await;
-    assert_eq!(app.post_signed(&stripe_event("evt_before", "invoice.paid", false)).await.status(), 200);
+    assert_eq!(
+        app.post_signed(&stripe_event("evt_before", "invoice.paid", false))
+            .await
+            .status(),
+        200
+    );
 
     let name = broker.settings("receiver").connection_name;
     let closed = tokio::task::spawn_blocking(move || close_broker_connections_named(&name))
@@ -49,16 +70,26 @@ async fn posts_succeed_again_after_the_broker_closes_the_connection() {
     let mut statuses = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let body = stripe_event(&format!("evt_after_{}", statuses.len()), "invoice.paid", false);
+        let body = stripe_event(
+            &format!("evt_after_{}", statuses.len()),
+            "invoice.paid",
+            false,
+        );
         let status = app.post_signed(&body).await.status().as_u16();
         statuses.push(status);
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "no 200 within 20 s after reconnect: {statuses:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no 200 within 20 s after reconnect: {statuses:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
     let accepted = 1 + statuses.iter().filter(|s| **s == 200).count() as u32;
     let queue = broker.topology().work_queue();
     assert_eq!(broker.message_count(&queue).await.unwrap(), accepted);

@@ -25,7 +25,8 @@ pub struct Running {
 
 impl Running {
     pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
-        self.post_with_header(body, Some(sign_header(SECRET, now_secs(), body))).await
+        self.post_with_header(body, Some(sign_header(SECRET, now_secs(), body)))
+            .await
     }
 
     pub async fn post_with_header(&self, body: &[u8], header: Option<String>) -> reqwest::Response {
@@ -41,7 +42,11 @@ impl Running {
     }
 
     pub async fn get(&self, url: String) -> reqwest::Response {
-        self.client.get(url).send().await.expect("request reaches the receiver")
+        self.client
+            .get(url)
+            .send()
+            .await
+            .expect("request reaches the receiver")
     }
 
     /// Sends the shutdown signal and waits for a clean exit.
@@ -100,6 +105,9 @@ pub async fn spawn_for(broker: &TestBroker) -> Running {
 pub fn sample(scrape: &str, series: &str) -> f64 {
     scrape
         .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }

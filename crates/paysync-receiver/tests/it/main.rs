@@ -1,5 +1,6 @@
 //! Receiver tests against the real local RabbitMQ, each under its own prefix.
+#![allow(clippy::unwrap_used, missing_docs)]
 
+mod broker_outage;
 mod helpers;
 mod webhooks;
-mod broker_outage;

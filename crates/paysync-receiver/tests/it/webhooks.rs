@@ -10,7 +10,10 @@ use paysync_testkit::{TestBroker, now_secs, stripe_event, stripe_fixture};
 
 use crate::helpers::{SECRET, sample, settings, spawn, spawn_for};
 
-fn header_str<'a>(props: &'a paysync_amqp::lapin::BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+fn header_str<'a>(
+    props: &'a paysync_amqp::lapin::BasicProperties,
+    name: &str,
+) -> Option<&'a AMQPValue> {
     props.headers().as_ref()?.inner().get(name)
 }
 
@@ -35,22 +38,49 @@ async fn signed_fixture_is_accepted_and_queued_byte_identical_with_metadata() {
     assert_eq!(data, &body, "queued body must be the raw request bytes");
     assert_eq!(routing_key, "stripe.charge.refunded");
     assert_eq!(props.delivery_mode(), &Some(2), "persistent");
-    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some("evt_3KtQThJDPojXS6LN0E06aNxq"));
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some("evt_3KtQThJDPojXS6LN0E06aNxq")
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     let stamped = props.timestamp().expect("timestamp set") as i64;
-    assert!((stamped - now_secs()).abs() < 60, "timestamp is the receive time");
+    assert!(
+        (stamped - now_secs()).abs() < 60,
+        "timestamp is the receive time"
+    );
     let (meta, attempt) = paysync_amqp::read_event_properties(props).unwrap();
     assert_eq!(attempt, 1);
     assert_eq!(meta.event_type, "charge.refunded");
     assert_eq!(meta.api_version.as_deref(), Some("2020-03-02"));
     assert_eq!(meta.created, 1_619_701_111);
     assert!((meta.received_at_ms / 1000 - now_secs()).abs() < 60);
-    assert!(matches!(header_str(props, "paysync-provider"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"stripe"));
-    assert!(matches!(header_str(props, "paysync-event-type"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"charge.refunded"));
+    assert!(
+        matches!(header_str(props, "paysync-provider"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"stripe")
+    );
+    assert!(
+        matches!(header_str(props, "paysync-event-type"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"charge.refunded")
+    );
 
-    let scrape = app.get(format!("{}/metrics", app.metrics_base)).await.text().await.unwrap();
-    assert_eq!(sample(&scrape, r#"paysync_webhooks_received_total{outcome="accepted",provider="stripe"}"#), 1.0);
-    assert_eq!(sample(&scrape, "paysync_publish_confirm_duration_seconds_count"), 1.0);
+    let scrape = app
+        .get(format!("{}/metrics", app.metrics_base))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"paysync_webhooks_received_total{outcome="accepted",provider="stripe"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "paysync_publish_confirm_duration_seconds_count"),
+        1.0
+    );
     app.stop().await.unwrap();
 }
 
@@ -61,30 +91,104 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
     let good = stripe_event("evt_bad_inputs_1", "invoice.paid", false);
     let now = now_secs();
 
-    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str)> = vec![
-        ("missing signature", good.clone(), None, 400, "missing Stripe-Signature"),
-        ("garbage header", good.clone(), Some("nonsense".into()), 400, "unable to extract timestamp"),
-        ("only v0", good.clone(), Some(format!("t={now},v0=abc")), 400, "v1"),
-        ("wrong secret", good.clone(), Some(sign_header("whsec_other", now, &good)), 400, "no signature matches"),
-        ("tampered body", {
-            let mut b = good.clone();
-            b[10] ^= 1;
-            b
-        }, Some(sign_header(SECRET, now, &good)), 400, "no signature matches"),
-        ("stale timestamp", good.clone(), Some(sign_header(SECRET, now - 301, &good)), 400, "tolerance"),
-        ("malformed JSON", b"{not json".to_vec(), Some(sign_header(SECRET, now, b"{not json")), 400, "malformed JSON"),
-        ("missing id", br#"{"type":"a","created":1,"livemode":false}"#.to_vec(),
-            Some(sign_header(SECRET, now, br#"{"type":"a","created":1,"livemode":false}"#)), 400, "`id`"),
-        ("missing type", br#"{"id":"evt_x","created":1,"livemode":false}"#.to_vec(),
-            Some(sign_header(SECRET, now, br#"{"id":"evt_x","created":1,"livemode":false}"#)), 400, "`type`"),
-        ("wrong mode", stripe_event("evt_live", "invoice.paid", true),
-            Some(sign_header(SECRET, now, &stripe_event("evt_live", "invoice.paid", true))), 400, "live mode"),
+    // (case, body, Stripe-Signature header, expected status, expected reason fragment)
+    type Case = (&'static str, Vec<u8>, Option<String>, u16, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "missing signature",
+            good.clone(),
+            None,
+            400,
+            "missing Stripe-Signature",
+        ),
+        (
+            "garbage header",
+            good.clone(),
+            Some("nonsense".into()),
+            400,
+            "unable to extract timestamp",
+        ),
+        (
+            "only v0",
+            good.clone(),
+            Some(format!("t={now},v0=abc")),
+            400,
+            "v1",
+        ),
+        (
+            "wrong secret",
+            good.clone(),
+            Some(sign_header("whsec_other", now, &good)),
+            400,
+            "no signature matches",
+        ),
+        (
+            "tampered body",
+            {
+                let mut b = good.clone();
+                b[10] ^= 1;
+                b
+            },
+            Some(sign_header(SECRET, now, &good)),
+            400,
+            "no signature matches",
+        ),
+        (
+            "stale timestamp",
+            good.clone(),
+            Some(sign_header(SECRET, now - 301, &good)),
+            400,
+            "tolerance",
+        ),
+        (
+            "malformed JSON",
+            b"{not json".to_vec(),
+            Some(sign_header(SECRET, now, b"{not json")),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "missing id",
+            br#"{"type":"a","created":1,"livemode":false}"#.to_vec(),
+            Some(sign_header(
+                SECRET,
+                now,
+                br#"{"type":"a","created":1,"livemode":false}"#,
+            )),
+            400,
+            "`id`",
+        ),
+        (
+            "missing type",
+            br#"{"id":"evt_x","created":1,"livemode":false}"#.to_vec(),
+            Some(sign_header(
+                SECRET,
+                now,
+                br#"{"id":"evt_x","created":1,"livemode":false}"#,
+            )),
+            400,
+            "`type`",
+        ),
+        (
+            "wrong mode",
+            stripe_event("evt_live", "invoice.paid", true),
+            Some(sign_header(
+                SECRET,
+                now,
+                &stripe_event("evt_live", "invoice.paid", true),
+            )),
+            400,
+            "live mode",
+        ),
     ];
     for (name, body, header, status, reason) in cases {
         let response = app.post_with_header(&body, header).await;
         assert_eq!(response.status().as_u16(), status, "{name}");
         let text = response.text().await.unwrap();
-        assert!(text.contains(reason), "{name}: body {text:?} lacks {reason:?}");
+        assert!(
+            text.contains(reason),
+            "{name}: body {text:?} lacks {reason:?}"
+        );
         assert_eq!(text.lines().count(), 1, "{name}: one-line reason");
     }
 
@@ -94,9 +198,25 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
     let response = app.post_signed(&huge).await;
     assert_eq!(response.status(), 413);
 
-    assert_eq!(broker.message_count(&broker.topology().work_queue()).await.unwrap(), 0);
-    let scrape = app.get(format!("{}/metrics", app.metrics_base)).await.text().await.unwrap();
-    let label = |o: &str| sample(&scrape, &format!(r#"paysync_webhooks_received_total{{outcome="{o}",provider="stripe"}}"#));
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        0
+    );
+    let scrape = app
+        .get(format!("{}/metrics", app.metrics_base))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let label = |o: &str| {
+        sample(
+            &scrape,
+            &format!(r#"paysync_webhooks_received_total{{outcome="{o}",provider="stripe"}}"#),
+        )
+    };
     assert_eq!(label("missing_signature"), 1.0);
     assert_eq!(label("bad_signature"), 4.0);
     assert_eq!(label("stale_timestamp"), 1.0);
@@ -111,9 +231,25 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
 async fn live_mode_endpoint_accepts_the_live_fixture_only() {
     let broker = TestBroker::new();
     let app = spawn(settings(broker.settings("receiver"), Mode::Live)).await;
-    assert_eq!(app.post_signed(&stripe_fixture("checkout.session.completed.json")).await.status(), 200);
-    assert_eq!(app.post_signed(&stripe_fixture("invoice.paid.json")).await.status(), 400);
-    assert_eq!(broker.message_count(&broker.topology().work_queue()).await.unwrap(), 1);
+    assert_eq!(
+        app.post_signed(&stripe_fixture("checkout.session.completed.json"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.post_signed(&stripe_fixture("invoice.paid.json"))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        1
+    );
     app.stop().await.unwrap();
 }
 
@@ -128,7 +264,10 @@ async fn two_hundred_concurrent_posts_are_all_confirmed_and_queued() {
         async move { app.post_signed(&body).await.status().as_u16() }
     }))
     .await;
-    assert!(responses.iter().all(|s| *s == 200), "statuses: {responses:?}");
+    assert!(
+        responses.iter().all(|s| *s == 200),
+        "statuses: {responses:?}"
+    );
 
     let messages = broker
         .take_messages(&broker.topology().work_queue(), 201, Duration::from_secs(2))
@@ -152,7 +291,14 @@ async fn duplicate_deliveries_are_each_queued_for_the_worker_to_dedupe() {
         assert_eq!(app.post_signed(&body).await.status(), 200);
     }
     let queue = broker.topology().work_queue();
-    assert_eq!(broker.take_messages(&queue, 4, Duration::from_millis(300)).await.unwrap().len(), 3);
+    assert_eq!(
+        broker
+            .take_messages(&queue, 4, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     app.stop().await.unwrap();
 }
 
@@ -167,9 +313,22 @@ async fn health_and_readiness_report_a_connected_receiver() {
     })
     .await;
     assert!(ready.is_ok(), "{ready:?}");
-    assert_eq!(app.get(format!("{}/readyz", app.metrics_base)).await.status(), 200);
-    let scrape = app.get(format!("{}/metrics", app.metrics_base)).await.text().await.unwrap();
-    assert!(scrape.contains("paysync_build_info{process=\"receiver\""), "{scrape}");
+    assert_eq!(
+        app.get(format!("{}/readyz", app.metrics_base))
+            .await
+            .status(),
+        200
+    );
+    let scrape = app
+        .get(format!("{}/metrics", app.metrics_base))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("paysync_build_info{process=\"receiver\""),
+        "{scrape}"
+    );
     // The public port serves no metrics.
     assert_eq!(app.get(format!("{}/metrics", app.base)).await.status(), 404);
     app.stop().await.unwrap();

@@ -1,0 +1,337 @@
+//! The one place that reads the environment. Every variable is parsed and validated here, at
+//! start-up, and an error names the variable. Secret values never appear in errors or logs.
+//!
+//! A secret variable `X` may instead be given as a file path in `X_FILE` (Docker/systemd
+//! credentials style); the file's content, trimmed, is used.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use paysync_amqp::AmqpSettings;
+use paysync_domain::Mode;
+use paysync_receiver::Settings as ReceiverSettings;
+use paysync_telemetry::LogFormat;
+use secrecy::SecretString;
+
+/// The development-only signing secret `paysync up` and `paysync send` fall back to when
+/// `PAYSYNC_STRIPE_WEBHOOK_SECRET` is unset. Public by design: never use it for a real endpoint.
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_paysync_local_development_only";
+
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
+/// Reads variables; a function so tests can supply their own environment.
+pub struct Env<'a> {
+    get: Lookup<'a>,
+}
+
+impl Env<'static> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Self {
+            get: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+impl<'a> Env<'a> {
+    /// An environment backed by `get` (tests supply their own).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn from_fn(get: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Self { get: Box::new(get) }
+    }
+
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{name}: invalid value {:?}: {e}", v.trim())),
+        }
+    }
+
+    fn positive<T: FromStr + PartialOrd + Default>(
+        &self,
+        name: &str,
+        default: T,
+    ) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = self.parse(name, default)?;
+        if v <= T::default() {
+            bail!("{name}: must be greater than zero");
+        }
+        Ok(v)
+    }
+
+    /// A secret from `name` or the file named by `name_FILE`; errors never show the value.
+    fn secret(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let file_var = format!("{name}_FILE");
+        if let Some(path) = self.raw(&file_var) {
+            let content = std::fs::read_to_string(path.trim())
+                .with_context(|| format!("{file_var}: cannot read {}", path.trim()))?;
+            let content = content.trim().to_owned();
+            if content.is_empty() {
+                bail!("{file_var}: file {} is empty", path.trim());
+            }
+            return Ok(Some(content));
+        }
+        Ok(self.raw(name))
+    }
+}
+
+/// Settings common to every process.
+#[derive(Debug)]
+pub struct Common {
+    /// `PAYSYNC_LOG_FORMAT`: `human` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Reads the settings every process shares.
+pub fn common(env: &Env<'_>) -> anyhow::Result<Common> {
+    let log_format = match env.raw("PAYSYNC_LOG_FORMAT").as_deref().map(str::trim) {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => bail!("PAYSYNC_LOG_FORMAT: expected `human` or `json`, got {other:?}"),
+    };
+    Ok(Common { log_format })
+}
+
+/// Broker settings from `PAYSYNC_AMQP_*`; `role` names the connection (`paysync-<role>`).
+pub fn amqp(env: &Env<'_>, role: &str) -> anyhow::Result<AmqpSettings> {
+    let defaults = AmqpSettings::default();
+    let url = env
+        .secret("PAYSYNC_AMQP_URL")?
+        .unwrap_or(defaults.url.clone());
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        bail!("PAYSYNC_AMQP_URL: must start with amqp:// or amqps://");
+    }
+    let prefix = env
+        .raw("PAYSYNC_AMQP_PREFIX")
+        .unwrap_or(defaults.prefix.clone());
+    let prefix = prefix.trim().to_owned();
+    if prefix.is_empty()
+        || prefix.len() > 100
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        bail!("PAYSYNC_AMQP_PREFIX: use 1-100 characters of [A-Za-z0-9._-]");
+    }
+    Ok(AmqpSettings {
+        connection_name: format!("{prefix}-{role}"),
+        url,
+        prefix,
+        publisher_channels: env.positive(
+            "PAYSYNC_AMQP_PUBLISHER_CHANNELS",
+            defaults.publisher_channels,
+        )?,
+        max_in_flight: env.positive("PAYSYNC_AMQP_MAX_IN_FLIGHT", defaults.max_in_flight)?,
+        confirm_timeout: Duration::from_millis(env.positive(
+            "PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS",
+            defaults.confirm_timeout.as_millis() as u64,
+        )?),
+        connect_timeout: Duration::from_millis(env.positive(
+            "PAYSYNC_AMQP_CONNECT_TIMEOUT_MS",
+            defaults.connect_timeout.as_millis() as u64,
+        )?),
+        delivery_limit: env.positive("PAYSYNC_AMQP_DELIVERY_LIMIT", defaults.delivery_limit)?,
+    })
+}
+
+/// The Stripe signing secrets: comma-separated in `PAYSYNC_STRIPE_WEBHOOK_SECRET` (or its
+/// `_FILE`), several while rotating. `None` when unset.
+pub fn stripe_secrets(env: &Env<'_>) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(raw) = env.secret("PAYSYNC_STRIPE_WEBHOOK_SECRET")? else {
+        return Ok(None);
+    };
+    let secrets: Vec<String> = raw
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if secrets.is_empty() {
+        bail!("PAYSYNC_STRIPE_WEBHOOK_SECRET: no secret in the value");
+    }
+    for (i, s) in secrets.iter().enumerate() {
+        if !s.starts_with("whsec_") {
+            bail!(
+                "PAYSYNC_STRIPE_WEBHOOK_SECRET: secret #{} does not start with `whsec_` \
+                 (use the endpoint's signing secret, not an API key)",
+                i + 1
+            );
+        }
+    }
+    Ok(Some(secrets))
+}
+
+/// Whether the development secret may stand in for a missing signing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretPolicy {
+    /// Production: the secret is required.
+    Required,
+    /// Local all-in-one: fall back to [`DEV_WEBHOOK_SECRET`] with a warning.
+    DevFallback,
+}
+
+/// Receiver settings from the environment.
+pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverSettings> {
+    let secrets = match (stripe_secrets(env)?, policy) {
+        (Some(s), _) => s,
+        (None, SecretPolicy::DevFallback) => {
+            tracing::warn!(
+                "PAYSYNC_STRIPE_WEBHOOK_SECRET is not set: using the public development secret; \
+                 never expose this receiver"
+            );
+            vec![DEV_WEBHOOK_SECRET.to_owned()]
+        }
+        (None, SecretPolicy::Required) => bail!(
+            "PAYSYNC_STRIPE_WEBHOOK_SECRET is not set (the endpoint's signing secret, whsec_…; \
+             comma-separated during rotation, or a file path in PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE)"
+        ),
+    };
+    let mut s = ReceiverSettings::local(secrets.into_iter().map(SecretString::from).collect());
+    s.http_addr = env.parse::<SocketAddr>("PAYSYNC_HTTP_ADDR", s.http_addr)?;
+    s.metrics_addr = env.parse::<SocketAddr>("PAYSYNC_METRICS_ADDR", s.metrics_addr)?;
+    if s.http_addr == s.metrics_addr && s.http_addr.port() != 0 {
+        bail!(
+            "PAYSYNC_METRICS_ADDR: must differ from PAYSYNC_HTTP_ADDR (metrics stay off the public port)"
+        );
+    }
+    s.body_limit = env.positive("PAYSYNC_BODY_LIMIT_BYTES", s.body_limit)?;
+    s.request_timeout = Duration::from_secs(env.positive(
+        "PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS",
+        s.request_timeout.as_secs(),
+    )?);
+    s.stripe.mode = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", s.stripe.mode)?;
+    s.stripe.tolerance_secs =
+        env.parse("PAYSYNC_STRIPE_TOLERANCE_SECS", s.stripe.tolerance_secs)?;
+    if s.stripe.tolerance_secs < 0 {
+        bail!("PAYSYNC_STRIPE_TOLERANCE_SECS: must be ≥ 0 (0 disables the age check)");
+    }
+    s.amqp = amqp(env, "receiver")?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn with<'a>(map: &'a HashMap<String, String>) -> Env<'a> {
+        Env::from_fn(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", "whsec_a")]);
+        let s = receiver(&with(&vars), SecretPolicy::Required).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(s.stripe.mode, Mode::Test);
+        assert_eq!(s.stripe.tolerance_secs, 300);
+        assert_eq!(s.body_limit, 1024 * 1024);
+        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.prefix, "paysync");
+        assert_eq!(s.amqp.connection_name, "paysync-receiver");
+        assert_eq!(s.amqp.confirm_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rotation_secrets_are_comma_separated() {
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", " whsec_old , whsec_new ")]);
+        let secrets = stripe_secrets(&with(&vars)).unwrap().unwrap();
+        assert_eq!(secrets, ["whsec_old", "whsec_new"]);
+    }
+
+    #[test]
+    fn missing_secret_is_an_error_naming_the_variable_unless_dev_fallback() {
+        let vars = env(&[]);
+        let err = receiver(&with(&vars), SecretPolicy::Required)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PAYSYNC_STRIPE_WEBHOOK_SECRET"), "{err}");
+        assert!(receiver(&with(&vars), SecretPolicy::DevFallback).is_ok());
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable_and_never_echo_secrets() {
+        for (var, value) in [
+            ("PAYSYNC_HTTP_ADDR", "localhost"),
+            ("PAYSYNC_METRICS_ADDR", "1.2.3.4"),
+            ("PAYSYNC_STRIPE_MODE", "prod"),
+            ("PAYSYNC_STRIPE_TOLERANCE_SECS", "-1"),
+            ("PAYSYNC_BODY_LIMIT_BYTES", "0"),
+            ("PAYSYNC_AMQP_URL", "http://x"),
+            ("PAYSYNC_AMQP_PREFIX", "bad prefix"),
+            ("PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS", "soon"),
+        ] {
+            let vars = env(&[
+                ("PAYSYNC_STRIPE_WEBHOOK_SECRET", "whsec_topsecret"),
+                (var, value),
+            ]);
+            let err = format!(
+                "{:#}",
+                receiver(&with(&vars), SecretPolicy::Required).unwrap_err()
+            );
+            assert!(err.contains(var), "{var}: {err}");
+            assert!(!err.contains("topsecret"), "{var}: {err}");
+        }
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", "sk_live_abc123")]);
+        let err = receiver(&with(&vars), SecretPolicy::Required)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("whsec_") && !err.contains("abc123"), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("paysync-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "whsec_from_file\n").unwrap();
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE", path.to_str().unwrap())]);
+        assert_eq!(
+            stripe_secrets(&with(&vars)).unwrap().unwrap(),
+            ["whsec_from_file"]
+        );
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE", "/nonexistent/paysync")]);
+        let err = stripe_secrets(&with(&vars)).unwrap_err().to_string();
+        assert!(err.contains("PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn log_format_is_human_or_json() {
+        assert_eq!(
+            common(&with(&env(&[]))).unwrap().log_format,
+            LogFormat::Human
+        );
+        let vars = env(&[("PAYSYNC_LOG_FORMAT", "json")]);
+        assert_eq!(common(&with(&vars)).unwrap().log_format, LogFormat::Json);
+        let vars = env(&[("PAYSYNC_LOG_FORMAT", "xml")]);
+        assert!(
+            common(&with(&vars))
+                .unwrap_err()
+                .to_string()
+                .contains("PAYSYNC_LOG_FORMAT")
+        );
+    }
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Makes sure the local RabbitMQ (127.0.0.1:5672) and PostgreSQL (127.0.0.1:5432) accept
+# connections: installs them from Debian packages when absent, starts them when stopped, waits
+# until they are ready (with a deadline) and creates the `paysync` database. Idempotent: run it
+# as often as you like. One line per action; non-zero exit with a reason when it cannot.
+#
+# For development machines and CI only: on a fresh PostgreSQL install it turns on trust
+# authentication for loopback connections, which the local defaults rely on.
+set -euo pipefail
+
+DEADLINE_SECS=${PAYSYNC_SERVICES_DEADLINE_SECS:-120}
+DB_NAME=${PAYSYNC_SERVICES_DB_NAME:-paysync}
+
+say() { echo "services: $*"; }
+die() { echo "services: error: $*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install or start services"
+  SUDO="sudo"
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* yourself (this script knows Debian only)"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    say "apt-get update"
+    $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  say "installing $* from Debian packages"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+# wait_for DESCRIPTION COMMAND...: polls COMMAND every second until it succeeds or the deadline.
+wait_for() {
+  local what=$1; shift
+  local start=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    if [ $((SECONDS - start)) -ge "$DEADLINE_SECS" ]; then
+      die "$what not ready after ${DEADLINE_SECS}s"
+    fi
+    sleep 1
+  done
+  say "$what ready after $((SECONDS - start))s"
+}
+
+rabbit_ready() { port_open 5672 && $SUDO rabbitmqctl -q status >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+  if port_open 5672; then
+    say "rabbitmq: already accepting connections on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+  fi
+  say "rabbitmq: starting (rabbitmq-server -detached)"
+  $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_for "rabbitmq" rabbit_ready
+}
+
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+pg_query() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -w -tAc "$1"; }
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client
+  fi
+  local version
+  version=$(pg_version)
+  [ -n "$version" ] || die "postgresql is installed but has no cluster under /etc/postgresql"
+  if port_open 5432; then
+    say "postgresql: already accepting connections on 127.0.0.1:5432"
+  else
+    if ! $SUDO pg_lsclusters -h 2>/dev/null | grep -q "^$version *main "; then
+      say "postgresql: creating cluster $version/main"
+      $SUDO pg_createcluster "$version" main >/dev/null || die "pg_createcluster $version main failed"
+    fi
+    say "postgresql: starting cluster $version/main"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+      || $SUDO pg_ctlcluster "$version" main start \
+      || die "pg_ctlcluster $version main start failed (see /var/log/postgresql/)"
+    wait_for "postgresql" pg_isready -h 127.0.0.1 -p 5432 -q
+  fi
+  if ! pg_query "select 1" >/dev/null 2>&1; then
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    say "postgresql: enabling trust auth for user postgres on loopback ($hba)"
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null \
+      || $SUDO pg_ctlcluster "$version" main reload
+    wait_for "postgresql trust auth" pg_query "select 1"
+  fi
+  if [ "$(pg_query "select 1 from pg_database where datname = '$DB_NAME'")" != "1" ]; then
+    say "postgresql: creating database $DB_NAME"
+    pg_query "create database \"$DB_NAME\"" >/dev/null || die "cannot create database $DB_NAME"
+  else
+    say "postgresql: database $DB_NAME exists"
+  fi
+}
+
+ensure_rabbitmq
+ensure_postgres
+say "all services up"

@@ -1,0 +1,35 @@
+# paysync developer tasks. `just` alone lists them. Each recipe is a thin wrapper over what the
+# README and .ci/run do, so nothing rots unseen.
+
+# List the recipes.
+default:
+    @just --list
+
+# Start (and if needed install) the local RabbitMQ and PostgreSQL.
+services:
+    deploy/local/services.sh
+
+# Run paysync locally on development defaults (services first).
+up: services
+    cargo run --release --bin paysync -- up
+
+# Run the whole test suite against the local services (the README's test command).
+test: services
+    cargo test --workspace --locked
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Everything CI runs.
+ci:
+    CI=true bash .ci/run
+
+# Sign a fixture and post it to the local receiver, e.g. `just send fixtures/stripe/invoice.paid.json`.
+send file:
+    cargo run --bin paysync -- send {{file}}
