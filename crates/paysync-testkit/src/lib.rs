@@ -234,6 +234,99 @@ impl Drop for TestBroker {
     }
 }
 
+/// The local PostgreSQL the tests use (`PAYSYNC_TEST_DATABASE_URL` overrides).
+pub fn database_url() -> String {
+    std::env::var("PAYSYNC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/paysync".into())
+}
+
+/// One test's private PostgreSQL schema `paysync_test_<id>`, created on demand by the
+/// migration runner and dropped (cascade) when the guard drops.
+pub struct TestDb {
+    schema: String,
+}
+
+impl TestDb {
+    /// A new isolated schema name.
+    pub fn new() -> Self {
+        Self {
+            schema: format!("paysync_test_{}", unique_id()),
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Store settings pointing at this schema.
+    pub fn settings(&self) -> paysync_store::StoreSettings {
+        paysync_store::StoreSettings {
+            url: database_url(),
+            schema: self.schema.clone(),
+            application_name: self.schema.clone(),
+            ..paysync_store::StoreSettings::default()
+        }
+    }
+
+    /// A migrated store in this schema.
+    pub async fn store(&self) -> anyhow::Result<paysync_store::Store> {
+        let store = paysync_store::Store::new(&self.settings())?;
+        store
+            .migrate()
+            .await
+            .context("migrating the test schema (is PostgreSQL running? deploy/local/services.sh)")?;
+        Ok(store)
+    }
+
+    /// A plain client in this schema, for assertions in SQL.
+    pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let mut config: tokio_postgres::Config = database_url().parse()?;
+        config.options(format!("-c search_path={}", self.schema));
+        config.application_name(&self.schema);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    async fn drop_schema(schema: String) -> anyhow::Result<()> {
+        let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        // The test is over: end its connections first, so a transaction left open by a
+        // panicking test (or one whose rollback never got sent) cannot block the drop.
+        client
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where application_name = $1 and pid <> pg_backend_pid()",
+                &[&schema],
+            )
+            .await?;
+        client
+            .batch_execute(&format!("drop schema if exists {schema} cascade"))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let schema = self.schema.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(Self::drop_schema(schema))
+        });
+        if let Ok(Err(err)) = handle.join() {
+            eprintln!("testkit: schema teardown failed: {err:#}");
+        }
+    }
+}
+
 /// Closes every broker connection whose client-provided name is `name`, as an operator (or a
 /// broker restart) would, using `rabbitmqctl`. Returns how many were closed.
 pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {

@@ -1,0 +1,102 @@
+//! Store errors and their classification.
+
+use tokio_postgres::error::SqlState;
+
+/// A database failure, with whether retrying later may succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No pooled connection (pool exhausted, or the database unreachable).
+    #[error("no database connection")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("database error during {context}")]
+    Db {
+        /// What we were doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An applied migration's file changed afterwards.
+    #[error("migration {version} ({name}) changed after it was applied; add a new migration instead")]
+    MigrationChanged {
+        /// Its version.
+        version: i32,
+        /// Its name.
+        name: &'static str,
+    },
+    /// The settings are unusable.
+    #[error("invalid database settings: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Wraps a driver error with what we were doing (`map_err(StoreError::db("…"))`).
+    pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Self::Db { context, source }
+    }
+
+    /// Whether retrying later may succeed: connection trouble, timeouts, lock conflicts,
+    /// serialization failures, resource exhaustion. Data and constraint errors (other than
+    /// a unique-key race) are permanent: the same input fails the same way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db { source, .. } => match source.code() {
+                // No SQLSTATE: the connection broke or timed out.
+                None => true,
+                Some(code) => is_transient_state(code),
+            },
+            Self::MigrationChanged { .. } | Self::Config(_) => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Self::Db { source, .. } => source.code().map(SqlState::code),
+            _ => None,
+        }
+    }
+}
+
+fn is_transient_state(code: &SqlState) -> bool {
+    let c = code.code();
+    if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::EXCLUSION_VIOLATION {
+        // Two workers raced to create the same row; the retry sees the winner's row.
+        return true;
+    }
+    // 22: data exception, 23: integrity constraint violation: the input is wrong.
+    !(c.starts_with("22") || c.starts_with("23"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_split_into_transient_and_permanent() {
+        for transient in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert!(is_transient_state(&transient), "{}", transient.code());
+        }
+        for permanent in [
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::FOREIGN_KEY_VIOLATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+        ] {
+            assert!(!is_transient_state(&permanent), "{}", permanent.code());
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The event log: dedupe key, audit trail and replay source.
+
+use paysync_domain::EventMeta;
+use time::OffsetDateTime;
+
+use crate::{Store, StoreError, Tx};
+
+/// How an event was processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A handler changed state.
+    Applied,
+    /// No handler for its type; recorded so it is not processed again.
+    Ignored,
+}
+
+impl Outcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// Its metadata.
+    pub meta: &'a EventMeta,
+    /// The raw JSON body (valid UTF-8 JSON, checked by the caller).
+    pub payload: &'a str,
+    /// What happened to it.
+    pub outcome: Outcome,
+    /// The attempt that is committing it.
+    pub attempt: u32,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// Provider name.
+    pub provider: String,
+    /// Provider event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Provider `created`, unix seconds.
+    pub created: i64,
+    /// Live mode.
+    pub livemode: bool,
+    /// Provider API version.
+    pub api_version: Option<String>,
+    /// The account it was linked to, when a handler did.
+    pub account_id: Option<i64>,
+    /// `applied` or `ignored`.
+    pub outcome: String,
+    /// The attempt that committed it.
+    pub attempts: i32,
+    /// Later deliveries that were skipped as duplicates.
+    pub duplicates: i32,
+    /// Operator replays.
+    pub replays: i32,
+    /// When our receiver accepted it.
+    pub received_at: OffsetDateTime,
+    /// When it was committed.
+    pub processed_at: OffsetDateTime,
+    /// The body (only filled by [`Store::event`]).
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Filters for [`Store::events`].
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this type.
+    pub event_type: Option<String>,
+    /// Only processed at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many (newest first).
+    pub limit: i64,
+}
+
+const INSERT_EVENT: &str = "insert into event_log \
+    (provider, event_id, event_type, created, livemode, api_version, payload, received_at, outcome, attempts) \
+    values ($1, $2, $3, $4, $5, $6, ($7::text)::jsonb, to_timestamp($8::bigint / 1000.0), $9, $10) \
+    on conflict (provider, event_id) do nothing \
+    returning id";
+
+const RECORD_DUPLICATE: &str = "update event_log set duplicates = duplicates + 1 \
+    where provider = $1 and event_id = $2";
+
+const COLUMNS: &str = "provider, event_id, event_type, created, livemode, api_version, account_id, \
+    outcome, attempts, duplicates, replays, received_at, processed_at";
+
+impl Tx<'_> {
+    /// Records the event in this transaction. `false` means it is already in the log
+    /// (committed by an earlier delivery): a duplicate, to be acked without side effects.
+    /// If another transaction is inserting the same event right now, this waits for it:
+    /// its commit makes this a duplicate, its rollback lets this one proceed.
+    pub async fn insert_event(&self, event: NewEvent<'_>) -> Result<bool, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(INSERT_EVENT)
+            .await
+            .map_err(StoreError::db("prepare event insert"))?;
+        let m = event.meta;
+        let attempt = i32::try_from(event.attempt).unwrap_or(i32::MAX);
+        let rows = self
+            .0
+            .query(
+                &stmt,
+                &[
+                    &m.provider.as_str(),
+                    &m.event_id,
+                    &m.event_type,
+                    &m.created,
+                    &m.livemode,
+                    &m.api_version,
+                    &event.payload,
+                    &m.received_at_ms,
+                    &event.outcome.as_str(),
+                    &attempt,
+                ],
+            )
+            .await
+            .map_err(StoreError::db("insert event"))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Links the logged event to an account.
+    pub async fn set_event_account(
+        &self,
+        meta: &EventMeta,
+        account_id: i64,
+    ) -> Result<(), StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached("update event_log set account_id = $3 where provider = $1 and event_id = $2")
+            .await
+            .map_err(StoreError::db("prepare event account"))?;
+        self.0
+            .execute(&stmt, &[&meta.provider.as_str(), &meta.event_id, &account_id])
+            .await
+            .map_err(StoreError::db("set event account"))?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Counts one more skipped duplicate delivery of an event.
+    pub async fn record_duplicate(&self, meta: &EventMeta) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .0
+            .prepare_cached(RECORD_DUPLICATE)
+            .await
+            .map_err(StoreError::db("prepare duplicate"))?;
+        conn.0
+            .execute(&stmt, &[&meta.provider.as_str(), &meta.event_id])
+            .await
+            .map_err(StoreError::db("record duplicate"))?;
+        Ok(())
+    }
+
+    /// Stored events, newest first.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "select {COLUMNS} from event_log \
+             where ($1::text is null or event_type = $1) and ($2::timestamptz is null or processed_at >= $2) \
+             order by processed_at desc, id desc limit $3"
+        );
+        let rows = conn
+            .0
+            .query(&sql, &[&filter.event_type, &filter.since, &filter.limit.max(0)])
+            .await
+            .map_err(StoreError::db("list events"))?;
+        Ok(rows.iter().map(|r| row_to_event(r, false)).collect())
+    }
+
+    /// One stored event with its payload.
+    pub async fn event(&self, provider: &str, event_id: &str) -> Result<Option<EventRow>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("select {COLUMNS}, payload from event_log where provider = $1 and event_id = $2");
+        let row = conn
+            .0
+            .query_opt(&sql, &[&provider, &event_id])
+            .await
+            .map_err(StoreError::db("show event"))?;
+        Ok(row.map(|r| row_to_event(&r, true)))
+    }
+}
+
+fn row_to_event(r: &tokio_postgres::Row, with_payload: bool) -> EventRow {
+    EventRow {
+        provider: r.get(0),
+        event_id: r.get(1),
+        event_type: r.get(2),
+        created: r.get(3),
+        livemode: r.get(4),
+        api_version: r.get(5),
+        account_id: r.get(6),
+        outcome: r.get(7),
+        attempts: r.get(8),
+        duplicates: r.get(9),
+        replays: r.get(10),
+        received_at: r.get(11),
+        processed_at: r.get(12),
+        payload: with_payload.then(|| r.get(13)),
+    }
+}

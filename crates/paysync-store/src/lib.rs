@@ -1,0 +1,131 @@
+//! The only crate that writes SQL: the connection pool, the migration runner and the
+//! repositories (event log, dead letters).
+//!
+//! Rule of thumb: every statement is a constant string prepared once per connection
+//! (`prepare_cached`); callers get typed rows, never a `tokio_postgres::Row`. Errors say
+//! whether they are transient ([`StoreError::is_transient`]) so the worker can decide between
+//! a retry and the dead-letter queue without string matching.
+
+mod dead_letters;
+mod error;
+mod events;
+mod migrate;
+mod settings;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+
+pub use dead_letters::{DeadLetterRow, NewDeadLetter};
+pub use error::StoreError;
+pub use events::{EventFilter, EventRow, NewEvent, Outcome};
+pub use migrate::{MIGRATIONS, Migration};
+pub use settings::StoreSettings;
+
+/// The database: a pool plus the schema it works in. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    schema: String,
+}
+
+/// A pooled connection. Returned to the pool on drop.
+pub struct Conn(deadpool_postgres::Object);
+
+/// An open transaction: handlers get it, so their state changes commit or roll back together
+/// with the event-log row.
+pub struct Tx<'a>(deadpool_postgres::Transaction<'a>);
+
+/// Pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Maximum connections.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Idle connections.
+    pub available: usize,
+    /// Tasks waiting for a connection.
+    pub waiting: usize,
+}
+
+impl Store {
+    /// Builds the pool; connects lazily.
+    pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let pg = settings.pg_config()?;
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // Fast: only checks the connection is not closed; a broken one fails its next
+                // statement, which is classified transient and retried.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections)
+            .wait_timeout(Some(settings.wait_timeout))
+            .create_timeout(Some(settings.create_timeout))
+            .recycle_timeout(Some(settings.recycle_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self {
+            pool,
+            schema: settings.schema.clone(),
+        })
+    }
+
+    /// The schema this store works in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// A connection from the pool.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(Conn(self.pool.get().await?))
+    }
+
+    /// Checks the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.0
+            .simple_query("select 1")
+            .await
+            .map_err(StoreError::db("ping"))?;
+        Ok(())
+    }
+
+    /// Pool occupancy now.
+    pub fn pool_status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus {
+            max_size: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        }
+    }
+
+    /// Forgets every connection's prepared statements (after a migration changed tables).
+    pub fn clear_statement_caches(&self) {
+        self.pool.manager().statement_caches.clear();
+    }
+}
+
+impl Conn {
+    /// Starts a transaction.
+    pub async fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(Tx(self.0.transaction().await.map_err(StoreError::db("begin"))?))
+    }
+}
+
+impl Tx<'_> {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.0.commit().await.map_err(StoreError::db("commit"))
+    }
+
+    /// Rolls back (also what dropping does).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.0.rollback().await.map_err(StoreError::db("rollback"))
+    }
+}

@@ -1,0 +1,107 @@
+//! Database settings.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::StoreError;
+
+/// How to reach PostgreSQL and size the pool.
+#[derive(Clone)]
+pub struct StoreSettings {
+    /// `postgres://user[:password]@host:port/db`. May hold a password: never logged.
+    pub url: String,
+    /// Schema every statement runs in (`search_path`); tests use one each.
+    pub schema: String,
+    /// Pool size. The worker's default concurrency keeps about this many transactions busy;
+    /// beyond ~2× cores PostgreSQL on a small box only queues them.
+    pub max_connections: usize,
+    /// Longest wait for a free pooled connection.
+    pub wait_timeout: Duration,
+    /// Longest time to open a new connection.
+    pub create_timeout: Duration,
+    /// Longest time to check a returned connection.
+    pub recycle_timeout: Duration,
+    /// Shown in `pg_stat_activity`, so an operator can tell our connections apart.
+    pub application_name: String,
+    /// Server-side `statement_timeout`: a stuck statement fails (transiently) instead of
+    /// holding a delivery forever.
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/paysync".into(),
+            schema: "public".into(),
+            max_connections: 8,
+            wait_timeout: Duration::from_secs(5),
+            create_timeout: Duration::from_secs(5),
+            recycle_timeout: Duration::from_secs(2),
+            application_name: "paysync".into(),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `name` is a plain identifier we can put into `search_path` unquoted.
+pub fn valid_schema(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl StoreSettings {
+    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut pg = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|_| StoreError::Config("database URL cannot be parsed".into()))?;
+        if !valid_schema(&self.schema) {
+            return Err(StoreError::Config(
+                "schema must be 1-63 characters of [a-z0-9_], not starting with a digit".into(),
+            ));
+        }
+        pg.options(format!(
+            "-c search_path={} -c statement_timeout={}",
+            self.schema,
+            self.statement_timeout.as_millis()
+        ));
+        pg.application_name(&self.application_name);
+        pg.connect_timeout(self.create_timeout);
+        Ok(pg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("public"));
+        assert!(valid_schema("paysync_test_1a2b"));
+        for bad in ["", "1abc", "a-b", "A", "a;drop", &"a".repeat(64)] {
+            assert!(!valid_schema(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_url() {
+        let s = StoreSettings {
+            url: "postgres://u:pw@h/db".into(),
+            ..StoreSettings::default()
+        };
+        assert!(!format!("{s:?}").contains("pw"));
+    }
+}
