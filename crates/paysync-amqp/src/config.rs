@@ -11,11 +11,11 @@ pub struct AmqpSettings {
     /// Prefix of every exchange and queue we declare, so several deployments (or tests) can
     /// share one broker.
     pub prefix: String,
-    /// Shown by `rabbitmqctl list_connections user_provided_name`, so an operator can tell
-    /// our connections apart.
+    /// Client-provided connection name (`connection_name` in `rabbitmqctl list_connections
+    /// client_properties`), so an operator can tell our connections apart.
     pub connection_name: String,
     /// Confirm-mode channels the publisher spreads publishes over. A channel serializes its
-    /// frames; two already saturate a 2-core broker (see docs/benchmarks.md).
+    /// frames, so more than one lets confirms of one channel overlap sends on another.
     pub publisher_channels: usize,
     /// Publishes awaiting a confirm at once, across channels: backpressure on the callers.
     pub max_in_flight: usize,

@@ -5,14 +5,16 @@
 //! plain errors.
 
 mod config;
+mod consumer;
 mod headers;
 mod publisher;
 mod topology;
 
-pub use config::AmqpSettings;
+pub use config::{AmqpSettings, redact_url};
+pub use consumer::{ConsumerLink, Incoming};
 pub use headers::{event_properties, read_event_properties};
-pub use publisher::{PublishError, Publisher};
-pub use topology::{Topology, declare_topology};
+pub use publisher::{DeadLetter, PublishError, Publisher};
+pub use topology::{DELAY_LEVELS, MAX_DELAY_SECS, Topology, declare_topology, delay_routing_key};
 
 /// Re-exported for tests and the CLI, which need a raw channel now and then.
 pub use lapin;

@@ -18,9 +18,50 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use paysync_domain::VerifiedWebhook;
 use tokio::sync::{Semaphore, watch};
 
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use paysync_domain::message::header;
+
 use crate::config::{AmqpSettings, redact_url};
+use crate::consumer::Incoming;
 use crate::headers::event_properties;
-use crate::topology::{Topology, declare_topology};
+use crate::topology::{Topology, declare_topology, delay_routing_key};
+
+/// Why a message goes to the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Unique key of this dead-lettering (idempotent ingest).
+    pub key: String,
+    /// Error kind (closed set).
+    pub kind: &'static str,
+    /// The error and its causes, one per line.
+    pub chain: String,
+    /// Kind + code site digest.
+    pub fingerprint: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// First failure, unix ms.
+    pub first_failure_ms: i64,
+    /// Last failure, unix ms.
+    pub last_failure_ms: i64,
+}
+
+/// Drops the broker's own `x-` headers (`x-death`, `x-first-death-*`, …) before a message
+/// re-enters the delay levels. RabbitMQ 3.10 still interprets a client-published `x-death`:
+/// a retry carrying the previous round's `x-death` for a delay queue is taken for a
+/// dead-letter cycle and silently dropped when it expires from that queue again.
+fn without_broker_headers(table: FieldTable) -> FieldTable {
+    let mut clean = FieldTable::default();
+    for (k, v) in table.inner() {
+        if !k.as_str().starts_with("x-") {
+            clean.insert(k.clone(), v.clone());
+        }
+    }
+    clean
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
 
 /// Why a publish did not end in a broker ack. Every variant means "not durable": the caller
 /// must answer so the provider retries.
@@ -163,9 +204,85 @@ impl Publisher {
         .await
     }
 
+    /// Schedules `incoming` for another attempt after `delay_secs` (whole seconds, clamped to
+    /// what the delay levels express): a copy with `attempt = next_attempt` goes into the
+    /// delay levels. `Ok` means the broker confirmed the copy; only then may the caller ack
+    /// the original (a crash in between duplicates, never loses).
+    pub async fn publish_retry(
+        &self,
+        incoming: &Incoming,
+        next_attempt: u32,
+        delay_secs: u32,
+        first_failure_ms: i64,
+    ) -> Result<(), PublishError> {
+        let mut props = incoming.properties().clone();
+        let mut table = without_broker_headers(props.headers().clone().unwrap_or_default());
+        table.insert(
+            header::ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(next_attempt)),
+        );
+        if !table.contains_key(header::ROUTING_KEY) {
+            table.insert(
+                header::ROUTING_KEY.into(),
+                long_string(incoming.routing_key()),
+            );
+        }
+        if !table.contains_key(header::FIRST_FAILURE_MS) {
+            table.insert(
+                header::FIRST_FAILURE_MS.into(),
+                AMQPValue::LongLongInt(first_failure_ms),
+            );
+        }
+        props = props.with_headers(table).with_delivery_mode(2);
+        self.publish_raw(
+            &self.inner.topology.delay_entry_exchange(),
+            &delay_routing_key(delay_secs),
+            incoming.body(),
+            props,
+        )
+        .await
+    }
+
+    /// Sends `incoming` to the dead-letter queue with the failure described in `letter`,
+    /// keeping its body, properties and headers. `Ok` means the broker confirmed it.
+    pub async fn publish_dead_letter(
+        &self,
+        incoming: &Incoming,
+        letter: &DeadLetter,
+    ) -> Result<(), PublishError> {
+        let mut props = incoming.properties().clone();
+        let mut table = props.headers().clone().unwrap_or_default();
+        let original = incoming.original_routing_key();
+        table.insert(header::ROUTING_KEY.into(), long_string(&original));
+        table.insert(header::DEAD_LETTER_KEY.into(), long_string(&letter.key));
+        table.insert(header::ERROR_KIND.into(), long_string(letter.kind));
+        table.insert(header::ERROR_CHAIN.into(), long_string(&letter.chain));
+        table.insert(header::FINGERPRINT.into(), long_string(&letter.fingerprint));
+        table.insert(
+            header::ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(letter.attempts)),
+        );
+        table.insert(
+            header::FIRST_FAILURE_MS.into(),
+            AMQPValue::LongLongInt(letter.first_failure_ms),
+        );
+        table.insert(
+            header::LAST_FAILURE_MS.into(),
+            AMQPValue::LongLongInt(letter.last_failure_ms),
+        );
+        props = props.with_headers(table).with_delivery_mode(2);
+        self.publish_raw(
+            &self.inner.topology.dead_letters(),
+            &original,
+            incoming.body(),
+            props,
+        )
+        .await
+    }
+
     /// Publishes `body` with `props` to `exchange`/`routing_key` with a confirm (persistent,
-    /// mandatory). Crate-internal plumbing shared with retries and redrives.
-    pub async fn publish_raw(
+    /// mandatory). Only for messages that were verified on the way in.
+    pub(crate) async fn publish_raw(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -208,6 +325,11 @@ impl Publisher {
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                // Unroutable: a queue or binding is gone. Reconnecting re-declares them.
+                self.drop_link(
+                    &link,
+                    "a message came back unroutable; re-declaring the topology",
+                );
                 Err(PublishError::Returned {
                     code: returned.reply_code,
                     text: returned.reply_text.to_string(),
@@ -240,14 +362,21 @@ impl Publisher {
     }
 
     fn invalidate_if_broken(&self, link: &Arc<Link>) {
-        if link.is_open() {
-            return;
+        if !link.is_open() {
+            self.drop_link(link, "broker connection lost");
         }
+    }
+
+    fn drop_link(&self, link: &Arc<Link>, why: &'static str) {
         let mut guard = self.inner.link.write().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().map(|l| l.generation) == Some(link.generation) {
             *guard = None;
             self.inner.ready.send_replace(false);
-            tracing::warn!(generation = link.generation, "broker connection lost");
+            tracing::warn!(generation = link.generation, "{why}");
+            let old = link.clone();
+            tokio::spawn(async move {
+                let _ = old.connection.close(200, "replaced".into()).await;
+            });
         }
     }
 

@@ -32,6 +32,22 @@ pub mod header {
     pub const RECEIVED_AT_MS: &str = "paysync-received-at-ms";
     /// Which attempt this delivery is, starting at 1.
     pub const ATTEMPT: &str = "paysync-attempt";
+    /// The routing key the event was first published with (kept across delay hops).
+    pub const ROUTING_KEY: &str = "paysync-routing-key";
+    /// When the first attempt failed, unix milliseconds (set on the first retry).
+    pub const FIRST_FAILURE_MS: &str = "paysync-first-failure-ms";
+    /// How often an operator re-drove this event from the dead-letter queue.
+    pub const REDRIVES: &str = "paysync-redrives";
+    /// Dead letters only: unique key of this dead-lettering (idempotent ingest).
+    pub const DEAD_LETTER_KEY: &str = "paysync-dead-letter-key";
+    /// Dead letters only: the error kind (closed set).
+    pub const ERROR_KIND: &str = "paysync-error-kind";
+    /// Dead letters only: the error and its causes, one per line.
+    pub const ERROR_CHAIN: &str = "paysync-error-chain";
+    /// Dead letters only: error kind + code site digest, for grouping.
+    pub const FINGERPRINT: &str = "paysync-fingerprint";
+    /// Dead letters only: when the last attempt failed, unix milliseconds.
+    pub const LAST_FAILURE_MS: &str = "paysync-last-failure-ms";
 }
 
 /// A header value as the contract uses them.

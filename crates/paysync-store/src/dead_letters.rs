@@ -113,7 +113,11 @@ impl Store {
     }
 
     /// Dead letters in `state`, oldest first (all states when `None`).
-    pub async fn dead_letters(&self, state: Option<&str>, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
+    pub async fn dead_letters(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
         let conn = self.conn().await?;
         let rows = conn
             .0

@@ -18,7 +18,9 @@ pub enum StoreError {
         source: tokio_postgres::Error,
     },
     /// An applied migration's file changed afterwards.
-    #[error("migration {version} ({name}) changed after it was applied; add a new migration instead")]
+    #[error(
+        "migration {version} ({name}) changed after it was applied; add a new migration instead"
+    )]
     MigrationChanged {
         /// Its version.
         version: i32,

@@ -136,11 +136,16 @@ impl Tx<'_> {
     ) -> Result<(), StoreError> {
         let stmt = self
             .0
-            .prepare_cached("update event_log set account_id = $3 where provider = $1 and event_id = $2")
+            .prepare_cached(
+                "update event_log set account_id = $3 where provider = $1 and event_id = $2",
+            )
             .await
             .map_err(StoreError::db("prepare event account"))?;
         self.0
-            .execute(&stmt, &[&meta.provider.as_str(), &meta.event_id, &account_id])
+            .execute(
+                &stmt,
+                &[&meta.provider.as_str(), &meta.event_id, &account_id],
+            )
             .await
             .map_err(StoreError::db("set event account"))?;
         Ok(())
@@ -173,16 +178,25 @@ impl Store {
         );
         let rows = conn
             .0
-            .query(&sql, &[&filter.event_type, &filter.since, &filter.limit.max(0)])
+            .query(
+                &sql,
+                &[&filter.event_type, &filter.since, &filter.limit.max(0)],
+            )
             .await
             .map_err(StoreError::db("list events"))?;
         Ok(rows.iter().map(|r| row_to_event(r, false)).collect())
     }
 
     /// One stored event with its payload.
-    pub async fn event(&self, provider: &str, event_id: &str) -> Result<Option<EventRow>, StoreError> {
+    pub async fn event(
+        &self,
+        provider: &str,
+        event_id: &str,
+    ) -> Result<Option<EventRow>, StoreError> {
         let conn = self.conn().await?;
-        let sql = format!("select {COLUMNS}, payload from event_log where provider = $1 and event_id = $2");
+        let sql = format!(
+            "select {COLUMNS}, payload from event_log where provider = $1 and event_id = $2"
+        );
         let row = conn
             .0
             .query_opt(&sql, &[&provider, &event_id])

@@ -114,7 +114,11 @@ impl Store {
 impl Conn {
     /// Starts a transaction.
     pub async fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
-        Ok(Tx(self.0.transaction().await.map_err(StoreError::db("begin"))?))
+        Ok(Tx(self
+            .0
+            .transaction()
+            .await
+            .map_err(StoreError::db("begin"))?))
     }
 }
 

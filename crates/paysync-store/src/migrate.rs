@@ -97,7 +97,9 @@ impl Store {
             tracing::info!(version = m.version, name = m.name, "migration applied");
             now.push(m.version);
         }
-        tx.commit().await.map_err(StoreError::db("commit migration"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("commit migration"))?;
         if !now.is_empty() {
             self.clear_statement_caches();
         }
@@ -123,6 +125,10 @@ mod tests {
             .map(|m| format!("{:04}_{}.sql", m.version, m.name))
             .collect();
         assert_eq!(files, listed);
-        assert!(MIGRATIONS.windows(2).all(|w| w[0].version + 1 == w[1].version));
+        assert!(
+            MIGRATIONS
+                .windows(2)
+                .all(|w| w[0].version + 1 == w[1].version)
+        );
     }
 }

@@ -192,6 +192,51 @@ impl TestBroker {
         Ok(out)
     }
 
+    /// Publishes a raw message (with a confirm) to `exchange` — for tests that must put
+    /// something on the broker that our own publisher would refuse to (malformed messages).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> anyhow::Result<()> {
+        use paysync_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "publish not confirmed or returned"
+        );
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Declares the whole topology (as every app does on connect).
+    pub async fn declare(&self) -> anyhow::Result<()> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        paysync_amqp::declare_topology(&channel, &self.topology()).await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
     async fn teardown(prefix: String, delivery_limit: u32) -> anyhow::Result<()> {
         let topology = Topology::new(prefix, delivery_limit);
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
@@ -272,10 +317,9 @@ impl TestDb {
     /// A migrated store in this schema.
     pub async fn store(&self) -> anyhow::Result<paysync_store::Store> {
         let store = paysync_store::Store::new(&self.settings())?;
-        store
-            .migrate()
-            .await
-            .context("migrating the test schema (is PostgreSQL running? deploy/local/services.sh)")?;
+        store.migrate().await.context(
+            "migrating the test schema (is PostgreSQL running? deploy/local/services.sh)",
+        )?;
         Ok(store)
     }
 
@@ -290,7 +334,8 @@ impl TestDb {
     }
 
     async fn drop_schema(schema: String) -> anyhow::Result<()> {
-        let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
+        let (client, connection) =
+            tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         // The test is over: end its connections first, so a transaction left open by a
         // panicking test (or one whose rollback never got sent) cannot block the drop.
@@ -318,7 +363,9 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let schema = self.schema.clone();
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(Self::drop_schema(schema))
         });
         if let Ok(Err(err)) = handle.join() {

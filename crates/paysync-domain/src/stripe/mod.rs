@@ -22,8 +22,8 @@ pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// AMQP short strings (routing key and message id) with room for our prefix.
 const MAX_ID_LEN: usize = 200;
 
-/// Why a Stripe webhook was refused. Every variant maps to a 400 with [`Self::reason`] as the
-/// one-line body; none of them carries secret material or the body.
+/// Why a Stripe webhook was refused. Every variant maps to a 400 with its `Display` text as
+/// the one-line body; none of them carries secret material or the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StripeWebhookError {
     /// The request had no `Stripe-Signature` header.

@@ -19,7 +19,12 @@ async fn an_event_is_logged_once_and_a_rolled_back_insert_is_not_a_duplicate() {
     let db = TestDb::new();
     let store = db.store().await.unwrap();
     let m = meta("evt_store_1");
-    let new = NewEvent { meta: &m, payload: r#"{"id":"evt_store_1"}"#, outcome: Outcome::Applied, attempt: 1 };
+    let new = NewEvent {
+        meta: &m,
+        payload: r#"{"id":"evt_store_1"}"#,
+        outcome: Outcome::Applied,
+        attempt: 1,
+    };
 
     // A failed processing attempt rolls back: nothing is remembered.
     let mut conn = store.conn().await.unwrap();
@@ -28,11 +33,19 @@ async fn an_event_is_logged_once_and_a_rolled_back_insert_is_not_a_duplicate() {
     tx.rollback().await.unwrap();
 
     let tx = conn.transaction().await.unwrap();
-    assert!(tx.insert_event(NewEvent { attempt: 2, ..new }).await.unwrap(), "retry is not a duplicate");
+    assert!(
+        tx.insert_event(NewEvent { attempt: 2, ..new })
+            .await
+            .unwrap(),
+        "retry is not a duplicate"
+    );
     tx.commit().await.unwrap();
 
     let tx = conn.transaction().await.unwrap();
-    assert!(!tx.insert_event(new).await.unwrap(), "second commit attempt is a duplicate");
+    assert!(
+        !tx.insert_event(new).await.unwrap(),
+        "second commit attempt is a duplicate"
+    );
     tx.rollback().await.unwrap();
     store.record_duplicate(&m).await.unwrap();
 
@@ -42,7 +55,13 @@ async fn an_event_is_logged_once_and_a_rolled_back_insert_is_not_a_duplicate() {
     assert_eq!(row.outcome, "applied");
     assert_eq!(row.payload.unwrap()["id"], "evt_store_1");
     assert_eq!(row.received_at.unix_timestamp(), 1_700_000_000);
-    let listed = store.events(&EventFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let listed = store
+        .events(&EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
 }
 
@@ -54,7 +73,12 @@ async fn invalid_json_payload_is_a_permanent_error() {
     let mut conn = store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
     let err = tx
-        .insert_event(NewEvent { meta: &m, payload: "{oops", outcome: Outcome::Applied, attempt: 1 })
+        .insert_event(NewEvent {
+            meta: &m,
+            payload: "{oops",
+            outcome: Outcome::Applied,
+            attempt: 1,
+        })
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err:?}");
@@ -73,7 +97,12 @@ async fn concurrent_inserts_of_one_event_commit_exactly_once() {
             let mut conn = store.conn().await.unwrap();
             let tx = conn.transaction().await.unwrap();
             let fresh = tx
-                .insert_event(NewEvent { meta: &m, payload: "{}", outcome: Outcome::Applied, attempt: 1 })
+                .insert_event(NewEvent {
+                    meta: &m,
+                    payload: "{}",
+                    outcome: Outcome::Applied,
+                    attempt: 1,
+                })
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

@@ -17,7 +17,10 @@ async fn migrations_apply_once_in_order_even_when_two_processes_race() {
     assert!(a.migrate().await.unwrap().is_empty());
     let client = db.client().await.unwrap();
     let recorded: Vec<i32> = client
-        .query("select version from paysync_migrations order by version", &[])
+        .query(
+            "select version from paysync_migrations order by version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -32,10 +35,16 @@ async fn a_changed_migration_is_refused() {
     let store = db.store().await.unwrap();
     let client = db.client().await.unwrap();
     client
-        .execute("update paysync_migrations set checksum = 'edited' where version = 1", &[])
+        .execute(
+            "update paysync_migrations set checksum = 'edited' where version = 1",
+            &[],
+        )
         .await
         .unwrap();
     let err = store.migrate().await.unwrap_err();
-    assert!(err.to_string().contains("changed after it was applied"), "{err}");
+    assert!(
+        err.to_string().contains("changed after it was applied"),
+        "{err}"
+    );
     assert!(!err.is_transient());
 }

@@ -1,0 +1,64 @@
+//! The handler registry: one handler per event type, each given the open transaction in which
+//! the event-log row was just inserted, so its state changes commit or roll back with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use paysync_domain::EventMeta;
+use paysync_store::Tx;
+
+use crate::Failure;
+
+/// An event as handlers see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Metadata from the message headers.
+    pub meta: EventMeta,
+    /// Which attempt this is (1 for the first delivery).
+    pub attempt: u32,
+    /// The parsed body.
+    pub payload: serde_json::Value,
+}
+
+/// Applies one event type to the state. Must be idempotent within the transaction's effect:
+/// an operator replay runs it again on purpose.
+pub trait Handler: Send + Sync {
+    /// Applies `event` inside `tx`. An error rolls back the whole transaction, event-log row
+    /// included, so a retry is not mistaken for a duplicate.
+    fn handle<'a>(&'a self, tx: &'a Tx<'a>, event: &'a Event)
+    -> BoxFuture<'a, Result<(), Failure>>;
+}
+
+/// Handlers by event type. Types without a handler are recorded as `ignored` and acked.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_type: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Handlers {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for `event_type` (replacing any earlier one).
+    pub fn register(
+        &mut self,
+        event_type: impl Into<String>,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Self {
+        self.by_type.insert(event_type.into(), handler);
+        self
+    }
+
+    /// The handler for `event_type`.
+    pub fn get(&self, event_type: &str) -> Option<&Arc<dyn Handler>> {
+        self.by_type.get(event_type)
+    }
+
+    /// Whether a handler exists for `event_type` (also: whether it may be a metric label).
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.by_type.contains_key(event_type)
+    }
+}

@@ -1,0 +1,326 @@
+//! The worker: consumes the work queue with manual acks and applies each event exactly once
+//! in effect; retries transient failures through the broker's delay levels with exponential
+//! backoff and jitter; sends permanent failures and exhausted retries to the dead-letter
+//! queue, which it also drains into PostgreSQL for operators.
+//!
+//! Rule of thumb: commit, then ack. Between the two a crash means a redelivery, which the
+//! event log turns into a counted duplicate.
+
+mod failure;
+mod handler;
+mod ingest;
+mod metrics;
+mod process;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::BackoffBuilder;
+use paysync_amqp::{AmqpSettings, ConsumerLink, Incoming, Publisher};
+use paysync_domain::retry::RetryPolicy;
+use paysync_store::{Store, StoreSettings};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use failure::{Failure, FailureClass, fingerprint};
+pub use handler::{Event, Handler, Handlers};
+pub use metrics::{OUTCOMES, WorkerMetrics};
+pub use process::AfterCommitHook;
+
+use process::Processor;
+
+/// Everything the worker needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Metrics and health listener.
+    pub metrics_addr: SocketAddr,
+    /// Unacked deliveries the broker may push to us at once. 2 × concurrency keeps every
+    /// task busy while acks travel; RabbitMQ suggests 100-300 for throughput, but each
+    /// unacked message is held in memory and redelivered on a crash, so we stay modest.
+    pub prefetch: u16,
+    /// Deliveries processed at once. About the database pool size: more only queues for a
+    /// connection.
+    pub concurrency: usize,
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// How long shutdown waits for in-flight deliveries before closing (the broker
+    /// redelivers whatever was not acked).
+    pub shutdown_grace: Duration,
+    /// Broker settings.
+    pub amqp: AmqpSettings,
+    /// Database settings.
+    pub store: StoreSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let store = StoreSettings::default();
+        Self {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            prefetch: 32,
+            concurrency: store.max_connections * 2,
+            retry: RetryPolicy::default(),
+            shutdown_grace: Duration::from_secs(20),
+            amqp: AmqpSettings::default(),
+            store,
+        }
+    }
+}
+
+/// A built worker: listener bound, pool and publisher created (both connect lazily).
+pub struct App {
+    settings: Settings,
+    metrics_listener: TcpListener,
+    metrics_router: axum::Router,
+    processor: Arc<Processor>,
+    consuming: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Builds the worker with `handlers`. Needs neither broker nor database to be up.
+    pub async fn build(settings: Settings, handlers: Handlers) -> anyhow::Result<Self> {
+        settings
+            .retry
+            .validate()
+            .context("retry policy (PAYSYNC_RETRY_*)")?;
+        let registry = paysync_telemetry::new_registry("worker");
+        let metrics = WorkerMetrics::register(&registry).context("registering metrics")?;
+        let store =
+            Store::new(&settings.store).context("database settings (PAYSYNC_DATABASE_URL)")?;
+        let publisher = Publisher::new(AmqpSettings {
+            connection_name: format!("{}-publisher", settings.amqp.connection_name),
+            ..settings.amqp.clone()
+        });
+        let consuming = Arc::new(AtomicBool::new(false));
+        let readiness: paysync_telemetry::Readiness = {
+            let consuming = consuming.clone();
+            Arc::new(move || {
+                if consuming.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("not consuming (broker or database unreachable)")
+                }
+            })
+        };
+        let metrics_router = paysync_telemetry::metrics_router(registry, readiness);
+        let metrics_listener = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (metrics)", settings.metrics_addr))?;
+        let processor = Arc::new(Processor {
+            store,
+            publisher,
+            handlers,
+            retry: settings.retry,
+            metrics,
+            after_commit: None,
+            unknown_types: Mutex::new(HashSet::new()),
+        });
+        Ok(Self {
+            settings,
+            metrics_listener,
+            metrics_router,
+            processor,
+            consuming,
+        })
+    }
+
+    /// Installs a hook run after each commit, before the ack (for crash tests).
+    pub fn with_after_commit_hook(mut self, hook: AfterCommitHook) -> Self {
+        if let Some(p) = Arc::get_mut(&mut self.processor) {
+            p.after_commit = Some(hook);
+        }
+        self
+    }
+
+    /// The metrics/health port.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// The store (for the CLI and tests).
+    pub fn store(&self) -> &Store {
+        &self.processor.store
+    }
+
+    /// Consumes until `shutdown` resolves; then stops consuming, lets in-flight deliveries
+    /// finish (up to the grace period) and closes the connections. Unfinished deliveries are
+    /// redelivered by the broker.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let metrics = tokio::spawn(
+            axum::serve(self.metrics_listener, self.metrics_router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        let publisher = self.processor.publisher.clone();
+        let supervisor = {
+            let rx = stop_rx.clone();
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.run_supervisor(stopped(rx)).await })
+        };
+        let topology = self.processor.publisher.topology().clone();
+        let settings = Arc::new(self.settings);
+        let work = {
+            let processor = self.processor.clone();
+            consume_loop(
+                settings.clone(),
+                "worker",
+                topology.work_queue(),
+                settings.prefetch,
+                settings.concurrency,
+                Some(self.consuming.clone()),
+                stop_rx.clone(),
+                move |incoming| {
+                    let processor = processor.clone();
+                    async move { processor.handle(incoming).await }
+                },
+            )
+        };
+        let dead = {
+            let processor = self.processor.clone();
+            consume_loop(
+                settings.clone(),
+                "dlq-ingester",
+                topology.dead_letters(),
+                16,
+                4,
+                None,
+                stop_rx.clone(),
+                move |incoming| {
+                    let processor = processor.clone();
+                    async move { ingest::ingest(&processor.store, &processor.metrics, incoming).await }
+                },
+            )
+        };
+        tokio::join!(work, dead);
+        let _ = supervisor.await;
+        let _ = metrics.await;
+        publisher.close().await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Consumes `queue` until stopped, reconnecting with backoff after broker outages. Each
+/// delivery runs as its own task, at most `concurrency` at once, and is acked on its own.
+#[allow(clippy::too_many_arguments)]
+async fn consume_loop<F, Fut>(
+    settings: Arc<Settings>,
+    role: &'static str,
+    queue: String,
+    prefetch: u16,
+    concurrency: usize,
+    consuming: Option<Arc<AtomicBool>>,
+    mut stop: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let set_consuming = |v: bool| {
+        if let Some(flag) = &consuming {
+            flag.store(v, Ordering::Relaxed);
+        }
+    };
+    let mut backoff = reconnect_backoff();
+    loop {
+        let stopping = *stop.borrow();
+        if stopping {
+            break;
+        }
+        let mut link = match ConsumerLink::open(&settings.amqp, role, &queue, prefetch).await {
+            Ok(link) => {
+                backoff = reconnect_backoff();
+                tracing::info!(role, queue = %queue, prefetch, concurrency, "consuming");
+                link
+            }
+            Err(err) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(role, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot consume; will reconnect");
+                tokio::select! {
+                    () = stopped(&mut stop) => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        set_consuming(true);
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = stopped(&mut stop) => {
+                    link.cancel().await;
+                    break;
+                }
+                next = link.next() => match next {
+                    Some(Ok(incoming)) => {
+                        // Invariant: the semaphore is never closed.
+                        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                        let handle = handle.clone();
+                        tasks.spawn(async move {
+                            handle(incoming).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(role, error = %err, "consumer connection failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(role, "consumer was cancelled by the broker; reconnecting");
+                        break;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        set_consuming(false);
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                role,
+                left = tasks.len(),
+                "grace period over; unfinished deliveries go back to the queue"
+            );
+            tasks.abort_all();
+        }
+        link.close().await;
+    }
+}
+
+/// Resolves once the stop flag is set (without holding the watch guard across awaits).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

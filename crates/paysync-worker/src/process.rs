@@ -1,0 +1,344 @@
+//! One delivery, start to ack: decode → one transaction (event-log insert + handler) →
+//! commit → ack. Failures are classified: retryable ones go to the delay levels with
+//! `attempt + 1` (confirmed before the original is acked), permanent ones and exhausted
+//! retries to the dead-letter queue (confirmed before the ack). Nothing is ever dropped:
+//! when even that publish fails, the delivery is handed back to the queue.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
+use paysync_domain::EventMeta;
+use paysync_domain::message::header;
+use paysync_domain::retry::RetryPolicy;
+use paysync_store::{NewEvent, Outcome, Store};
+
+use crate::handler::{Event, Handlers};
+use crate::metrics::WorkerMetrics;
+use crate::{Failure, FailureClass};
+
+/// Called after a commit and before the ack (tests use it to crash in between).
+pub type AfterCommitHook = Arc<dyn Fn(&EventMeta) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What happened to a delivery that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Applied,
+    Ignored,
+    Duplicate,
+}
+
+impl Done {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Shared by all delivery tasks.
+pub(crate) struct Processor {
+    pub(crate) store: Store,
+    pub(crate) publisher: Publisher,
+    pub(crate) handlers: Handlers,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) metrics: WorkerMetrics,
+    pub(crate) after_commit: Option<AfterCommitHook>,
+    pub(crate) unknown_types: Mutex<HashSet<String>>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Why a body is not what its headers promise.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("body id {body:?} does not match message id {message:?}")]
+    IdMismatch { body: String, message: String },
+}
+
+fn decode(incoming: &Incoming) -> Result<(Event, &str), Failure> {
+    let (meta, attempt) = incoming
+        .event()
+        .map_err(|e| Failure::permanent("malformed_message", e))?;
+    let text = std::str::from_utf8(incoming.body())
+        .map_err(|_| Failure::permanent("malformed_body", BodyError::NotUtf8))?;
+    let payload: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Failure::permanent("malformed_body", BodyError::NotJson(e)))?;
+    let body_id = payload
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if body_id != meta.event_id {
+        return Err(Failure::permanent(
+            "malformed_body",
+            BodyError::IdMismatch {
+                body: body_id.chars().take(80).collect(),
+                message: meta.event_id.clone(),
+            },
+        ));
+    }
+    Ok((
+        Event {
+            meta,
+            attempt,
+            payload,
+        },
+        text,
+    ))
+}
+
+impl Processor {
+    fn type_label<'a>(&self, event_type: &'a str) -> &'a str {
+        if self.handlers.knows(event_type) {
+            event_type
+        } else {
+            "other"
+        }
+    }
+
+    fn count(&self, provider: &str, event_type: &str, outcome: &str) {
+        self.metrics
+            .processed
+            .with_label_values(&[provider, self.type_label(event_type), outcome])
+            .inc();
+    }
+
+    /// Processes one delivery to its ack (or its hand-back to the queue).
+    pub(crate) async fn handle(&self, incoming: Incoming) {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let (event, body) = match decode(&incoming) {
+            Ok(decoded) => decoded,
+            Err(failure) => {
+                let provider = incoming
+                    .header_str(header::PROVIDER)
+                    .unwrap_or_else(|| "unknown".into());
+                let event_type = incoming.header_str(header::EVENT_TYPE).unwrap_or_default();
+                self.dead_letter(
+                    &incoming,
+                    incoming.attempt_hint(),
+                    failure,
+                    &provider,
+                    &event_type,
+                )
+                .await;
+                self.metrics.in_flight.dec();
+                return;
+            }
+        };
+        let meta = &event.meta;
+        let provider = meta.provider.as_str();
+        match self.apply(&event, body).await {
+            Ok(done) => {
+                if let Some(hook) = &self.after_commit {
+                    hook(meta).await;
+                }
+                if done == Done::Duplicate {
+                    if let Err(err) = self.store.record_duplicate(meta).await {
+                        tracing::warn!(event.id = %meta.event_id, error = %err, "could not count a duplicate");
+                    }
+                } else {
+                    let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;
+                    self.metrics.lag.with_label_values(&[provider]).observe(lag);
+                }
+                self.ack(&incoming, meta).await;
+                self.count(provider, &meta.event_type, done.label());
+                tracing::info!(
+                    provider,
+                    event.id = %meta.event_id,
+                    event.r#type = %meta.event_type,
+                    outcome = done.label(),
+                    attempt = event.attempt,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "event processed"
+                );
+            }
+            Err(failure) => self.fail(&incoming, &event, failure).await,
+        }
+        self.metrics
+            .duration
+            .with_label_values(&[provider])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+    }
+
+    /// The transaction: event-log row, then the handler; commit only if both succeed.
+    async fn apply(&self, event: &Event, body: &str) -> Result<Done, Failure> {
+        let meta = &event.meta;
+        let handler = self.handlers.get(&meta.event_type);
+        let outcome = if handler.is_some() {
+            Outcome::Applied
+        } else {
+            Outcome::Ignored
+        };
+        let mut conn = self.store.conn().await.map_err(Failure::from_store)?;
+        let tx = conn.transaction().await.map_err(Failure::from_store)?;
+        let fresh = tx
+            .insert_event(NewEvent {
+                meta,
+                payload: body,
+                outcome,
+                attempt: event.attempt,
+            })
+            .await
+            .map_err(Failure::from_store)?;
+        if !fresh {
+            let _ = tx.rollback().await;
+            return Ok(Done::Duplicate);
+        }
+        match handler {
+            Some(handler) => {
+                if let Err(failure) = handler.handle(&tx, event).await {
+                    let _ = tx.rollback().await;
+                    return Err(failure);
+                }
+            }
+            None => self.note_unknown_type(&meta.event_type),
+        }
+        tx.commit().await.map_err(Failure::from_store)?;
+        Ok(if handler.is_some() {
+            Done::Applied
+        } else {
+            Done::Ignored
+        })
+    }
+
+    fn note_unknown_type(&self, event_type: &str) {
+        let mut seen = self.unknown_types.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of invented types must not grow memory without limit.
+        if seen.len() < 1024 && seen.insert(event_type.to_owned()) {
+            tracing::info!(event.r#type = %event_type, "no handler for this event type: recording it as ignored (logged once per type)");
+        }
+    }
+
+    async fn fail(&self, incoming: &Incoming, event: &Event, failure: Failure) {
+        let meta = &event.meta;
+        let provider = meta.provider.as_str();
+        if failure.class() == FailureClass::Retryable {
+            if let Some(delay) = self.retry.delay(event.attempt, rand::random::<f64>()) {
+                let secs = (delay.as_secs_f64().round() as u32).clamp(1, MAX_DELAY_SECS);
+                let first = incoming
+                    .header_i64(header::FIRST_FAILURE_MS)
+                    .unwrap_or_else(now_ms);
+                match self
+                    .publisher
+                    .publish_retry(incoming, event.attempt + 1, secs, first)
+                    .await
+                {
+                    Ok(()) => {
+                        self.ack(incoming, meta).await;
+                        self.count(provider, &meta.event_type, "retry_scheduled");
+                        self.metrics
+                            .retries
+                            .with_label_values(&[&event.attempt.to_string()])
+                            .inc();
+                        tracing::warn!(
+                            provider,
+                            event.id = %meta.event_id,
+                            event.r#type = %meta.event_type,
+                            outcome = "retry_scheduled",
+                            attempt = event.attempt,
+                            delay_secs = secs,
+                            kind = failure.kind(),
+                            error = %failure.chain().replace('\n', ": "),
+                            "event failed; retry scheduled"
+                        );
+                    }
+                    Err(err) => self.hand_back(incoming, meta, &err).await,
+                }
+                return;
+            }
+        }
+        self.dead_letter(incoming, event.attempt, failure, provider, &meta.event_type)
+            .await;
+    }
+
+    async fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        attempts: u32,
+        failure: Failure,
+        provider: &str,
+        event_type: &str,
+    ) {
+        let now = now_ms();
+        let exhausted = failure.class() == FailureClass::Retryable;
+        let mut chain = failure.chain();
+        if exhausted {
+            chain = format!("retries exhausted after {attempts} attempts\n{chain}");
+        }
+        let letter = DeadLetter {
+            key: uuid::Uuid::new_v4().to_string(),
+            kind: failure.kind(),
+            chain,
+            fingerprint: failure.fingerprint(),
+            attempts,
+            first_failure_ms: incoming.header_i64(header::FIRST_FAILURE_MS).unwrap_or(now),
+            last_failure_ms: now,
+        };
+        let event_id = incoming.message_id().unwrap_or_default().to_owned();
+        match self.publisher.publish_dead_letter(incoming, &letter).await {
+            Ok(()) => {
+                if let Err(err) = incoming.ack().await {
+                    tracing::warn!(event.id = %event_id, error = %err, "ack after dead-lettering failed; the broker will redeliver");
+                }
+                self.metrics
+                    .processed
+                    .with_label_values(&[provider, self.type_label(event_type), "dead_lettered"])
+                    .inc();
+                tracing::error!(
+                    provider,
+                    event.id = %event_id,
+                    event.r#type = %event_type,
+                    outcome = "dead_lettered",
+                    attempt = attempts,
+                    kind = letter.kind,
+                    fingerprint = %letter.fingerprint,
+                    error = %letter.chain.replace('\n', ": "),
+                    "event dead-lettered"
+                );
+            }
+            Err(err) => {
+                let meta_id = event_id.clone();
+                tracing::warn!(event.id = %meta_id, error = %err, "dead-letter publish failed; handing the delivery back");
+                tokio::time::sleep(HAND_BACK_PAUSE).await;
+                let _ = incoming.requeue().await;
+            }
+        }
+    }
+
+    async fn ack(&self, incoming: &Incoming, meta: &EventMeta) {
+        if let Err(err) = incoming.ack().await {
+            // The work is committed; the broker will redeliver and the event log dedupes it.
+            tracing::warn!(event.id = %meta.event_id, error = %err, "ack failed after commit; a redelivery will be deduplicated");
+        }
+    }
+
+    async fn hand_back(
+        &self,
+        incoming: &Incoming,
+        meta: &EventMeta,
+        err: &paysync_amqp::PublishError,
+    ) {
+        tracing::warn!(event.id = %meta.event_id, error = %err, "retry publish failed; handing the delivery back");
+        tokio::time::sleep(HAND_BACK_PAUSE).await;
+        let _ = incoming.requeue().await;
+    }
+}
+
+/// Pause before handing a delivery back after a failed publish, so a broker hiccup does not
+/// turn into a hot redelivery loop (the queue's `x-delivery-limit` is the backstop).
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);

@@ -1,0 +1,198 @@
+//! Permanent failures, exhausted retries and malformed messages end in the dead-letter table
+//! with their error, and never loop.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use paysync_amqp::lapin::BasicProperties;
+use paysync_amqp::lapin::types::{AMQPValue, FieldTable, LongString};
+use paysync_store::DeadLetterRow;
+use paysync_testkit::{TestBroker, TestDb, poll_until, stripe_event};
+
+use crate::helpers::*;
+
+async fn dead_letters(db: &TestDb, n: usize) -> Vec<DeadLetterRow> {
+    let store = db.store().await.unwrap();
+    poll_until(
+        Duration::from_secs(40),
+        &format!("{n} dead letters"),
+        || async {
+            let rows = store.dead_letters(None, 100).await.unwrap();
+            (rows.len() >= n).then_some(rows)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_error() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("charge.dispute.created", Script::FailPermanently);
+    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    publish_event(
+        &publisher(&broker),
+        "evt_permanent",
+        "charge.dispute.created",
+    )
+    .await;
+
+    let rows = dead_letters(&db, 1).await;
+    let d = &rows[0];
+    assert_eq!(d.event_id.as_deref(), Some("evt_permanent"));
+    assert_eq!(d.event_type.as_deref(), Some("charge.dispute.created"));
+    assert_eq!(d.error_kind, "test_contradiction");
+    assert!(
+        d.error_chain.contains("contradiction in evt_permanent"),
+        "{}",
+        d.error_chain
+    );
+    assert_eq!(d.attempts, 1, "no retries for a permanent failure");
+    assert_eq!(d.state, "open");
+    assert_eq!(d.routing_key, "stripe.charge.dispute.created");
+    assert_eq!(
+        d.body,
+        stripe_event("evt_permanent", "charge.dispute.created", false)
+    );
+    assert_eq!(d.headers["paysync-event-type"], "charge.dispute.created");
+    assert!(d.first_failed_at <= d.last_failed_at);
+    assert_eq!(calls.count.load(Ordering::SeqCst), 1);
+    // Rolled back: not in the event log, so a fixed handler can apply it on redrive.
+    assert!(
+        db.store()
+            .await
+            .unwrap()
+            .event("stripe", "evt_permanent")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn exhausting_the_attempts_dead_letters_with_attempts_equal_to_the_maximum() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("invoice.paid", Script::FailTransiently(u32::MAX));
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    publish_event(&publisher(&broker), "evt_exhausted", "invoice.paid").await;
+
+    let rows = dead_letters(&db, 1).await;
+    let d = &rows[0];
+    assert_eq!(d.attempts, 3);
+    assert_eq!(d.error_kind, "test_dependency_down");
+    assert!(
+        d.error_chain
+            .starts_with("retries exhausted after 3 attempts"),
+        "{}",
+        d.error_chain
+    );
+    assert!(
+        d.error_chain.contains("dependency down at attempt 3"),
+        "{}",
+        d.error_chain
+    );
+    assert!(
+        d.last_failed_at > d.first_failed_at,
+        "first failure kept across retries"
+    );
+    assert_eq!(
+        d.routing_key, "stripe.invoice.paid",
+        "original routing kept across delay hops"
+    );
+    assert_eq!(calls.count.load(Ordering::SeqCst), 3);
+    worker.stop().await;
+}
+
+fn event_headers(id: &str) -> BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert("paysync-format".into(), AMQPValue::LongLongInt(1));
+    h.insert(
+        "paysync-provider".into(),
+        AMQPValue::LongString(LongString::from("stripe")),
+    );
+    h.insert(
+        "paysync-event-type".into(),
+        AMQPValue::LongString(LongString::from("invoice.paid")),
+    );
+    h.insert("paysync-event-created".into(), AMQPValue::LongLongInt(1));
+    h.insert("paysync-livemode".into(), AMQPValue::Boolean(false));
+    h.insert("paysync-received-at-ms".into(), AMQPValue::LongLongInt(1));
+    h.insert("paysync-attempt".into(), AMQPValue::LongLongInt(1));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_headers(h)
+}
+
+#[tokio::test]
+async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    let t = broker.topology();
+    broker.declare().await.unwrap();
+    // A body that is not JSON, with valid headers.
+    broker
+        .publish_raw(
+            &t.events_exchange(),
+            "stripe.invoice.paid",
+            b"{not json",
+            event_headers("evt_garbage"),
+        )
+        .await
+        .unwrap();
+    // No headers at all.
+    broker
+        .publish_raw(
+            &t.events_exchange(),
+            "stripe.invoice.paid",
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    // Headers and body disagree on the id.
+    broker
+        .publish_raw(
+            &t.events_exchange(),
+            "stripe.invoice.paid",
+            &stripe_event("evt_other", "invoice.paid", false),
+            event_headers("evt_claimed"),
+        )
+        .await
+        .unwrap();
+
+    let rows = dead_letters(&db, 3).await;
+    let mut kinds: Vec<&str> = rows.iter().map(|d| d.error_kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["malformed_body", "malformed_body", "malformed_message"]
+    );
+    assert!(rows.iter().all(|d| d.attempts == 1));
+    assert_eq!(calls.count.load(Ordering::SeqCst), 0);
+    // Nothing left to loop on.
+    poll_until(Duration::from_secs(10), "work queue empty", || async {
+        (broker.message_count(&t.work_queue()).await.unwrap() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    for level in 0..paysync_amqp::DELAY_LEVELS {
+        assert_eq!(
+            broker.message_count(&t.delay_level(level)).await.unwrap(),
+            0
+        );
+    }
+    assert_eq!(
+        db.store()
+            .await
+            .unwrap()
+            .dead_letters(None, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    worker.stop().await;
+}

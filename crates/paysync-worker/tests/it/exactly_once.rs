@@ -1,0 +1,138 @@
+//! The same event, however often delivered, is applied once; a crash between commit and ack
+//! is redelivered and deduplicated.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use paysync_testkit::{TestBroker, TestDb, poll_until};
+use paysync_worker::App;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_same_event_delivered_five_times_is_applied_once_and_four_duplicates_are_counted() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    let publisher = publisher(&broker);
+    for _ in 0..5 {
+        publish_event(&publisher, "evt_five_times", "invoice.paid").await;
+    }
+    logged(&db, "evt_five_times").await;
+    let store = db.store().await.unwrap();
+    let row = poll_until(Duration::from_secs(20), "4 duplicates counted", || async {
+        let row = store.event("stripe", "evt_five_times").await.unwrap()?;
+        (row.duplicates == 4).then_some(row)
+    })
+    .await
+    .unwrap();
+    assert_eq!(row.outcome, "applied");
+    assert_eq!(calls.count.load(Ordering::SeqCst), 1, "handler ran once");
+    let scrape = worker.scrape().await;
+    let series = |o: &str| {
+        format!(
+            r#"paysync_events_processed_total{{event_type="invoice.paid",outcome="{o}",provider="stripe"}}"#
+        )
+    };
+    assert_eq!(sample(&scrape, &series("applied")), 1.0);
+    assert_eq!(sample(&scrape, &series("duplicate")), 4.0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_without_a_handler_is_recorded_as_ignored_and_acked() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    publish_event(&publisher(&broker), "evt_unknown_type", "plan.created").await;
+    let row = logged(&db, "evt_unknown_type").await;
+    assert_eq!(row.outcome, "ignored");
+    assert_eq!(calls.count.load(Ordering::SeqCst), 0);
+    poll_until(Duration::from_secs(10), "work queue empty", || async {
+        (broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap()
+            == 0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let scrape = worker.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"paysync_events_processed_total{event_type="other",outcome="ignored",provider="stripe"}"#
+        ),
+        1.0
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_twice() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    db.store().await.unwrap();
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel::<()>();
+    let committed_tx = Arc::new(std::sync::Mutex::new(Some(committed_tx)));
+    // After the commit, tell the test and then hang: the ack never happens.
+    let hook: paysync_worker::AfterCommitHook = Arc::new(move |_meta| {
+        let tx = committed_tx.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some(tx) = tx {
+                let _ = tx.send(());
+            }
+            std::future::pending::<()>().await
+        })
+    });
+    let app = App::build(settings(&broker, &db, fast_retry(3)), handlers.clone())
+        .await
+        .unwrap()
+        .with_after_commit_hook(hook);
+    let mut crashing = spawn(app).await;
+    publish_event(&publisher(&broker), "evt_commit_then_crash", "invoice.paid").await;
+    tokio::time::timeout(Duration::from_secs(20), committed_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    // Abort the worker mid-flight: committed, not acked.
+    let task = crashing.task.take().unwrap();
+    task.abort();
+    let _ = task.await;
+    drop(crashing);
+
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    let store = db.store().await.unwrap();
+    let row = poll_until(
+        Duration::from_secs(30),
+        "the redelivery counted as a duplicate",
+        || async {
+            let row = store
+                .event("stripe", "evt_commit_then_crash")
+                .await
+                .unwrap()?;
+            (row.duplicates == 1).then_some(row)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.outcome, "applied");
+    assert_eq!(
+        calls.count.load(Ordering::SeqCst),
+        1,
+        "the handler's effect happened once"
+    );
+    poll_until(Duration::from_secs(10), "work queue empty", || async {
+        (broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap()
+            == 0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    worker.stop().await;
+}

@@ -1,0 +1,9 @@
+//! Worker tests against the real local RabbitMQ and PostgreSQL, each test with its own AMQP
+//! prefix and PostgreSQL schema.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod dead_letters;
+mod exactly_once;
+mod helpers;
+mod pipeline;
+mod retries;
