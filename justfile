@@ -13,6 +13,14 @@ services:
 up: services
     cargo run --release --bin paysync -- up
 
+# Apply pending database migrations (services first).
+migrate: services
+    cargo run --bin paysync -- migrate
+
+# Post N signed events to the local receiver (default 1000), e.g. `just smoke 10000`.
+smoke count="1000":
+    deploy/local/smoke-load.py --count {{count}}
+
 # Run the whole test suite against the local services (the README's test command).
 test: services
     cargo test --workspace --locked

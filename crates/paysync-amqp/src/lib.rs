@@ -14,7 +14,9 @@ pub use config::{AmqpSettings, redact_url};
 pub use consumer::{ConsumerLink, Incoming};
 pub use headers::{event_properties, read_event_properties};
 pub use publisher::{DeadLetter, PublishError, Publisher};
-pub use topology::{DELAY_LEVELS, MAX_DELAY_SECS, Topology, declare_topology, delay_routing_key};
+pub use topology::{
+    DELAY_LEVELS, MAX_DELAY_SECS, Topology, declare, declare_topology, delay_routing_key,
+};
 
 /// Re-exported for tests and the CLI, which need a raw channel now and then.
 pub use lapin;

@@ -238,6 +238,22 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
     Ok(())
 }
 
+/// Connects once, declares the whole topology for `settings` and disconnects (for start-up
+/// checks: a wrong URL or an incompatible existing queue fails here, loudly).
+pub async fn declare(settings: &crate::AmqpSettings) -> lapin::Result<()> {
+    let props = lapin::ConnectionProperties::default()
+        .with_connection_name(format!("{}-setup", settings.connection_name).into());
+    let connection = lapin::Connection::connect(&settings.url, props).await?;
+    let channel = connection.create_channel().await?;
+    declare_topology(
+        &channel,
+        &Topology::new(settings.prefix.clone(), settings.delivery_limit),
+    )
+    .await?;
+    let _ = connection.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use paysync_amqp::AmqpSettings;
+use paysync_amqp::{AmqpSettings, MAX_DELAY_SECS};
 use paysync_domain::Mode;
+use paysync_domain::retry::RetryPolicy;
 use paysync_receiver::Settings as ReceiverSettings;
+use paysync_store::StoreSettings;
 use paysync_telemetry::LogFormat;
+use paysync_worker::Settings as WorkerSettings;
 use secrecy::SecretString;
 
 /// The development-only signing secret `paysync up` and `paysync send` fall back to when
@@ -113,8 +116,13 @@ pub fn amqp(env: &Env<'_>, role: &str) -> anyhow::Result<AmqpSettings> {
     let url = env
         .secret("PAYSYNC_AMQP_URL")?
         .unwrap_or(defaults.url.clone());
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        bail!("PAYSYNC_AMQP_URL: must start with amqp:// or amqps://");
+    if url.starts_with("amqps://") {
+        bail!(
+            "PAYSYNC_AMQP_URL: amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network or a TLS sidecar"
+        );
+    }
+    if !url.starts_with("amqp://") {
+        bail!("PAYSYNC_AMQP_URL: must start with amqp://");
     }
     let prefix = env
         .raw("PAYSYNC_AMQP_PREFIX")
@@ -224,6 +232,97 @@ pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverS
     Ok(s)
 }
 
+/// Database settings from `PAYSYNC_DATABASE_*`.
+pub fn database(env: &Env<'_>) -> anyhow::Result<StoreSettings> {
+    let defaults = StoreSettings::default();
+    let url = env
+        .secret("PAYSYNC_DATABASE_URL")?
+        .unwrap_or(defaults.url.clone());
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("PAYSYNC_DATABASE_URL: must start with postgres:// or postgresql://");
+    }
+    let schema = env
+        .raw("PAYSYNC_DATABASE_SCHEMA")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or(defaults.schema.clone());
+    if !paysync_store::valid_schema(&schema) {
+        bail!(
+            "PAYSYNC_DATABASE_SCHEMA: use 1-63 characters of [a-z0-9_], not starting with a digit"
+        );
+    }
+    let s = StoreSettings {
+        url,
+        schema,
+        max_connections: env
+            .positive("PAYSYNC_DATABASE_MAX_CONNECTIONS", defaults.max_connections)?,
+        statement_timeout: Duration::from_millis(env.positive(
+            "PAYSYNC_DATABASE_STATEMENT_TIMEOUT_MS",
+            defaults.statement_timeout.as_millis() as u64,
+        )?),
+        ..defaults
+    };
+    // Parse now, so a malformed URL fails at start-up and names the variable.
+    paysync_store::Store::new(&s).map_err(|e| anyhow::anyhow!("PAYSYNC_DATABASE_URL: {e}"))?;
+    Ok(s)
+}
+
+/// The retry schedule from `PAYSYNC_RETRY_*`.
+pub fn retry(env: &Env<'_>) -> anyhow::Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let p = RetryPolicy {
+        base: Duration::from_secs_f64(
+            env.positive("PAYSYNC_RETRY_BASE_SECS", d.base.as_secs_f64())?,
+        ),
+        factor: env.parse("PAYSYNC_RETRY_FACTOR", d.factor)?,
+        max_delay: Duration::from_secs_f64(
+            env.positive("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay.as_secs_f64())?,
+        ),
+        jitter: env.parse("PAYSYNC_RETRY_JITTER", d.jitter)?,
+        max_attempts: env.positive("PAYSYNC_RETRY_MAX_ATTEMPTS", d.max_attempts)?,
+    };
+    use paysync_domain::retry::RetryPolicyError as E;
+    match p.validate() {
+        Ok(()) => {}
+        Err(E::Base) => bail!(
+            "PAYSYNC_RETRY_BASE_SECS: must be positive and at most PAYSYNC_RETRY_MAX_DELAY_SECS"
+        ),
+        Err(E::Factor) => bail!("PAYSYNC_RETRY_FACTOR: must be a finite number ≥ 1"),
+        Err(E::Jitter) => bail!("PAYSYNC_RETRY_JITTER: must be in [0, 1)"),
+        Err(E::MaxAttempts) => bail!("PAYSYNC_RETRY_MAX_ATTEMPTS: must be at least 1"),
+    }
+    if p.max_delay.as_secs_f64() * (1.0 + p.jitter) > f64::from(MAX_DELAY_SECS) {
+        bail!(
+            "PAYSYNC_RETRY_MAX_DELAY_SECS: with the jitter the longest delay must stay within \
+             {MAX_DELAY_SECS} s (what the broker delay levels express)"
+        );
+    }
+    Ok(p)
+}
+
+/// Worker settings from the environment; `metrics_var` names the listener's variable
+/// (`PAYSYNC_METRICS_ADDR` for `paysync worker`, `PAYSYNC_WORKER_METRICS_ADDR` in `paysync up`).
+pub fn worker(
+    env: &Env<'_>,
+    metrics_var: &str,
+    metrics_default: SocketAddr,
+) -> anyhow::Result<WorkerSettings> {
+    let d = WorkerSettings::default();
+    let store = database(env)?;
+    let concurrency = env.positive("PAYSYNC_WORKER_CONCURRENCY", store.max_connections * 2)?;
+    Ok(WorkerSettings {
+        metrics_addr: env.parse::<SocketAddr>(metrics_var, metrics_default)?,
+        prefetch: env.positive("PAYSYNC_WORKER_PREFETCH", d.prefetch)?,
+        concurrency,
+        retry: retry(env)?,
+        shutdown_grace: Duration::from_secs(env.positive(
+            "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
+            d.shutdown_grace.as_secs(),
+        )?),
+        amqp: amqp(env, "worker")?,
+        store,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +379,7 @@ mod tests {
             ("PAYSYNC_STRIPE_TOLERANCE_SECS", "-1"),
             ("PAYSYNC_BODY_LIMIT_BYTES", "0"),
             ("PAYSYNC_AMQP_URL", "http://x"),
+            ("PAYSYNC_AMQP_URL", "amqps://guest:topsecret@h/%2f"),
             ("PAYSYNC_AMQP_PREFIX", "bad prefix"),
             ("PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS", "soon"),
         ] {
@@ -316,6 +416,50 @@ mod tests {
         let err = stripe_secrets(&with(&vars)).unwrap_err().to_string();
         assert!(err.contains("PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn worker_defaults_match_the_documented_contract() {
+        let vars = env(&[]);
+        let w = worker(
+            &with(&vars),
+            "PAYSYNC_METRICS_ADDR",
+            "127.0.0.1:9464".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(w.store.url, "postgres://postgres@127.0.0.1:5432/paysync");
+        assert_eq!(w.store.schema, "public");
+        assert_eq!(w.retry, RetryPolicy::default());
+        assert_eq!(w.concurrency, 16);
+        assert_eq!(w.prefetch, 32);
+        assert_eq!(w.amqp.connection_name, "paysync-worker");
+    }
+
+    #[test]
+    fn retry_and_database_errors_name_their_variable() {
+        for (var, value) in [
+            ("PAYSYNC_RETRY_BASE_SECS", "0"),
+            ("PAYSYNC_RETRY_FACTOR", "0.5"),
+            ("PAYSYNC_RETRY_JITTER", "1.5"),
+            ("PAYSYNC_RETRY_MAX_ATTEMPTS", "0"),
+            ("PAYSYNC_RETRY_MAX_DELAY_SECS", "40000"),
+            ("PAYSYNC_DATABASE_URL", "mysql://x"),
+            ("PAYSYNC_DATABASE_SCHEMA", "Bad-Schema"),
+            ("PAYSYNC_WORKER_PREFETCH", "0"),
+            ("PAYSYNC_AMQP_URL", "amqps://guest:pw@host/%2f"),
+        ] {
+            let vars = env(&[(var, value)]);
+            let err = format!(
+                "{:#}",
+                worker(
+                    &with(&vars),
+                    "PAYSYNC_METRICS_ADDR",
+                    "127.0.0.1:9464".parse().unwrap()
+                )
+                .unwrap_err()
+            );
+            assert!(err.contains(var), "{var}: {err}");
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! `paysync`: the production processes, the operators' tool and the local all-in-one.
 
 mod config;
+mod events;
 mod send;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::sync::watch;
 
 use crate::config::{Env, SecretPolicy};
 
@@ -23,9 +26,18 @@ struct Cli {
 enum Command {
     /// Run the webhook receiver (production process; needs PAYSYNC_STRIPE_WEBHOOK_SECRET).
     Receiver,
-    /// Run the receiver locally with development defaults (the secret falls back to a public
-    /// development one). The worker joins this command in a later release.
+    /// Run the worker (production process): consume, apply, retry, dead-letter.
+    Worker,
+    /// Local all-in-one: migrate, declare the topology, run receiver and worker in one
+    /// process. Without PAYSYNC_STRIPE_WEBHOOK_SECRET it uses the public development secret.
     Up,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Inspect the event log.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Sign a payload the way Stripe does and POST it to a receiver.
     Send {
         /// The event JSON file; its bytes are sent exactly as they are.
@@ -60,29 +72,93 @@ fn main() -> ExitCode {
     }
 }
 
+const WORKER_METRICS_IN_UP: &str = "127.0.0.1:9465";
+
 async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Receiver => run_receiver(env, SecretPolicy::Required).await,
-        Command::Up => run_receiver(env, SecretPolicy::DevFallback).await,
+        Command::Receiver => {
+            let settings = config::receiver(env, SecretPolicy::Required)?;
+            let app = paysync_receiver::App::build(settings).await?;
+            tracing::info!(
+                port = app.port(),
+                metrics_port = app.metrics_port(),
+                "receiver started"
+            );
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Worker => {
+            let settings = config::worker(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
+            let app = paysync_worker::App::build(settings, handlers()).await?;
+            tracing::info!(metrics_port = app.metrics_port(), "worker started");
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Up => up(env).await?,
+        Command::Migrate => {
+            let applied = migrate(&config::database(env)?).await?;
+            println!("applied {} migration(s): {applied:?}", applied.len());
+        }
+        Command::Events { command } => return events::run(env, command).await,
         Command::Send {
             file,
             url,
             secret,
             timestamp,
-        } => send::run(env, &file, url, secret, timestamp).await,
+        } => return send::run(env, &file, url, secret, timestamp).await,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn run_receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ExitCode> {
-    let settings = config::receiver(env, policy)?;
-    let app = paysync_receiver::App::build(settings).await?;
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// The production handler registry. Billing and CRM handlers register here; until then
+/// every type is recorded as `ignored`.
+fn handlers() -> paysync_worker::Handlers {
+    paysync_worker::Handlers::new()
+}
+
+async fn migrate(settings: &paysync_store::StoreSettings) -> anyhow::Result<Vec<i32>> {
+    let store = paysync_store::Store::new(settings)?;
+    store
+        .migrate()
+        .await
+        .context("migrating the database (PAYSYNC_DATABASE_URL; is PostgreSQL running? deploy/local/services.sh)")
+}
+
+/// `paysync up`: migrate, declare, then receiver and worker side by side until a signal.
+async fn up(env: &Env<'_>) -> anyhow::Result<()> {
+    let receiver_settings = config::receiver(env, SecretPolicy::DevFallback)?;
+    let worker_settings = config::worker(
+        env,
+        "PAYSYNC_WORKER_METRICS_ADDR",
+        WORKER_METRICS_IN_UP.parse().context("built-in address")?,
+    )?;
+    let applied = migrate(&worker_settings.store).await?;
+    tracing::info!(applied = applied.len(), "database migrated");
+    paysync_amqp::declare(&receiver_settings.amqp)
+        .await
+        .context("declaring the broker topology (PAYSYNC_AMQP_URL; is RabbitMQ running? deploy/local/services.sh)")?;
+    let receiver = paysync_receiver::App::build(receiver_settings).await?;
+    let worker = paysync_worker::App::build(worker_settings, handlers()).await?;
     tracing::info!(
-        port = app.port(),
-        metrics_port = app.metrics_port(),
-        "receiver started"
+        port = receiver.port(),
+        metrics_port = receiver.metrics_port(),
+        worker_metrics_port = worker.metrics_port(),
+        "paysync up: receiver and worker running; stop with Ctrl-C"
     );
-    app.run_until_stopped(shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let receiver = tokio::spawn(receiver.run_until_stopped(stopped(stop_rx.clone())));
+    let worker = tokio::spawn(worker.run_until_stopped(stopped(stop_rx)));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    // The receiver stops first (no new events), the worker finishes what it has.
+    receiver.await.context("receiver task")??;
+    worker.await.context("worker task")??;
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -18,7 +18,7 @@ pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, NewEvent, Outcome};
 pub use migrate::{MIGRATIONS, Migration};
-pub use settings::StoreSettings;
+pub use settings::{StoreSettings, valid_schema};
 
 /// The database: a pool plus the schema it works in. Cheap to clone.
 #[derive(Clone)]

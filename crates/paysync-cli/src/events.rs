@@ -1,0 +1,154 @@
+//! `paysync events list|show`: the event log for people (a table) and scripts (`--json`).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use paysync_store::{EventFilter, EventRow, Store};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::{self, Env};
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Recent events, newest first.
+    List {
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events processed at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event with its payload.
+    Show {
+        /// The provider's event id (evt_…).
+        event_id: String,
+        /// The provider.
+        #[arg(long, default_value = "stripe")]
+        provider: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+fn to_json(e: &EventRow) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "provider": e.provider,
+        "event_id": e.event_id,
+        "event_type": e.event_type,
+        "created": e.created,
+        "livemode": e.livemode,
+        "api_version": e.api_version,
+        "account_id": e.account_id,
+        "outcome": e.outcome,
+        "attempts": e.attempts,
+        "duplicates": e.duplicates,
+        "replays": e.replays,
+        "received_at": ts(e.received_at),
+        "processed_at": ts(e.processed_at),
+    });
+    if let Some(p) = &e.payload {
+        v["payload"] = p.clone();
+    }
+    v
+}
+
+pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::new(&config::database(env)?)?;
+    match command {
+        EventsCommand::List {
+            event_type,
+            since,
+            limit,
+            json,
+        } => {
+            let since = since
+                .map(|s| {
+                    OffsetDateTime::parse(&s, &Rfc3339)
+                        .with_context(|| format!("--since: not an RFC 3339 time: {s}"))
+                })
+                .transpose()?;
+            let rows = store
+                .events(&EventFilter {
+                    event_type,
+                    since,
+                    limit,
+                })
+                .await
+                .context("reading the event log")?;
+            if json {
+                let list: Vec<_> = rows.iter().map(to_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<34} {:<38} {:<8} {:>3} {:>4} {}",
+                    "EVENT", "TYPE", "OUTCOME", "ATT", "DUPS", "PROCESSED"
+                );
+                for e in &rows {
+                    println!(
+                        "{:<34} {:<38} {:<8} {:>3} {:>4} {}",
+                        e.event_id,
+                        e.event_type,
+                        e.outcome,
+                        e.attempts,
+                        e.duplicates,
+                        ts(e.processed_at)
+                    );
+                }
+                println!("({} shown)", rows.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Show {
+            event_id,
+            provider,
+            json,
+        } => {
+            let Some(e) = store
+                .event(&provider, &event_id)
+                .await
+                .context("reading the event log")?
+            else {
+                eprintln!("paysync: no event {provider}/{event_id} in the event log");
+                return Ok(ExitCode::from(2));
+            };
+            let v = to_json(&e);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for key in [
+                    "provider",
+                    "event_id",
+                    "event_type",
+                    "created",
+                    "livemode",
+                    "api_version",
+                    "account_id",
+                    "outcome",
+                    "attempts",
+                    "duplicates",
+                    "replays",
+                    "received_at",
+                    "processed_at",
+                ] {
+                    println!("{key:<13} {}", v[key]);
+                }
+                println!("payload:\n{}", serde_json::to_string_pretty(&v["payload"])?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
