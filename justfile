@@ -23,7 +23,7 @@ smoke count="1000":
 
 # Run the whole test suite against the local services (the README's test command).
 test: services
-    cargo test --workspace --locked
+    cargo test --workspace --all-targets --locked
 
 # Format check and clippy with warnings as errors.
 lint:

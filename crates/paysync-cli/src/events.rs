@@ -94,8 +94,8 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<34} {:<38} {:<8} {:>3} {:>4} {}",
-                    "EVENT", "TYPE", "OUTCOME", "ATT", "DUPS", "PROCESSED"
+                    "{:<34} {:<38} {:<8} {:>3} {:>4} PROCESSED",
+                    "EVENT", "TYPE", "OUTCOME", "ATT", "DUPS"
                 );
                 for e in &rows {
                     println!(

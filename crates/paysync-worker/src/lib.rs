@@ -80,6 +80,7 @@ pub struct App {
     metrics_router: axum::Router,
     processor: Arc<Processor>,
     consuming: Arc<AtomicBool>,
+    database_ok: Arc<AtomicBool>,
 }
 
 impl App {
@@ -98,13 +99,17 @@ impl App {
             ..settings.amqp.clone()
         });
         let consuming = Arc::new(AtomicBool::new(false));
+        let database_ok = Arc::new(AtomicBool::new(false));
         let readiness: paysync_telemetry::Readiness = {
             let consuming = consuming.clone();
+            let database_ok = database_ok.clone();
             Arc::new(move || {
-                if consuming.load(Ordering::Relaxed) {
-                    Ok(())
+                if !database_ok.load(Ordering::Relaxed) {
+                    Err("database unreachable")
+                } else if !consuming.load(Ordering::Relaxed) {
+                    Err("not consuming (broker unreachable)")
                 } else {
-                    Err("not consuming (broker or database unreachable)")
+                    Ok(())
                 }
             })
         };
@@ -127,6 +132,7 @@ impl App {
             metrics_router,
             processor,
             consuming,
+            database_ok,
         })
     }
 
@@ -177,6 +183,21 @@ impl App {
             let publisher = publisher.clone();
             tokio::spawn(async move { publisher.run_supervisor(stopped(rx)).await })
         };
+        let health = {
+            let store = self.processor.store.clone();
+            let ok = self.database_ok.clone();
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let pinged = tokio::time::timeout(DATABASE_PING_EVERY, store.ping()).await;
+                    ok.store(matches!(pinged, Ok(Ok(()))), Ordering::Relaxed);
+                    tokio::select! {
+                        () = until_stopped(&mut rx) => break,
+                        () = tokio::time::sleep(DATABASE_PING_EVERY) => {}
+                    }
+                }
+            })
+        };
         let topology = self.processor.publisher.topology().clone();
         let settings = Arc::new(self.settings);
         let work = {
@@ -212,6 +233,7 @@ impl App {
             )
         };
         tokio::join!(work, dead);
+        let _ = health.await;
         let _ = supervisor.await;
         let _ = metrics.await;
         publisher.close().await;
@@ -258,7 +280,7 @@ async fn consume_loop<F, Fut>(
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(role, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot consume; will reconnect");
                 tokio::select! {
-                    () = stopped(&mut stop) => break,
+                    () = until_stopped(&mut stop) => break,
                     () = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -268,7 +290,7 @@ async fn consume_loop<F, Fut>(
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
-                () = stopped(&mut stop) => {
+                () = until_stopped(&mut stop) => {
                     link.cancel().await;
                     break;
                 }
@@ -311,8 +333,11 @@ async fn consume_loop<F, Fut>(
     }
 }
 
+/// How often readiness re-checks the database (and how long one check may take).
+const DATABASE_PING_EVERY: Duration = Duration::from_secs(2);
+
 /// Resolves once the stop flag is set (without holding the watch guard across awaits).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

@@ -227,40 +227,42 @@ impl Processor {
     async fn fail(&self, incoming: &Incoming, event: &Event, failure: Failure) {
         let meta = &event.meta;
         let provider = meta.provider.as_str();
-        if failure.class() == FailureClass::Retryable {
-            if let Some(delay) = self.retry.delay(event.attempt, rand::random::<f64>()) {
-                let secs = (delay.as_secs_f64().round() as u32).clamp(1, MAX_DELAY_SECS);
-                let first = incoming
-                    .header_i64(header::FIRST_FAILURE_MS)
-                    .unwrap_or_else(now_ms);
-                match self
-                    .publisher
-                    .publish_retry(incoming, event.attempt + 1, secs, first)
-                    .await
-                {
-                    Ok(()) => {
-                        self.ack(incoming, meta).await;
-                        self.count(provider, &meta.event_type, "retry_scheduled");
-                        self.metrics
-                            .retries
-                            .with_label_values(&[&event.attempt.to_string()])
-                            .inc();
-                        tracing::warn!(
-                            provider,
-                            event.id = %meta.event_id,
-                            event.r#type = %meta.event_type,
-                            outcome = "retry_scheduled",
-                            attempt = event.attempt,
-                            delay_secs = secs,
-                            kind = failure.kind(),
-                            error = %failure.chain().replace('\n', ": "),
-                            "event failed; retry scheduled"
-                        );
-                    }
-                    Err(err) => self.hand_back(incoming, meta, &err).await,
+        let delay = match failure.class() {
+            FailureClass::Retryable => self.retry.delay(event.attempt, rand::random::<f64>()),
+            FailureClass::Permanent => None,
+        };
+        if let Some(delay) = delay {
+            let secs = (delay.as_secs_f64().round() as u32).clamp(1, MAX_DELAY_SECS);
+            let first = incoming
+                .header_i64(header::FIRST_FAILURE_MS)
+                .unwrap_or_else(now_ms);
+            match self
+                .publisher
+                .publish_retry(incoming, event.attempt + 1, secs, first)
+                .await
+            {
+                Ok(()) => {
+                    self.ack(incoming, meta).await;
+                    self.count(provider, &meta.event_type, "retry_scheduled");
+                    self.metrics
+                        .retries
+                        .with_label_values(&[&event.attempt.to_string()])
+                        .inc();
+                    tracing::warn!(
+                        provider,
+                        event.id = %meta.event_id,
+                        event.r#type = %meta.event_type,
+                        outcome = "retry_scheduled",
+                        attempt = event.attempt,
+                        delay_secs = secs,
+                        kind = failure.kind(),
+                        error = %failure.chain().replace('\n', ": "),
+                        "event failed; retry scheduled"
+                    );
                 }
-                return;
+                Err(err) => self.hand_back(incoming, meta, &err).await,
             }
+            return;
         }
         self.dead_letter(incoming, event.attempt, failure, provider, &meta.event_type)
             .await;

@@ -78,7 +78,6 @@ impl Drop for Running {
 }
 
 pub async fn spawn(app: App) -> Running {
-    paysync_telemetry::init_tracing(paysync_telemetry::LogFormat::Human);
     let metrics_base = format!("http://127.0.0.1:{}", app.metrics_port());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {

@@ -5,5 +5,7 @@
 mod dead_letters;
 mod exactly_once;
 mod helpers;
+mod outages;
 mod pipeline;
 mod retries;
+mod shutdown;

@@ -1,0 +1,71 @@
+//! PostgreSQL unreachable: deliveries are retried later, never dead-lettered, and the worker
+//! reports itself not ready while staying alive.
+
+use std::time::Duration;
+
+use paysync_store::StoreSettings;
+use paysync_testkit::{TestBroker, TestDb, closed_port, poll_until};
+use paysync_worker::{App, Handlers};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_database_outage_is_retried_not_dead_lettered_and_the_worker_is_not_ready() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let mut s = settings(&broker, &db, fast_retry(5));
+    s.store = StoreSettings {
+        url: format!("postgres://postgres@127.0.0.1:{}/paysync", closed_port()),
+        ..db.settings()
+    };
+    let worker = spawn(App::build(s, Handlers::new()).await.unwrap()).await;
+    publish_event(&publisher(&broker), "evt_db_down", "invoice.paid").await;
+
+    let series = |o: &str| {
+        format!(
+            r#"paysync_events_processed_total{{event_type="other",outcome="{o}",provider="stripe"}}"#
+        )
+    };
+    poll_until(Duration::from_secs(30), "two retries scheduled", || async {
+        (sample(&worker.scrape().await, &series("retry_scheduled")) >= 2.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let scrape = worker.scrape().await;
+    assert_eq!(sample(&scrape, &series("dead_lettered")), 0.0);
+    assert_eq!(sample(&scrape, &series("ignored")), 0.0);
+
+    let client = reqwest::Client::new();
+    let readyz = client
+        .get(format!("{}/readyz", worker.metrics_base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(
+        readyz
+            .text()
+            .await
+            .unwrap()
+            .contains("database unreachable")
+    );
+    let healthz = client
+        .get(format!("{}/healthz", worker.metrics_base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_healthy_worker_reports_ready() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let worker = spawn_worker(&broker, &db, fast_retry(3), Handlers::new()).await;
+    let url = format!("{}/readyz", worker.metrics_base);
+    poll_until(Duration::from_secs(15), "worker ready", || async {
+        (reqwest::get(&url).await.unwrap().status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    worker.stop().await;
+}
