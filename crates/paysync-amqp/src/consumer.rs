@@ -100,9 +100,21 @@ impl Incoming {
             .unwrap_or_else(|| self.routing_key().to_owned())
     }
 
-    /// Why the broker itself dead-lettered it (`x-first-death-reason`), if it did.
+    /// Why the broker itself dead-lettered it most recently: the `reason` of the newest
+    /// `x-death` entry (`x-first-death-reason` would name the first expiry in a delay level
+    /// for a message that was retried before).
     pub fn broker_death_reason(&self) -> Option<String> {
-        self.header_str("x-first-death-reason")
+        let AMQPValue::FieldArray(deaths) = self.header("x-death")? else {
+            return self.header_str("x-first-death-reason");
+        };
+        let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+            return None;
+        };
+        match newest.inner().get("reason")? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        }
     }
 
     /// All headers as JSON (for the dead-letter table), byte strings lossily as text.

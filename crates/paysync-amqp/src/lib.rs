@@ -7,13 +7,15 @@
 mod config;
 mod consumer;
 mod headers;
+mod monitor;
 mod publisher;
 mod topology;
 
 pub use config::{AmqpSettings, redact_url};
 pub use consumer::{ConsumerLink, Incoming};
 pub use headers::{event_properties, read_event_properties};
-pub use publisher::{DeadLetter, PublishError, Publisher};
+pub use monitor::BrokerMonitor;
+pub use publisher::{ConnectHook, DeadLetter, PublishError, Publisher};
 pub use topology::{
     DELAY_LEVELS, MAX_DELAY_SECS, Topology, declare, declare_topology, delay_routing_key,
 };

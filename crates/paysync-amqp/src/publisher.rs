@@ -120,7 +120,11 @@ struct Inner {
     generation: AtomicU64,
     in_flight: Semaphore,
     ready: watch::Sender<bool>,
+    on_connect: std::sync::OnceLock<ConnectHook>,
 }
+
+/// Called after every successful connect with the connection's generation (1 = first).
+pub type ConnectHook = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The shared confirmed publisher. Cheap to clone.
 #[derive(Clone)]
@@ -147,8 +151,15 @@ impl Publisher {
                 last_failure: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 ready,
+                on_connect: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Installs a hook called after every successful (re)connect (for metrics). Only the
+    /// first call takes effect.
+    pub fn set_on_connect(&self, hook: ConnectHook) {
+        let _ = self.inner.on_connect.set(hook);
     }
 
     /// The topology this publisher declares and publishes into.
@@ -410,6 +421,9 @@ impl Publisher {
                     .last_failure
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
+                if let Some(hook) = self.inner.on_connect.get() {
+                    hook(link.generation);
+                }
                 tracing::info!(
                     url = %redact_url(&settings.url),
                     generation = link.generation,

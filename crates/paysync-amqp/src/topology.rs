@@ -29,6 +29,9 @@ pub const DELAY_LEVELS: u32 = 15;
 /// Longest delay the levels can express, in seconds (2^15 - 1).
 pub const MAX_DELAY_SECS: u32 = (1 << DELAY_LEVELS) - 1;
 
+/// `x-delivery-limit` of the dead-letter queue: effectively unlimited.
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// The last word of every delay routing key: where the delayed message goes back to.
 const DELAY_DESTINATION: &str = "work";
 
@@ -181,10 +184,16 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
         )
     };
 
-    // Dead letters first: the work queue dead-letters into them. No delivery limit here: a
-    // dead letter must never be dropped, however often its ingestion is retried.
+    // Dead letters first: the work queue dead-letters into them. The queue has no
+    // dead-letter exchange of its own, so its delivery limit is set out of reach (RabbitMQ 4
+    // would default it to 20 and then drop): a dead letter is never dropped, however often
+    // its ingestion is retried.
     let mut dead_args = FieldTable::default();
     dead_args.insert("x-queue-type".into(), long_string("quorum"));
+    dead_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+    );
     channel
         .queue_declare(t.dead_letters().into(), durable, dead_args)
         .await?;

@@ -269,14 +269,17 @@ pub fn database(env: &Env<'_>) -> anyhow::Result<StoreSettings> {
 /// The retry schedule from `PAYSYNC_RETRY_*`.
 pub fn retry(env: &Env<'_>) -> anyhow::Result<RetryPolicy> {
     let d = RetryPolicy::default();
+    let secs = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+        let v: f64 = env.positive(name, default.as_secs_f64())?;
+        if !v.is_finite() || v > 1e9 {
+            bail!("{name}: must be a finite number of seconds");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
     let p = RetryPolicy {
-        base: Duration::from_secs_f64(
-            env.positive("PAYSYNC_RETRY_BASE_SECS", d.base.as_secs_f64())?,
-        ),
+        base: secs("PAYSYNC_RETRY_BASE_SECS", d.base)?,
         factor: env.parse("PAYSYNC_RETRY_FACTOR", d.factor)?,
-        max_delay: Duration::from_secs_f64(
-            env.positive("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay.as_secs_f64())?,
-        ),
+        max_delay: secs("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay)?,
         jitter: env.parse("PAYSYNC_RETRY_JITTER", d.jitter)?,
         max_attempts: env.positive("PAYSYNC_RETRY_MAX_ATTEMPTS", d.max_attempts)?,
     };
@@ -317,6 +320,10 @@ pub fn worker(
         shutdown_grace: Duration::from_secs(env.positive(
             "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
             d.shutdown_grace.as_secs(),
+        )?),
+        monitor_interval: Duration::from_secs(env.positive(
+            "PAYSYNC_WORKER_MONITOR_INTERVAL_SECS",
+            d.monitor_interval.as_secs(),
         )?),
         amqp: amqp(env, "worker")?,
         store,
@@ -439,6 +446,8 @@ mod tests {
     fn retry_and_database_errors_name_their_variable() {
         for (var, value) in [
             ("PAYSYNC_RETRY_BASE_SECS", "0"),
+            ("PAYSYNC_RETRY_BASE_SECS", "inf"),
+            ("PAYSYNC_RETRY_MAX_DELAY_SECS", "NaN"),
             ("PAYSYNC_RETRY_FACTOR", "0.5"),
             ("PAYSYNC_RETRY_JITTER", "1.5"),
             ("PAYSYNC_RETRY_MAX_ATTEMPTS", "0"),

@@ -47,6 +47,12 @@ impl App {
         let registry = paysync_telemetry::new_registry("receiver");
         let metrics = ReceiverMetrics::register(&registry).context("registering metrics")?;
         let publisher = Publisher::new(settings.amqp.clone());
+        let reconnects = metrics.broker_reconnects.with_label_values(&["publisher"]);
+        publisher.set_on_connect(Arc::new(move |generation| {
+            if generation > 1 {
+                reconnects.inc();
+            }
+        }));
         let secrets = settings
             .stripe
             .secrets

@@ -24,6 +24,8 @@ pub struct ReceiverMetrics {
     pub request_duration: HistogramVec,
     /// `paysync_publish_confirm_duration_seconds`: publish start to broker confirm.
     pub confirm_duration: Histogram,
+    /// `paysync_broker_reconnects_total{link="publisher"}`: connections re-opened.
+    pub broker_reconnects: prometheus::IntCounterVec,
 }
 
 /// Buckets from 0.5 ms to 10 s: a confirm takes a few ms; the tail shows broker trouble.
@@ -59,6 +61,8 @@ impl ReceiverMetrics {
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(confirm_duration.clone()))?;
+        let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
+        broker_reconnects.with_label_values(&["publisher"]);
         // Pre-create every series so dashboards see zeros rather than gaps.
         for outcome in OUTCOMES {
             received.with_label_values(&["stripe", outcome]);
@@ -68,6 +72,7 @@ impl ReceiverMetrics {
             received,
             request_duration,
             confirm_duration,
+            broker_reconnects,
         })
     }
 }

@@ -21,7 +21,8 @@ pub struct NewDeadLetter {
     pub headers: serde_json::Value,
     /// The raw body.
     pub body: Vec<u8>,
-    /// Error kind (closed set, e.g. `malformed_message`, `retries_exhausted`).
+    /// Error kind (closed set, e.g. `malformed_message`, `database_unavailable`; an exhausted
+    /// retry keeps its cause's kind and says so in the chain).
     pub error_kind: String,
     /// The error and its causes, one per line.
     pub error_chain: String,
@@ -78,6 +79,20 @@ const INSERT: &str = "insert into dead_letters \
     on conflict (message_key) do nothing";
 
 impl Store {
+    /// Dead letters per state (`open`, `retried`, `archived`); absent states have none.
+    pub async fn dead_letter_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .0
+            .query(
+                "select state, count(*) from dead_letters group by state",
+                &[],
+            )
+            .await
+            .map_err(StoreError::db("count dead letters"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Stores a dead letter; `false` if this message was ingested before.
     pub async fn insert_dead_letter(&self, d: &NewDeadLetter) -> Result<bool, StoreError> {
         let conn = self.conn().await?;

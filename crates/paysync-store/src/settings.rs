@@ -13,8 +13,8 @@ pub struct StoreSettings {
     pub url: String,
     /// Schema every statement runs in (`search_path`); tests use one each.
     pub schema: String,
-    /// Pool size. The worker's default concurrency keeps about this many transactions busy;
-    /// beyond ~2× cores PostgreSQL on a small box only queues them.
+    /// Pool size. Each connection is one PostgreSQL backend; on a small box a handful of
+    /// backends saturate it (fsync and CPU), more only queue inside the server.
     pub max_connections: usize,
     /// Longest wait for a free pooled connection.
     pub wait_timeout: Duration,

@@ -54,6 +54,20 @@ pub fn new_registry(process: &str) -> Registry {
     registry
 }
 
+/// Declares and registers `paysync_broker_reconnects_total{link}` (broker connections
+/// re-opened after a loss), shared by the receiver and the worker.
+pub fn broker_reconnects(registry: &Registry) -> prometheus::Result<prometheus::IntCounterVec> {
+    let counter = prometheus::IntCounterVec::new(
+        Opts::new(
+            "paysync_broker_reconnects_total",
+            "Broker connections re-opened after a loss, by link.",
+        ),
+        &["link"],
+    )?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
+}
+
 /// Readiness probe: returns `Ok(())` when ready, or a short reason.
 pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
 

@@ -44,7 +44,8 @@ pub struct Settings {
     /// task busy while acks travel; RabbitMQ suggests 100-300 for throughput, but each
     /// unacked message is held in memory and redelivered on a crash, so we stay modest.
     pub prefetch: u16,
-    /// Deliveries processed at once. About the database pool size: more only queues for a
+    /// Deliveries processed at once. Default 2 × the database pool: while one transaction
+    /// waits on the network another can use the connection slot; far more only queues for a
     /// connection.
     pub concurrency: usize,
     /// The retry schedule.
@@ -52,6 +53,8 @@ pub struct Settings {
     /// How long shutdown waits for in-flight deliveries before closing (the broker
     /// redelivers whatever was not acked).
     pub shutdown_grace: Duration,
+    /// How often queue depths, dead-letter counts and pool usage are refreshed for metrics.
+    pub monitor_interval: Duration,
     /// Broker settings.
     pub amqp: AmqpSettings,
     /// Database settings.
@@ -67,6 +70,7 @@ impl Default for Settings {
             concurrency: store.max_connections * 2,
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(20),
+            monitor_interval: Duration::from_secs(15),
             amqp: AmqpSettings::default(),
             store,
         }
@@ -98,6 +102,12 @@ impl App {
             connection_name: format!("{}-publisher", settings.amqp.connection_name),
             ..settings.amqp.clone()
         });
+        let reconnects = metrics.broker_reconnects.with_label_values(&["publisher"]);
+        publisher.set_on_connect(Arc::new(move |generation| {
+            if generation > 1 {
+                reconnects.inc();
+            }
+        }));
         let consuming = Arc::new(AtomicBool::new(false));
         let database_ok = Arc::new(AtomicBool::new(false));
         let readiness: paysync_telemetry::Readiness = {
@@ -198,6 +208,12 @@ impl App {
                 }
             })
         };
+        let monitor = tokio::spawn(monitor(
+            self.processor.clone(),
+            self.settings.amqp.clone(),
+            self.settings.monitor_interval,
+            stop_rx.clone(),
+        ));
         let topology = self.processor.publisher.topology().clone();
         let settings = Arc::new(self.settings);
         let work = {
@@ -209,6 +225,10 @@ impl App {
                 settings.prefetch,
                 settings.concurrency,
                 Some(self.consuming.clone()),
+                self.processor
+                    .metrics
+                    .broker_reconnects
+                    .with_label_values(&["consumer"]),
                 stop_rx.clone(),
                 move |incoming| {
                     let processor = processor.clone();
@@ -225,6 +245,10 @@ impl App {
                 16,
                 4,
                 None,
+                self.processor
+                    .metrics
+                    .broker_reconnects
+                    .with_label_values(&["ingester"]),
                 stop_rx.clone(),
                 move |incoming| {
                     let processor = processor.clone();
@@ -234,6 +258,7 @@ impl App {
         };
         tokio::join!(work, dead);
         let _ = health.await;
+        let _ = monitor.await;
         let _ = supervisor.await;
         let _ = metrics.await;
         publisher.close().await;
@@ -252,6 +277,7 @@ async fn consume_loop<F, Fut>(
     prefetch: u16,
     concurrency: usize,
     consuming: Option<Arc<AtomicBool>>,
+    reconnects: prometheus::IntCounter,
     mut stop: watch::Receiver<bool>,
     handle: F,
 ) where
@@ -265,6 +291,7 @@ async fn consume_loop<F, Fut>(
         }
     };
     let mut backoff = reconnect_backoff();
+    let mut opened_before = false;
     loop {
         let stopping = *stop.borrow();
         if stopping {
@@ -273,6 +300,10 @@ async fn consume_loop<F, Fut>(
         let mut link = match ConsumerLink::open(&settings.amqp, role, &queue, prefetch).await {
             Ok(link) => {
                 backoff = reconnect_backoff();
+                if opened_before {
+                    reconnects.inc();
+                }
+                opened_before = true;
                 tracing::info!(role, queue = %queue, prefetch, concurrency, "consuming");
                 link
             }
@@ -330,6 +361,58 @@ async fn consume_loop<F, Fut>(
             tasks.abort_all();
         }
         link.close().await;
+    }
+}
+
+/// Refreshes the gauges that are read from outside: queue depths from the broker,
+/// dead-letter counts and pool usage from the database.
+async fn monitor(
+    processor: Arc<Processor>,
+    amqp: AmqpSettings,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut broker = paysync_amqp::BrokerMonitor::new(AmqpSettings {
+        connection_name: format!("{}-worker", amqp.connection_name),
+        ..amqp
+    });
+    let m = &processor.metrics;
+    loop {
+        let pool = processor.store.pool_status();
+        m.pool_max.set(pool.max_size as i64);
+        m.pool_waiting.set(pool.waiting as i64);
+        m.pool_connections
+            .with_label_values(&["idle"])
+            .set(pool.available as i64);
+        m.pool_connections
+            .with_label_values(&["in_use"])
+            .set(pool.size.saturating_sub(pool.available) as i64);
+        match broker.depths().await {
+            Ok(depths) => {
+                for (queue, ready) in depths {
+                    m.queue_messages
+                        .with_label_values(&[&queue])
+                        .set(i64::from(ready));
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "queue depths unavailable"),
+        }
+        match processor.store.dead_letter_counts().await {
+            Ok(counts) => {
+                for state in metrics::DEAD_LETTER_STATES {
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| s == state)
+                        .map_or(0, |(_, n)| *n);
+                    m.dead_letters.with_label_values(&[state]).set(n);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "dead-letter counts unavailable"),
+        }
+        tokio::select! {
+            () = until_stopped(&mut stop) => break,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Every metric the worker exports, declared in one place.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Outcome labels of `paysync_events_processed_total` (a closed set).
 pub const OUTCOMES: &[&str] = &[
@@ -27,7 +29,27 @@ pub struct WorkerMetrics {
     pub ingested: IntCounterVec,
     /// `paysync_worker_in_flight`: deliveries being processed now.
     pub in_flight: IntGauge,
+    /// `paysync_dead_letters{state}`: rows in the dead-letter table (open, retried, archived),
+    /// read from PostgreSQL by the monitor.
+    pub dead_letters: IntGaugeVec,
+    /// `paysync_queue_messages{queue}`: messages ready per queue (`work`, `dead`,
+    /// `delay.0`…`delay.14`), read from the broker by the monitor.
+    pub queue_messages: IntGaugeVec,
+    /// `paysync_db_pool_connections{state}`: pooled connections `in_use` and `idle`.
+    pub pool_connections: IntGaugeVec,
+    /// `paysync_db_pool_max_connections`: the pool's size limit.
+    pub pool_max: IntGauge,
+    /// `paysync_db_pool_waiting`: tasks waiting for a pooled connection.
+    pub pool_waiting: IntGauge,
+    /// `paysync_db_pool_wait_seconds`: time to get a pooled connection.
+    pub pool_wait: Histogram,
+    /// `paysync_broker_reconnects_total{link}`: broker connections re-opened after a loss
+    /// (`publisher`, `consumer`, `ingester`).
+    pub broker_reconnects: IntCounterVec,
 }
+
+/// States of `paysync_dead_letters`.
+pub const DEAD_LETTER_STATES: &[&str] = &["open", "retried", "archived"];
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -100,12 +122,64 @@ impl WorkerMetrics {
             "paysync_worker_in_flight",
             "Deliveries being processed now.",
         )?;
+        let dead_letters = IntGaugeVec::new(
+            Opts::new(
+                "paysync_dead_letters",
+                "Dead letters in PostgreSQL, by state.",
+            ),
+            &["state"],
+        )?;
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "paysync_queue_messages",
+                "Messages ready in each broker queue.",
+            ),
+            &["queue"],
+        )?;
+        let pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "paysync_db_pool_connections",
+                "Pooled database connections, by state.",
+            ),
+            &["state"],
+        )?;
+        let pool_max = IntGauge::new(
+            "paysync_db_pool_max_connections",
+            "Database pool size limit.",
+        )?;
+        let pool_waiting = IntGauge::new(
+            "paysync_db_pool_waiting",
+            "Tasks waiting for a pooled database connection.",
+        )?;
+        let pool_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "paysync_db_pool_wait_seconds",
+                "Time to get a pooled database connection.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(ingested.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(queue_messages.clone()))?;
+        registry.register(Box::new(pool_connections.clone()))?;
+        registry.register(Box::new(pool_max.clone()))?;
+        registry.register(Box::new(pool_waiting.clone()))?;
+        registry.register(Box::new(pool_wait.clone()))?;
+        for state in DEAD_LETTER_STATES {
+            dead_letters.with_label_values(&[state]);
+        }
+        for state in ["in_use", "idle"] {
+            pool_connections.with_label_values(&[state]);
+        }
+        for link in ["publisher", "consumer", "ingester"] {
+            broker_reconnects.with_label_values(&[link]);
+        }
         for outcome in OUTCOMES {
             processed.with_label_values(&["stripe", "other", outcome]);
         }
@@ -116,6 +190,13 @@ impl WorkerMetrics {
             retries,
             ingested,
             in_flight,
+            dead_letters,
+            queue_messages,
+            pool_connections,
+            pool_max,
+            pool_waiting,
+            pool_wait,
+            broker_reconnects,
         })
     }
 }

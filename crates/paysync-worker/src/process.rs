@@ -8,6 +8,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
@@ -56,6 +59,22 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+/// A handler panicked; the payload's message when it was a string.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+struct HandlerPanic(String);
+
+impl From<Box<dyn std::any::Any + Send>> for HandlerPanic {
+    fn from(panic: Box<dyn std::any::Any + Send>) -> Self {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        Self(text)
+    }
 }
 
 /// Why a body is not what its headers promise.
@@ -184,7 +203,11 @@ impl Processor {
         } else {
             Outcome::Ignored
         };
+        let waited = Instant::now();
         let mut conn = self.store.conn().await.map_err(Failure::from_store)?;
+        self.metrics
+            .pool_wait
+            .observe(waited.elapsed().as_secs_f64());
         let tx = conn.transaction().await.map_err(Failure::from_store)?;
         let fresh = tx
             .insert_event(NewEvent {
@@ -201,7 +224,18 @@ impl Processor {
         }
         match handler {
             Some(handler) => {
-                if let Err(failure) = handler.handle(&tx, event).await {
+                // A panicking handler must not leave its delivery unacked forever: it becomes a
+                // permanent failure like any other (a person has to look at the code path).
+                let ran = AssertUnwindSafe(handler.handle(&tx, event))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(Failure::permanent(
+                            "handler_panicked",
+                            HandlerPanic::from(panic),
+                        ))
+                    });
+                if let Err(failure) = ran {
                     let _ = tx.rollback().await;
                     return Err(failure);
                 }

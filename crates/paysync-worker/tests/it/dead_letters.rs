@@ -196,3 +196,16 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, _calls) = handlers("invoice.paid", Script::Panic);
+    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    publish_event(&publisher(&broker), "evt_panics", "invoice.paid").await;
+    let rows = dead_letters(&db, 1).await;
+    assert_eq!(rows[0].error_kind, "handler_panicked");
+    assert!(rows[0].error_chain.contains("handler bug for evt_panics"), "{}", rows[0].error_chain);
+    assert!(db.store().await.unwrap().event("stripe", "evt_panics").await.unwrap().is_none());
+    worker.stop().await;
+}

@@ -133,6 +133,7 @@ pub enum Script {
     /// Fail transiently while the attempt is ≤ n.
     FailTransiently(u32),
     FailPermanently,
+    Panic,
 }
 
 pub struct Scripted {
@@ -160,6 +161,7 @@ impl Handler for Scripted {
                     std::io::Error::other(format!("dependency down at attempt {}", event.attempt)),
                 )),
                 Script::FailTransiently(_) => Ok(()),
+                Script::Panic => panic!("handler bug for {}", event.meta.event_id),
                 Script::FailPermanently => Err(Failure::permanent(
                     "test_contradiction",
                     std::io::Error::other(format!("contradiction in {}", event.meta.event_id)),
