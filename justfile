@@ -21,6 +21,15 @@ migrate: services
 smoke count="1000":
     deploy/local/smoke-load.py --count {{count}}
 
+# With `just up` running: a real Prometheus scrapes it with deploy/prometheus/ and reports the processed rate.
+prometheus-check:
+    deploy/local/prometheus-check.sh
+
+# Check the alert rules and run their unit tests.
+rules:
+    promtool check rules deploy/prometheus/alerts.yml
+    promtool test rules deploy/prometheus/alerts.test.yml
+
 # Run the whole test suite against the local services (the README's test command).
 test: services
     cargo test --workspace --all-targets --locked

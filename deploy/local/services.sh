@@ -102,6 +102,20 @@ ensure_postgres() {
   fi
 }
 
+# promtool and prometheus (Debian's `prometheus` package) check and exercise the alert rules
+# and the scrape in the tests.
+ensure_tools() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    say "tools: promtool and prometheus present"
+    return
+  fi
+  apt_install prometheus
+  # The package may start its own service; the tests run their own instance.
+  $SUDO pkill -x prometheus 2>/dev/null || true
+  command -v promtool >/dev/null 2>&1 || die "promtool missing after installing prometheus"
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_tools
 say "all services up"

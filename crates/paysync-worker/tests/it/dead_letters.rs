@@ -205,7 +205,19 @@ async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
     publish_event(&publisher(&broker), "evt_panics", "invoice.paid").await;
     let rows = dead_letters(&db, 1).await;
     assert_eq!(rows[0].error_kind, "handler_panicked");
-    assert!(rows[0].error_chain.contains("handler bug for evt_panics"), "{}", rows[0].error_chain);
-    assert!(db.store().await.unwrap().event("stripe", "evt_panics").await.unwrap().is_none());
+    assert!(
+        rows[0].error_chain.contains("handler bug for evt_panics"),
+        "{}",
+        rows[0].error_chain
+    );
+    assert!(
+        db.store()
+            .await
+            .unwrap()
+            .event("stripe", "evt_panics")
+            .await
+            .unwrap()
+            .is_none()
+    );
     worker.stop().await;
 }

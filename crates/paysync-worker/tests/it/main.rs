@@ -5,6 +5,8 @@
 mod dead_letters;
 mod exactly_once;
 mod helpers;
+mod logs;
+mod observability;
 mod outages;
 mod pipeline;
 mod retries;

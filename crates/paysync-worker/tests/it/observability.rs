@@ -1,0 +1,408 @@
+//! What operators see: traffic moves the counters on both /metrics endpoints, promtool accepts
+//! the scrapes and the alert rules, every metric the dashboard and the rules name exists, and a
+//! real Prometheus scrapes a running receiver and worker.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use paysync_domain::stripe::signature::sign_header;
+use paysync_testkit::{TestBroker, TestDb, now_secs, poll_until, stripe_event};
+use secrecy::SecretString;
+
+use crate::helpers::*;
+
+pub(crate) const SECRET: &str = "whsec_observability";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub(crate) struct Stack {
+    broker: TestBroker,
+    db: TestDb,
+    worker: Running,
+    url: String,
+    receiver_metrics: String,
+    stop_receiver: Option<tokio::sync::oneshot::Sender<()>>,
+    client: reqwest::Client,
+}
+
+impl Stack {
+    pub(crate) async fn start() -> Self {
+        let (broker, db) = (TestBroker::new(), TestDb::new());
+        let mut handlers = paysync_worker::Handlers::new();
+        let (h, _) = crate::helpers::handlers("invoice.paid", Script::Succeed);
+        handlers = merge(handlers, h);
+        let (h, _) = crate::helpers::handlers("charge.failed", Script::FailTransiently(1));
+        handlers = merge(handlers, h);
+        let (h, _) = crate::helpers::handlers("charge.dispute.created", Script::FailPermanently);
+        handlers = merge(handlers, h);
+        db.store().await.unwrap();
+        let mut ws = settings(&broker, &db, fast_retry(3));
+        ws.monitor_interval = Duration::from_millis(200);
+        let worker = spawn(paysync_worker::App::build(ws, handlers).await.unwrap()).await;
+
+        let mut rs = paysync_receiver::Settings::local(vec![SecretString::from(SECRET.to_owned())]);
+        rs.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        rs.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        rs.amqp = broker.settings("receiver");
+        let receiver = paysync_receiver::App::build(rs).await.unwrap();
+        let url = format!("http://127.0.0.1:{}/webhooks/stripe", receiver.port());
+        let receiver_metrics = format!("http://127.0.0.1:{}", receiver.metrics_port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(receiver.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            broker,
+            db,
+            worker,
+            url,
+            receiver_metrics,
+            stop_receiver: Some(stop),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) async fn post(&self, body: &[u8], secret: &str) -> u16 {
+        let header = sign_header(secret, now_secs(), body);
+        self.client
+            .post(&self.url)
+            .header("Stripe-Signature", header)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn receiver_scrape(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.receiver_metrics))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop_receiver.take() {
+            let _ = stop.send(());
+        }
+        self.worker.stop().await;
+        drop((self.broker, self.db));
+    }
+}
+
+fn merge(
+    mut into: paysync_worker::Handlers,
+    from: paysync_worker::Handlers,
+) -> paysync_worker::Handlers {
+    for t in ["invoice.paid", "charge.failed", "charge.dispute.created"] {
+        if let Some(h) = from.get(t) {
+            into.register(t, h.clone());
+        }
+    }
+    into
+}
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; deploy/local/services.sh installs it)");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Metric families in a scrape, histograms under their base name.
+fn families(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `paysync_*` metric an expression names, with histogram suffixes folded.
+fn named_metrics(text: &str, histograms: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("paysync_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| histograms.contains(*b)))
+            .unwrap_or(name);
+        out.insert(base.to_owned());
+        i = end;
+    }
+    out
+}
+
+#[tokio::test]
+async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_in_the_scrape() {
+    let stack = Stack::start().await;
+    let paid = stripe_event("evt_obs_paid", "invoice.paid", false);
+    assert_eq!(stack.post(&paid, SECRET).await, 200);
+    assert_eq!(stack.post(&paid, SECRET).await, 200, "duplicate delivery");
+    assert_eq!(stack.post(&paid, "whsec_wrong").await, 400, "bad signature");
+    assert_eq!(
+        stack
+            .post(
+                &stripe_event("evt_obs_retry", "charge.failed", false),
+                SECRET
+            )
+            .await,
+        200
+    );
+    assert_eq!(
+        stack
+            .post(
+                &stripe_event("evt_obs_dead", "charge.dispute.created", false),
+                SECRET
+            )
+            .await,
+        200
+    );
+
+    let series = |t: &str, o: &str| {
+        format!(
+            r#"paysync_events_processed_total{{event_type="{t}",outcome="{o}",provider="stripe"}}"#
+        )
+    };
+    let expected = [
+        (series("invoice.paid", "applied"), 1.0),
+        (series("invoice.paid", "duplicate"), 1.0),
+        (series("charge.failed", "retry_scheduled"), 1.0),
+        (series("charge.failed", "applied"), 1.0),
+        (series("charge.dispute.created", "dead_lettered"), 1.0),
+        (
+            r#"paysync_retries_scheduled_total{attempt="1"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"paysync_dead_letters_ingested_total{kind="test_contradiction"}"#.to_owned(),
+            1.0,
+        ),
+        (r#"paysync_dead_letters{state="open"}"#.to_owned(), 1.0),
+        (
+            r#"paysync_event_lag_seconds_count{provider="stripe"}"#.to_owned(),
+            2.0,
+        ),
+    ];
+    let worker_scrape = poll_until(Duration::from_secs(30), "worker counters", || async {
+        let scrape = stack.worker.scrape().await;
+        expected
+            .iter()
+            .all(|(s, v)| sample(&scrape, s) == *v)
+            .then_some(scrape)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(sample(&worker_scrape, "paysync_db_pool_max_connections") >= 1.0);
+    assert!(
+        worker_scrape.contains(r#"paysync_queue_messages{queue="work"}"#),
+        "queue depth read from the broker"
+    );
+
+    let receiver_scrape = stack.receiver_scrape().await;
+    let received = |o: &str| {
+        sample(
+            &receiver_scrape,
+            &format!(r#"paysync_webhooks_received_total{{outcome="{o}",provider="stripe"}}"#),
+        )
+    };
+    assert_eq!(received("accepted"), 4.0);
+    assert_eq!(received("bad_signature"), 1.0);
+    assert_eq!(
+        sample(
+            &receiver_scrape,
+            "paysync_publish_confirm_duration_seconds_count"
+        ),
+        4.0
+    );
+
+    for (name, scrape) in [("receiver", &receiver_scrape), ("worker", &worker_scrape)] {
+        let (ok, report) = promtool(&["check", "metrics"], Some(scrape));
+        assert!(
+            ok,
+            "promtool check metrics rejected the {name} scrape:\n{report}"
+        );
+    }
+
+    // No dead panels, no alerts on absent series.
+    let scraped: BTreeSet<String> = families(&receiver_scrape)
+        .union(&families(&worker_scrape))
+        .cloned()
+        .collect();
+    let histograms: BTreeSet<String> = format!("{receiver_scrape}\n{worker_scrape}")
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter(|l| l.ends_with(" histogram"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let dashboard =
+        std::fs::read_to_string(repo().join("deploy/grafana/dashboards/paysync.json")).unwrap();
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let named: BTreeSet<String> = named_metrics(&dashboard, &histograms)
+        .union(&named_metrics(&rules, &histograms))
+        .cloned()
+        .collect();
+    assert!(named.len() >= 15, "the dashboard and rules name {named:?}");
+    let missing: Vec<&String> = named.difference(&scraped).collect();
+    assert!(
+        missing.is_empty(),
+        "named in the dashboard or rules but not exported: {missing:?}"
+    );
+    stack.stop().await;
+}
+
+#[test]
+fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
+    let rules = repo().join("deploy/prometheus/alerts.yml");
+    let tests = repo().join("deploy/prometheus/alerts.test.yml");
+    let (ok, report) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
+    assert!(ok, "{report}");
+    assert!(report.contains("SUCCESS: 8 rules found"), "{report}");
+    let (ok, report) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
+    assert!(ok, "{report}");
+    let config = repo().join("deploy/prometheus/prometheus.yml");
+    let (ok, report) = promtool(&["check", "config", config.to_str().unwrap()], None);
+    assert!(ok, "{report}");
+}
+
+/// A Prometheus server that is killed when dropped.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    base: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_prometheus(targets: &[&str]) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!("paysync-prom-{}", paysync_testkit::unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: paysync\n    static_configs:\n      - targets: [{list}]\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = paysync_testkit::closed_port();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package `prometheus`; deploy/local/services.sh installs it)");
+    Prometheus {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_receiver_and_worker_and_sees_the_processed_rate() {
+    let stack = Stack::start().await;
+    let receiver_target = stack
+        .receiver_metrics
+        .trim_start_matches("http://")
+        .to_owned();
+    let worker_target = stack
+        .worker
+        .metrics_base
+        .trim_start_matches("http://")
+        .to_owned();
+    let prometheus = start_prometheus(&[&receiver_target, &worker_target]);
+    let query = encode("sum(rate(paysync_events_processed_total[5s]))");
+    let mut n = 0;
+    let value = poll_until(
+        Duration::from_secs(60),
+        "a processed rate from Prometheus",
+        || {
+            n += 1;
+            let body = stripe_event(&format!("evt_prom_{n}"), "invoice.paid", false);
+            let url = format!("{}/api/v1/query?query={query}", prometheus.base);
+            let stack = &stack;
+            async move {
+                assert_eq!(stack.post(&body, SECRET).await, 200);
+                let answer: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                let value = answer["data"]["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()?;
+                (value > 0.0).then_some(value)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(value > 0.0);
+    drop(prometheus);
+    stack.stop().await;
+}
