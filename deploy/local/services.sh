@@ -110,8 +110,12 @@ ensure_tools() {
     return
   fi
   apt_install prometheus
-  # The package may start its own service; the tests run their own instance.
-  $SUDO pkill -x prometheus 2>/dev/null || true
+  # The package may start its own service; the tests run their own instances.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
   command -v promtool >/dev/null 2>&1 || die "promtool missing after installing prometheus"
 }
 

@@ -86,6 +86,11 @@ impl Incoming {
         }
     }
 
+    /// A boolean header (false when absent).
+    pub fn header_bool(&self, name: &str) -> bool {
+        matches!(self.header(name), Some(AMQPValue::Boolean(true)))
+    }
+
     /// The attempt this delivery claims to be (1 when the header is missing or unreadable).
     pub fn attempt_hint(&self) -> u32 {
         self.header_i64(header::ATTEMPT)

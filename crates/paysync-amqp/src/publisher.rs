@@ -291,6 +291,84 @@ impl Publisher {
         .await
     }
 
+    /// Re-drives a dead letter: its exact body goes back to the work queue (through the events
+    /// exchange, with its original routing key) with a fresh attempt budget and `redrives`
+    /// recorded. `headers` are the stored headers; the failure and broker headers are dropped.
+    pub async fn publish_redrive(
+        &self,
+        body: &[u8],
+        headers: &serde_json::Value,
+        routing_key: &str,
+        event_id: Option<&str>,
+        redrives: i32,
+    ) -> Result<(), PublishError> {
+        const DEAD_LETTER_ONLY: &[&str] = &[
+            header::DEAD_LETTER_KEY,
+            header::ERROR_KIND,
+            header::ERROR_CHAIN,
+            header::FINGERPRINT,
+            header::FIRST_FAILURE_MS,
+            header::LAST_FAILURE_MS,
+            header::ROUTING_KEY,
+        ];
+        let mut table = FieldTable::default();
+        if let Some(map) = headers.as_object() {
+            for (k, v) in map {
+                if !k.starts_with("paysync-") || DEAD_LETTER_ONLY.contains(&k.as_str()) {
+                    continue;
+                }
+                let value = match v {
+                    serde_json::Value::Bool(b) => AMQPValue::Boolean(*b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => AMQPValue::LongLongInt(i),
+                        None => continue,
+                    },
+                    serde_json::Value::String(s) => long_string(s),
+                    _ => continue,
+                };
+                table.insert(k.as_str().into(), value);
+            }
+        }
+        table.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(1));
+        table.insert(
+            header::REDRIVES.into(),
+            AMQPValue::LongLongInt(i64::from(redrives)),
+        );
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(paysync_domain::message::CONTENT_TYPE.into())
+            .with_headers(table);
+        if let Some(id) = event_id {
+            props = props.with_message_id(id.into());
+        }
+        self.publish_raw(
+            &self.inner.topology.events_exchange(),
+            routing_key,
+            body,
+            props,
+        )
+        .await
+    }
+
+    /// Replays a logged event: `payload` goes back to the work queue marked as a replay, so
+    /// the worker runs its handler again although the event is in the log.
+    pub async fn publish_replay(
+        &self,
+        meta: &paysync_domain::EventMeta,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        let props = event_properties(meta, 1);
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert(header::REPLAY.into(), AMQPValue::Boolean(true));
+        self.publish_raw(
+            &self.inner.topology.events_exchange(),
+            &meta.routing_key(),
+            payload,
+            props.with_headers(table),
+        )
+        .await
+    }
+
     /// Publishes `body` with `props` to `exchange`/`routing_key` with a confirm (persistent,
     /// mandatory). Only for messages that were verified on the way in.
     pub(crate) async fn publish_raw(

@@ -302,6 +302,23 @@ pub fn retry(env: &Env<'_>) -> anyhow::Result<RetryPolicy> {
     Ok(p)
 }
 
+/// Who an operator action is recorded as: `cli:<login name>` (`$USER`).
+pub fn actor(env: &Env<'_>) -> String {
+    format!(
+        "cli:{}",
+        env.raw("USER").unwrap_or_else(|| "unknown".into())
+    )
+}
+
+/// The admin API token (`PAYSYNC_ADMIN_TOKEN` or its `_FILE`); `None` keeps the API off.
+pub fn admin_token(env: &Env<'_>) -> anyhow::Result<Option<SecretString>> {
+    match env.secret("PAYSYNC_ADMIN_TOKEN")? {
+        None => Ok(None),
+        Some(t) if t.len() < 16 => bail!("PAYSYNC_ADMIN_TOKEN: use at least 16 characters"),
+        Some(t) => Ok(Some(SecretString::from(t))),
+    }
+}
+
 /// Worker settings from the environment; `metrics_var` names the listener's variable
 /// (`PAYSYNC_METRICS_ADDR` for `paysync worker`, `PAYSYNC_WORKER_METRICS_ADDR` in `paysync up`).
 pub fn worker(
@@ -327,6 +344,7 @@ pub fn worker(
         )?),
         amqp: amqp(env, "worker")?,
         store,
+        admin_token: admin_token(env)?,
     })
 }
 

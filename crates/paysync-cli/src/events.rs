@@ -27,6 +27,21 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Republish stored events for reprocessing (after a bug fix): the handler runs again,
+    /// so it must be idempotent; the event's `replays` count goes up.
+    Replay {
+        /// Event ids (evt_…).
+        event_ids: Vec<String>,
+        /// Every event of this type (with --since).
+        #[arg(long = "type", conflicts_with = "event_ids")]
+        event_type: Option<String>,
+        /// Processed at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Show how many would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// One event with its payload.
     Show {
         /// The provider's event id (evt_…).
@@ -69,6 +84,34 @@ fn to_json(e: &EventRow) -> serde_json::Value {
 pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::new(&config::database(env)?)?;
     match command {
+        EventsCommand::Replay {
+            event_ids,
+            event_type,
+            since,
+            dry_run,
+        } => {
+            if event_ids.is_empty() && (event_type.is_none() || since.is_none()) {
+                anyhow::bail!("give event ids, or --type T --since TIME");
+            }
+            let since = since
+                .as_deref()
+                .map(|s| crate::dlq::parse_time(s, "--since"))
+                .transpose()?;
+            let ops = crate::dlq::ops(env).await?;
+            let ids = (!event_ids.is_empty()).then_some(event_ids.as_slice());
+            let report = ops
+                .replay(
+                    ids,
+                    event_type.as_deref(),
+                    since,
+                    dry_run,
+                    &config::actor(env),
+                    &|_, _| {},
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
         EventsCommand::List {
             event_type,
             since,

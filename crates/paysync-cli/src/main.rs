@@ -1,6 +1,7 @@
 //! `paysync`: the production processes, the operators' tool and the local all-in-one.
 
 mod config;
+mod dlq;
 mod events;
 mod send;
 
@@ -33,7 +34,13 @@ enum Command {
     Up,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Inspect the event log.
+    /// Work the dead-letter queue: groups, list, show, retry, archive, purge, export, import,
+    /// history.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// Inspect and replay the event log.
     Events {
         #[command(subcommand)]
         command: events::EventsCommand,
@@ -98,6 +105,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
             println!("applied {} migration(s): {applied:?}", applied.len());
         }
         Command::Events { command } => return events::run(env, command).await,
+        Command::Dlq { command } => return dlq::run(env, command).await,
         Command::Send {
             file,
             url,

@@ -38,6 +38,9 @@ pub mod header {
     pub const FIRST_FAILURE_MS: &str = "paysync-first-failure-ms";
     /// How often an operator re-drove this event from the dead-letter queue.
     pub const REDRIVES: &str = "paysync-redrives";
+    /// Set on an operator replay from the event log: the handler runs again although the
+    /// event is already logged.
+    pub const REPLAY: &str = "paysync-replay";
     /// Dead letters only: unique key of this dead-lettering (idempotent ingest).
     pub const DEAD_LETTER_KEY: &str = "paysync-dead-letter-key";
     /// Dead letters only: the error kind (closed set).

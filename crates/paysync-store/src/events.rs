@@ -128,6 +128,24 @@ impl Tx<'_> {
         Ok(!rows.is_empty())
     }
 
+    /// For an operator replay: counts the replay on the logged event. `false` when the event
+    /// is not in the log (then it is processed as new).
+    pub async fn mark_replayed(&self, meta: &EventMeta) -> Result<bool, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(
+                "update event_log set replays = replays + 1 where provider = $1 and event_id = $2",
+            )
+            .await
+            .map_err(StoreError::db("prepare replay"))?;
+        let n = self
+            .0
+            .execute(&stmt, &[&meta.provider.as_str(), &meta.event_id])
+            .await
+            .map_err(StoreError::db("mark replay"))?;
+        Ok(n == 1)
+    }
+
     /// Links the logged event to an account.
     pub async fn set_event_account(
         &self,

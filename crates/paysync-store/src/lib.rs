@@ -10,6 +10,7 @@ mod dead_letters;
 mod error;
 mod events;
 mod migrate;
+mod operators;
 mod settings;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -18,6 +19,7 @@ pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, NewEvent, Outcome};
 pub use migrate::{MIGRATIONS, Migration};
+pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
 pub use settings::{StoreSettings, valid_schema};
 
 /// The database: a pool plus the schema it works in. Cheap to clone.

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../../../migrations/0002_dead_letters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "operator_actions",
+        sql: include_str!("../../../migrations/0003_operator_actions.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

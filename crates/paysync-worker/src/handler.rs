@@ -19,6 +19,8 @@ pub struct Event {
     pub attempt: u32,
     /// The parsed body.
     pub payload: serde_json::Value,
+    /// An operator replay from the event log: the handler runs again on purpose.
+    pub replay: bool,
 }
 
 /// Applies one event type to the state. Must be idempotent within the transaction's effect:

@@ -6,10 +6,12 @@
 //! Rule of thumb: commit, then ack. Between the two a crash means a redelivery, which the
 //! event log turns into a counted duplicate.
 
+mod admin;
 mod failure;
 mod handler;
 mod ingest;
 mod metrics;
+pub mod ops;
 mod process;
 
 use std::collections::HashSet;
@@ -59,6 +61,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Database settings.
     pub store: StoreSettings,
+    /// Bearer token of the admin API on the metrics listener; `None` keeps the API off.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 impl Default for Settings {
@@ -73,6 +77,7 @@ impl Default for Settings {
             monitor_interval: Duration::from_secs(15),
             amqp: AmqpSettings::default(),
             store,
+            admin_token: None,
         }
     }
 }
@@ -123,7 +128,13 @@ impl App {
                 }
             })
         };
-        let metrics_router = paysync_telemetry::metrics_router(registry, readiness);
+        let mut metrics_router = paysync_telemetry::metrics_router(registry, readiness);
+        if let Some(token) = settings.admin_token.clone() {
+            metrics_router = metrics_router.merge(admin::router(
+                ops::Ops::new(store.clone(), publisher.clone()),
+                token,
+            ));
+        }
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
             .await
             .with_context(|| format!("cannot listen on {} (metrics)", settings.metrics_addr))?;
@@ -372,10 +383,7 @@ async fn monitor(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut broker = paysync_amqp::BrokerMonitor::new(AmqpSettings {
-        connection_name: format!("{}-worker", amqp.connection_name),
-        ..amqp
-    });
+    let mut broker = paysync_amqp::BrokerMonitor::new(amqp);
     let m = &processor.metrics;
     loop {
         let pool = processor.store.pool_status();

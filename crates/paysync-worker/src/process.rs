@@ -114,6 +114,7 @@ fn decode(incoming: &Incoming) -> Result<(Event, &str), Failure> {
             meta,
             attempt,
             payload,
+            replay: incoming.header_bool(header::REPLAY),
         },
         text,
     ))
@@ -204,20 +205,26 @@ impl Processor {
             Outcome::Ignored
         };
         let waited = Instant::now();
-        let mut conn = self.store.conn().await.map_err(Failure::from_store)?;
+        let conn = self.store.conn().await;
+        // Observed whether or not a connection came: timeouts are the waits that matter.
         self.metrics
             .pool_wait
             .observe(waited.elapsed().as_secs_f64());
+        let mut conn = conn.map_err(Failure::from_store)?;
         let tx = conn.transaction().await.map_err(Failure::from_store)?;
-        let fresh = tx
-            .insert_event(NewEvent {
-                meta,
-                payload: body,
-                outcome,
-                attempt: event.attempt,
-            })
-            .await
-            .map_err(Failure::from_store)?;
+        // A replay re-runs the handler for an event already in the log (counted there); one
+        // that is not in the log is processed as new.
+        let replayed = event.replay && tx.mark_replayed(meta).await.map_err(Failure::from_store)?;
+        let fresh = replayed
+            || tx
+                .insert_event(NewEvent {
+                    meta,
+                    payload: body,
+                    outcome,
+                    attempt: event.attempt,
+                })
+                .await
+                .map_err(Failure::from_store)?;
         if !fresh {
             let _ = tx.rollback().await;
             return Ok(Done::Duplicate);

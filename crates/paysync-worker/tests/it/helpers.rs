@@ -133,6 +133,8 @@ pub enum Script {
     /// Fail transiently while the attempt is ≤ n.
     FailTransiently(u32),
     FailPermanently,
+    /// Fails permanently at another code site, with another kind (another fingerprint).
+    FailPermanentlyElsewhere,
     Panic,
 }
 
@@ -161,6 +163,10 @@ impl Handler for Scripted {
                     std::io::Error::other(format!("dependency down at attempt {}", event.attempt)),
                 )),
                 Script::FailTransiently(_) => Ok(()),
+                Script::FailPermanentlyElsewhere => Err(Failure::permanent(
+                    "test_missing_reference",
+                    std::io::Error::other(format!("unknown reference in {}", event.meta.event_id)),
+                )),
                 Script::Panic => panic!("handler bug for {}", event.meta.event_id),
                 Script::FailPermanently => Err(Failure::permanent(
                     "test_contradiction",

@@ -7,6 +7,7 @@ mod exactly_once;
 mod helpers;
 mod logs;
 mod observability;
+mod operators;
 mod outages;
 mod pipeline;
 mod retries;

@@ -1,0 +1,168 @@
+//! The admin HTTP API on the worker's metrics listener (never the public webhook port): the
+//! operator actions of [`crate::ops`] for dashboards and scripts. Off unless a token is
+//! configured (`PAYSYNC_ADMIN_TOKEN`); every request needs `Authorization: Bearer <token>`,
+//! compared in constant time.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use paysync_store::DeadLetterFilter;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ops::{Ops, OpsError, Selection};
+
+#[derive(Clone)]
+struct AdminState {
+    ops: Ops,
+    token: Arc<SecretString>,
+}
+
+/// The admin routes under `/admin`, guarded by `token`.
+pub fn router(ops: Ops, token: SecretString) -> Router {
+    let state = AdminState {
+        ops,
+        token: Arc::new(token),
+    };
+    Router::new()
+        .route("/admin/dlq/groups", get(groups))
+        .route("/admin/dlq", get(list))
+        .route("/admin/dlq/{id}", get(show))
+        .route("/admin/dlq/retry", post(retry))
+        .route("/admin/dlq/archive", post(archive))
+        .route("/admin/dlq/history", get(history))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let expected = state.token.expose_secret().as_bytes();
+    // Constant time for equal lengths; a length mismatch is refused without comparing.
+    let ok = presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected));
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong admin token\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn answer(result: Result<Value, OpsError>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "admin action failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": err.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn groups(State(s): State<AdminState>) -> Response {
+    answer(s.ops.groups().await)
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    group: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    since: Option<String>,
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(State(s): State<AdminState>, Query(q): Query<ListQuery>) -> Response {
+    let since = match q
+        .since
+        .as_deref()
+        .map(|t| OffsetDateTime::parse(t, &Rfc3339))
+    {
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "since: not an RFC 3339 time\n").into_response();
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let filter = DeadLetterFilter {
+        group: q.group,
+        event_type: q.event_type,
+        since,
+        state: q.state,
+        limit: q.limit.unwrap_or(100),
+    };
+    answer(s.ops.list(&filter).await)
+}
+
+async fn show(State(s): State<AdminState>, Path(id): Path<i64>) -> Response {
+    match s.ops.show(id).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such dead letter\n").into_response(),
+        Err(err) => answer(Err(err)),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SelectionBody {
+    ids: Option<Vec<i64>>,
+    group: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl SelectionBody {
+    fn selection(&self) -> Option<Selection> {
+        match (&self.ids, &self.group, self.all) {
+            (Some(ids), None, false) => Some(Selection::Ids(ids.clone())),
+            (None, Some(g), false) => Some(Selection::Group(g.clone())),
+            (None, None, true) => Some(Selection::All),
+            _ => None,
+        }
+    }
+}
+
+const ONE_SELECTION: &str = "give exactly one of ids, group or all\n";
+
+async fn retry(State(s): State<AdminState>, Json(body): Json<SelectionBody>) -> Response {
+    let Some(selection) = body.selection() else {
+        return (StatusCode::BAD_REQUEST, ONE_SELECTION).into_response();
+    };
+    answer(
+        s.ops
+            .retry(&selection, body.dry_run, "admin-api", &|_, _| {})
+            .await,
+    )
+}
+
+async fn archive(State(s): State<AdminState>, Json(body): Json<SelectionBody>) -> Response {
+    let Some(selection) = body.selection() else {
+        return (StatusCode::BAD_REQUEST, ONE_SELECTION).into_response();
+    };
+    answer(s.ops.archive(&selection, "admin-api").await)
+}
+
+async fn history(State(s): State<AdminState>) -> Response {
+    answer(s.ops.history(100).await)
+}

@@ -1,0 +1,507 @@
+//! Operators working the dead-letter queue: groups, retry with the cause fixed, redrive
+//! counts, archive and purge, export and replay byte for byte, the audit trail, and the admin
+//! API giving the same answers as the CLI's operations.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use paysync_domain::Mode;
+use paysync_domain::stripe::StripeVerifier;
+use paysync_domain::stripe::signature::sign_header;
+use paysync_store::{DeadLetterFilter, EventFilter, Store};
+use paysync_testkit::{TestBroker, TestDb, now_secs, poll_until, stripe_fixture};
+use paysync_worker::ops::{Ops, Selection};
+use paysync_worker::{App, Handlers};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn register(h: &mut Handlers, event_type: &str, script: Script) {
+    let (one, _) = handlers(event_type, script);
+    h.register(event_type, one.get(event_type).unwrap().clone());
+}
+
+async fn open_letters(store: &Store, n: usize) {
+    poll_until(
+        Duration::from_secs(90),
+        &format!("{n} open dead letters"),
+        || async {
+            let rows = store
+                .dead_letter_list(&DeadLetterFilter {
+                    limit: 100_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (rows.len() >= n).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn ops_for(broker: &TestBroker, store: &Store) -> Ops {
+    Ops::new(
+        store.clone(),
+        paysync_amqp::Publisher::new(broker.settings("operator")),
+    )
+}
+
+#[tokio::test]
+async fn a_thousand_dead_letters_in_three_groups_and_one_group_retried_with_its_cause_fixed() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let mut failing = Handlers::new();
+    register(&mut failing, "invoice.paid", Script::FailPermanently);
+    register(
+        &mut failing,
+        "charge.failed",
+        Script::FailPermanentlyElsewhere,
+    );
+    register(
+        &mut failing,
+        "customer.updated",
+        Script::FailTransiently(u32::MAX),
+    );
+    // One attempt only: the transient failures are exhausted at once (a third fingerprint).
+    let worker = spawn_worker(&broker, &db, fast_retry(1), failing).await;
+    let publisher = publisher(&broker);
+    let plan = [
+        ("invoice.paid", 400),
+        ("charge.failed", 350),
+        ("customer.updated", 250),
+    ];
+    for (event_type, n) in plan {
+        let ids: Vec<String> = (0..n)
+            .map(|i| format!("evt_{}_{i:04}", event_type.replace('.', "_")))
+            .collect();
+        for chunk in ids.chunks(100) {
+            futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|id| publish_event(&publisher, id, event_type)),
+            )
+            .await;
+        }
+    }
+    open_letters(&store, 1000).await;
+    worker.stop().await;
+
+    let ops = ops_for(&broker, &store);
+    let groups = ops.groups().await.unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{groups:#?}");
+    let counts: Vec<i64> = groups
+        .iter()
+        .map(|g| g["count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [400, 350, 250]);
+    let group_of = |t: &str| {
+        groups
+            .iter()
+            .find(|g| g["event_types"][0] == t)
+            .map(|g| g["group"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let title = groups[0]["title"].as_str().unwrap();
+    assert!(
+        title.starts_with("test_contradiction: contradiction in evt_invoice_paid_"),
+        "{title}"
+    );
+    assert_eq!(groups[2]["error_kind"], "test_dependency_down");
+
+    // The cause of the invoice.paid group is fixed; the other two still fail.
+    let mut fixed = Handlers::new();
+    let (ok, calls) = handlers("invoice.paid", Script::Succeed);
+    fixed.register("invoice.paid", ok.get("invoice.paid").unwrap().clone());
+    register(
+        &mut fixed,
+        "charge.failed",
+        Script::FailPermanentlyElsewhere,
+    );
+    register(
+        &mut fixed,
+        "customer.updated",
+        Script::FailTransiently(u32::MAX),
+    );
+    let worker = spawn_worker(&broker, &db, fast_retry(1), fixed).await;
+    let report = ops
+        .retry(
+            &Selection::Group(group_of("invoice.paid")),
+            false,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report["retried"], 400);
+    let applied = poll_until(
+        Duration::from_secs(90),
+        "400 invoice.paid applied",
+        || async {
+            let rows = store
+                .events(&EventFilter {
+                    event_type: Some("invoice.paid".into()),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (rows.len() == 400).then_some(rows)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        applied
+            .iter()
+            .map(|r| r.event_id.as_str())
+            .collect::<HashSet<_>>()
+            .len(),
+        400
+    );
+    assert!(
+        applied
+            .iter()
+            .all(|r| r.duplicates == 0 && r.outcome == "applied")
+    );
+    assert_eq!(
+        calls.count.load(std::sync::atomic::Ordering::SeqCst),
+        400,
+        "each applied exactly once"
+    );
+
+    let after = ops.groups().await.unwrap();
+    let after: Vec<(String, i64)> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_owned(),
+                g["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        after,
+        [
+            (group_of("charge.failed"), 350),
+            (group_of("customer.updated"), 250)
+        ]
+    );
+
+    // A retry whose cause is not fixed comes back as a dead letter with redrives = 1.
+    let one = store
+        .dead_letter_list(&DeadLetterFilter {
+            group: Some(group_of("charge.failed")),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    ops.retry(&Selection::Ids(vec![one]), false, "test", &|_, _| {})
+        .await
+        .unwrap();
+    let back = poll_until(Duration::from_secs(30), "the re-failed letter", || async {
+        let rows = store
+            .dead_letter_list(&DeadLetterFilter {
+                group: Some(group_of("charge.failed")),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        rows.into_iter().find(|d| d.redrives == 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(back.attempts, 1);
+    assert_eq!(
+        store.dead_letter(one).await.unwrap().unwrap().state,
+        "retried"
+    );
+    let history = ops.history(10).await.unwrap();
+    assert_eq!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == "dlq.retry")
+            .count(),
+        2
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn export_then_import_replays_the_exact_bodies() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let files = [
+        "charge.refunded.json",
+        "invoice.paid.json",
+        "customer.deleted.json",
+    ];
+    let mut failing = Handlers::new();
+    for t in ["charge.refunded", "invoice.paid", "customer.deleted"] {
+        register(&mut failing, t, Script::FailPermanently);
+    }
+    let worker = spawn_worker(&broker, &db, fast_retry(3), failing).await;
+    let publisher = publisher(&broker);
+    let verifier = StripeVerifier::new(vec!["whsec_x".into()], Mode::Test, 300);
+    for f in files {
+        let body = stripe_fixture(f);
+        let header = sign_header("whsec_x", now_secs(), &body);
+        let hook = verifier
+            .verify(Some(&header), body.into(), now_secs(), now_secs() * 1000)
+            .unwrap();
+        publisher.publish(&hook).await.unwrap();
+    }
+    open_letters(&store, 3).await;
+    worker.stop().await;
+
+    let ops = ops_for(&broker, &store);
+    let lines = ops
+        .export(
+            &DeadLetterFilter {
+                limit: 100,
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 3);
+    // The export file is loss-free: the import publishes the exact bodies again.
+    let report = ops.import(&lines, "test", &|_, _| {}).await.unwrap();
+    assert_eq!(report["published"], 3);
+    let queued = broker
+        .take_messages(&broker.topology().work_queue(), 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let bodies: HashSet<Vec<u8>> = queued.iter().map(|(b, _, _)| b.clone()).collect();
+    let originals: HashSet<Vec<u8>> = files.iter().map(|f| stripe_fixture(f)).collect();
+    assert_eq!(bodies, originals, "byte for byte");
+    for (_, props, _) in &queued {
+        let (meta, attempt) = paysync_amqp::read_event_properties(props).unwrap();
+        assert_eq!(attempt, 1, "fresh attempt budget for {}", meta.event_id);
+    }
+    let history = ops.history(10).await.unwrap();
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["dlq.import", "dlq.export"]);
+}
+
+#[tokio::test]
+async fn archive_hides_purge_needs_yes_and_every_action_is_in_the_history() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let mut failing = Handlers::new();
+    register(&mut failing, "invoice.paid", Script::FailPermanently);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), failing).await;
+    let publisher = publisher(&broker);
+    for id in ["evt_arch_1", "evt_arch_2"] {
+        publish_event(&publisher, id, "invoice.paid").await;
+    }
+    open_letters(&store, 2).await;
+    worker.stop().await;
+
+    let ops = ops_for(&broker, &store);
+    let first = store
+        .dead_letter_list(&DeadLetterFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    assert_eq!(
+        ops.archive(&Selection::Ids(vec![first]), "test")
+            .await
+            .unwrap()["archived"],
+        1
+    );
+    let open = ops
+        .list(&DeadLetterFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        open.as_array().unwrap().len(),
+        1,
+        "archived letters leave the default view"
+    );
+    let archived = ops
+        .list(&DeadLetterFilter {
+            state: Some("archived".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        archived.as_array().unwrap().len(),
+        1,
+        "but remain countable"
+    );
+    assert_eq!(ops.groups().await.unwrap()[0]["count"], 1);
+
+    let dry = ops.purge(0, false, "test").await.unwrap();
+    assert_eq!(dry["would_delete"], 1);
+    assert_eq!(dry["deleted"], 0);
+    assert!(
+        store.dead_letter(first).await.unwrap().is_some(),
+        "nothing deleted without --yes"
+    );
+    assert_eq!(ops.purge(0, true, "test").await.unwrap()["deleted"], 1);
+    assert!(store.dead_letter(first).await.unwrap().is_none());
+    assert_eq!(
+        ops.list(&DeadLetterFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    let history = ops.history(10).await.unwrap();
+    let actions: Vec<(&str, bool)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap(),
+                a["dry_run"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("dlq.purge", false),
+            ("dlq.purge", true),
+            ("dlq.archive", false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let mut failing = Handlers::new();
+    register(&mut failing, "invoice.paid", Script::FailPermanently);
+    let token = "an-admin-token-long-enough";
+    let mut s = settings(&broker, &db, fast_retry(3));
+    s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
+    let worker = spawn(App::build(s, failing).await.unwrap()).await;
+    publish_event(&publisher(&broker), "evt_admin_1", "invoice.paid").await;
+    open_letters(&store, 1).await;
+
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", worker.metrics_base);
+    let no_token = client.get(url("/admin/dlq/groups")).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let wrong = client
+        .get(url("/admin/dlq/groups"))
+        .bearer_auth("an-admin-token-long-enougX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let short = client
+        .get(url("/admin/dlq/groups"))
+        .bearer_auth("short")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 401);
+
+    let ops = ops_for(&broker, &store);
+    let api: Value = client
+        .get(url("/admin/dlq/groups"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api, ops.groups().await.unwrap());
+    let api: Value = client
+        .get(url("/admin/dlq?limit=10"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        api,
+        ops.list(&DeadLetterFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    );
+    let id = api[0]["id"].as_i64().unwrap();
+    let api: Value = client
+        .get(url(&format!("/admin/dlq/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(Some(api), ops.show(id).await.unwrap());
+    let archived: Value = client
+        .post(url("/admin/dlq/archive"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"ids": [id]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(archived["archived"], 1);
+    let api: Value = client
+        .get(url("/admin/dlq/history"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api, ops.history(100).await.unwrap());
+    assert_eq!(api[0]["actor"], "admin-api");
+    // The public receiver port has no admin routes; a worker without a token has none either.
+    let (broker2, db2) = (TestBroker::new(), TestDb::new());
+    let plain = spawn_worker(&broker2, &db2, fast_retry(3), Handlers::new()).await;
+    let off = client
+        .get(format!("{}/admin/dlq/groups", plain.metrics_base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 404);
+    plain.stop().await;
+    worker.stop().await;
+}
