@@ -25,12 +25,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber. The filter comes from `RUST_LOG` (default
-/// `info`). Safe to call more than once: later calls do nothing.
+/// Installs the global tracing subscriber, writing to stderr. The filter comes from
+/// `RUST_LOG` (default `info`, with tokio-postgres notices at `warn`). Safe to call more than once: later calls do nothing.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    // Logs go to stderr: stdout belongs to command output (`paysync dlq export > file`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -505,3 +505,55 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
     plain.stop().await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let (ok, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), ok).await;
+    publish_event(&publisher(&broker), "evt_replayed", "invoice.paid").await;
+    logged(&db, "evt_replayed").await;
+
+    let ops = ops_for(&broker, &store);
+    let dry = ops
+        .replay(
+            Some(&["evt_replayed".to_owned()]),
+            None,
+            None,
+            true,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry["selected"].as_i64(), dry["published"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let report = ops
+        .replay(
+            Some(&["evt_replayed".to_owned()]),
+            None,
+            None,
+            false,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report["published"], 1);
+    let row = poll_until(Duration::from_secs(20), "the replay applied", || async {
+        let row = store.event("stripe", "evt_replayed").await.unwrap()?;
+        (row.replays == 1).then_some(row)
+    })
+    .await
+    .unwrap();
+    assert_eq!(row.duplicates, 0, "a replay is not a duplicate");
+    assert_eq!(
+        calls.count.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the handler really ran again"
+    );
+    worker.stop().await;
+}

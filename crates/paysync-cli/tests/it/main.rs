@@ -1,0 +1,5 @@
+//! The `paysync` binary as an operator runs it, against the real local services (its own
+//! AMQP prefix and PostgreSQL schema per test).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod dlq;
