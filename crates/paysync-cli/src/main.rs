@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
 
 use crate::config::{Env, SecretPolicy};
 
@@ -155,14 +154,9 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
         worker_metrics_port = worker.metrics_port(),
         "paysync up: receiver and worker running; stop with Ctrl-C"
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let receiver = tokio::spawn(receiver.run_until_stopped(stopped(stop_rx.clone())));
-    let worker = tokio::spawn(worker.run_until_stopped(stopped(stop_rx)));
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
+    let stop = paysync_telemetry::Shutdown::on(shutdown_signal());
+    let receiver = tokio::spawn(receiver.run_until_stopped(stop.waiter()));
+    let worker = tokio::spawn(worker.run_until_stopped(stop.waiter()));
     // The receiver stops first (no new events), the worker finishes what it has.
     receiver.await.context("receiver task")??;
     worker.await.context("worker task")??;

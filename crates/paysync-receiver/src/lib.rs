@@ -17,10 +17,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use paysync_amqp::Publisher;
 use paysync_domain::stripe::StripeVerifier;
-use paysync_telemetry::Readiness;
+use paysync_telemetry::{Readiness, Shutdown};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::{OUTCOMES, ReceiverMetrics};
@@ -116,22 +115,15 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
+        let stop = Shutdown::on(shutdown);
         let supervisor = {
             let publisher = self.publisher.clone();
-            let rx = stop_rx.clone();
-            tokio::spawn(async move { publisher.run_supervisor(stopped(rx)).await })
+            let stopped = stop.waiter();
+            tokio::spawn(async move { publisher.run_supervisor(stopped).await })
         };
         let metrics = tokio::spawn(
             axum::serve(self.metrics, self.metrics_router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .with_graceful_shutdown(stop.waiter())
                 .into_future(),
         );
         tracing::info!(
@@ -139,7 +131,7 @@ impl App {
             "receiver listening"
         );
         let served = axum::serve(self.http, self.router)
-            .with_graceful_shutdown(stopped(stop_rx))
+            .with_graceful_shutdown(stop.waiter())
             .await;
         let _ = supervisor.await;
         let _ = metrics.await;

@@ -2,6 +2,7 @@
 
 use time::OffsetDateTime;
 
+use crate::operators::{LETTER_COLUMNS, letter};
 use crate::{Store, StoreError};
 
 /// A dead letter about to be ingested.
@@ -134,34 +135,15 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeadLetterRow>, StoreError> {
         let conn = self.conn().await?;
+        let sql = format!(
+            "select {LETTER_COLUMNS} from dead_letters \
+             where ($1::text is null or state = $1) order by id limit $2"
+        );
         let rows = conn
             .0
-            .query(
-                "select id, event_id, event_type, error_kind, error_chain, fingerprint, attempts, \
-                        first_failed_at, last_failed_at, state, redrives, routing_key, headers, body \
-                 from dead_letters where ($1::text is null or state = $1) order by id limit $2",
-                &[&state, &limit.max(0)],
-            )
+            .query(&sql, &[&state, &limit.max(0)])
             .await
             .map_err(StoreError::db("list dead letters"))?;
-        Ok(rows
-            .iter()
-            .map(|r| DeadLetterRow {
-                id: r.get(0),
-                event_id: r.get(1),
-                event_type: r.get(2),
-                error_kind: r.get(3),
-                error_chain: r.get(4),
-                fingerprint: r.get(5),
-                attempts: r.get(6),
-                first_failed_at: r.get(7),
-                last_failed_at: r.get(8),
-                state: r.get(9),
-                redrives: r.get(10),
-                routing_key: r.get(11),
-                headers: r.get(12),
-                body: r.get(13),
-            })
-            .collect())
+        Ok(rows.iter().map(letter).collect())
     }
 }

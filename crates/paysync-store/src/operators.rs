@@ -81,7 +81,7 @@ pub struct ReplayEvent {
     pub payload: String,
 }
 
-const LETTER_COLUMNS: &str = "id, event_id, event_type, error_kind, error_chain, fingerprint, attempts, \
+pub(crate) const LETTER_COLUMNS: &str = "id, event_id, event_type, error_kind, error_chain, fingerprint, attempts, \
     first_failed_at, last_failed_at, state, redrives, routing_key, headers, body";
 
 pub(crate) fn letter(r: &tokio_postgres::Row) -> DeadLetterRow {

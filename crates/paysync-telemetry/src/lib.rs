@@ -71,6 +71,39 @@ pub fn broker_reconnects(registry: &Registry) -> prometheus::Result<prometheus::
     Ok(counter)
 }
 
+/// A shutdown signal any number of tasks can wait on; it fires once its trigger resolves.
+#[derive(Clone, Debug)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Fires once `trigger` resolves (e.g. a signal, or a test's oneshot).
+    pub fn on(trigger: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            trigger.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once fired (at once if it already has).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|fired| *fired).await;
+    }
+
+    /// An owned future resolving once fired, for APIs that need `'static`.
+    pub fn waiter(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let me = self.clone();
+        async move { me.wait().await }
+    }
+
+    /// Whether it has fired.
+    pub fn fired(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 /// Readiness probe: returns `Ok(())` when ready, or a short reason.
 pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
 

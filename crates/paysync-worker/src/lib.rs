@@ -26,8 +26,9 @@ use backon::BackoffBuilder;
 use paysync_amqp::{AmqpSettings, ConsumerLink, Incoming, Publisher};
 use paysync_domain::retry::RetryPolicy;
 use paysync_store::{Store, StoreSettings};
+use paysync_telemetry::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use failure::{Failure, FailureClass, fingerprint};
@@ -185,35 +186,28 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
+        let stop = Shutdown::on(shutdown);
         let metrics = tokio::spawn(
             axum::serve(self.metrics_listener, self.metrics_router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .with_graceful_shutdown(stop.waiter())
                 .into_future(),
         );
         let publisher = self.processor.publisher.clone();
         let supervisor = {
-            let rx = stop_rx.clone();
+            let stopped = stop.waiter();
             let publisher = publisher.clone();
-            tokio::spawn(async move { publisher.run_supervisor(stopped(rx)).await })
+            tokio::spawn(async move { publisher.run_supervisor(stopped).await })
         };
         let health = {
             let store = self.processor.store.clone();
             let ok = self.database_ok.clone();
-            let mut rx = stop_rx.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 loop {
                     let pinged = tokio::time::timeout(DATABASE_PING_EVERY, store.ping()).await;
                     ok.store(matches!(pinged, Ok(Ok(()))), Ordering::Relaxed);
                     tokio::select! {
-                        () = until_stopped(&mut rx) => break,
+                        () = stop.wait() => break,
                         () = tokio::time::sleep(DATABASE_PING_EVERY) => {}
                     }
                 }
@@ -223,7 +217,7 @@ impl App {
             self.processor.clone(),
             self.settings.amqp.clone(),
             self.settings.monitor_interval,
-            stop_rx.clone(),
+            stop.clone(),
         ));
         let topology = self.processor.publisher.topology().clone();
         let settings = Arc::new(self.settings);
@@ -240,7 +234,7 @@ impl App {
                     .metrics
                     .broker_reconnects
                     .with_label_values(&["consumer"]),
-                stop_rx.clone(),
+                stop.clone(),
                 move |incoming| {
                     let processor = processor.clone();
                     async move { processor.handle(incoming).await }
@@ -260,7 +254,7 @@ impl App {
                     .metrics
                     .broker_reconnects
                     .with_label_values(&["ingester"]),
-                stop_rx.clone(),
+                stop.clone(),
                 move |incoming| {
                     let processor = processor.clone();
                     async move { ingest::ingest(&processor.store, &processor.metrics, incoming).await }
@@ -289,7 +283,7 @@ async fn consume_loop<F, Fut>(
     concurrency: usize,
     consuming: Option<Arc<AtomicBool>>,
     reconnects: prometheus::IntCounter,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
     handle: F,
 ) where
     F: Fn(Incoming) -> Fut + Send + Sync + 'static,
@@ -304,8 +298,7 @@ async fn consume_loop<F, Fut>(
     let mut backoff = reconnect_backoff();
     let mut opened_before = false;
     loop {
-        let stopping = *stop.borrow();
-        if stopping {
+        if stop.fired() {
             break;
         }
         let mut link = match ConsumerLink::open(&settings.amqp, role, &queue, prefetch).await {
@@ -322,7 +315,7 @@ async fn consume_loop<F, Fut>(
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(role, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot consume; will reconnect");
                 tokio::select! {
-                    () = until_stopped(&mut stop) => break,
+                    () = stop.wait() => break,
                     () = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -332,7 +325,7 @@ async fn consume_loop<F, Fut>(
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
-                () = until_stopped(&mut stop) => {
+                () = stop.wait() => {
                     link.cancel().await;
                     break;
                 }
@@ -377,12 +370,7 @@ async fn consume_loop<F, Fut>(
 
 /// Refreshes the gauges that are read from outside: queue depths from the broker,
 /// dead-letter counts and pool usage from the database.
-async fn monitor(
-    processor: Arc<Processor>,
-    amqp: AmqpSettings,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn monitor(processor: Arc<Processor>, amqp: AmqpSettings, every: Duration, stop: Shutdown) {
     let mut broker = paysync_amqp::BrokerMonitor::new(amqp);
     let m = &processor.metrics;
     loop {
@@ -418,7 +406,7 @@ async fn monitor(
             Err(err) => tracing::debug!(error = %err, "dead-letter counts unavailable"),
         }
         tokio::select! {
-            () = until_stopped(&mut stop) => break,
+            () = stop.wait() => break,
             () = tokio::time::sleep(every) => {}
         }
     }
@@ -426,11 +414,6 @@ async fn monitor(
 
 /// How often readiness re-checks the database (and how long one check may take).
 const DATABASE_PING_EVERY: Duration = Duration::from_secs(2);
-
-/// Resolves once the stop flag is set (without holding the watch guard across awaits).
-async fn until_stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
 
 fn reconnect_backoff() -> backon::ExponentialBackoff {
     backon::ExponentialBuilder::default()
