@@ -102,9 +102,9 @@ pub struct FilterArgs {
     /// open (default), retried or archived.
     #[arg(long, value_parser = ["open", "retried", "archived"])]
     state: Option<String>,
-    /// At most this many.
-    #[arg(long, default_value_t = 100)]
-    limit: i64,
+    /// At most this many (list: 100 unless given; export: all unless given).
+    #[arg(long)]
+    limit: Option<i64>,
 }
 
 #[derive(Args)]
@@ -135,7 +135,7 @@ pub fn parse_time(s: &str, what: &str) -> anyhow::Result<OffsetDateTime> {
 }
 
 impl FilterArgs {
-    fn filter(&self) -> anyhow::Result<DeadLetterFilter> {
+    fn filter(&self, default_limit: i64) -> anyhow::Result<DeadLetterFilter> {
         Ok(DeadLetterFilter {
             group: self.group.clone(),
             event_type: self.event_type.clone(),
@@ -145,7 +145,7 @@ impl FilterArgs {
                 .map(|s| parse_time(s, "--since"))
                 .transpose()?,
             state: self.state.clone(),
-            limit: self.limit,
+            limit: self.limit.unwrap_or(default_limit),
         })
     }
 }
@@ -220,7 +220,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
             }
         }
         DlqCommand::List { filter, json } => {
-            let rows = ops.list(&filter.filter()?).await?;
+            let rows = ops.list(&filter.filter(100)?).await?;
             if json {
                 print(&rows)?;
             } else {
@@ -291,7 +291,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
             yes,
         } => print(&ops.purge(parse_duration(&older_than)?, yes, &actor).await?)?,
         DlqCommand::Export { filter } => {
-            let lines = ops.export(&filter.filter()?, &actor).await?;
+            let lines = ops.export(&filter.filter(i64::MAX)?, &actor).await?;
             let mut out = std::io::stdout().lock();
             for line in &lines {
                 writeln!(out, "{line}")?;

@@ -1,5 +1,6 @@
 //! `paysync`: the production processes, the operators' tool and the local all-in-one.
 
+mod accounts;
 mod config;
 mod dlq;
 mod events;
@@ -33,6 +34,11 @@ enum Command {
     Up,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// The CRM accounts billing events built.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     /// Work the dead-letter queue: groups, list, show, retry, archive, purge, export, import,
     /// history.
     Dlq {
@@ -105,6 +111,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         }
         Command::Events { command } => return events::run(env, command).await,
         Command::Dlq { command } => return dlq::run(env, command).await,
+        Command::Accounts { command } => return accounts::run(env, command).await,
         Command::Send {
             file,
             url,
@@ -119,10 +126,10 @@ fn default_metrics_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
-/// The production handler registry. Billing and CRM handlers register here; until then
-/// every type is recorded as `ignored`.
+/// The production handler registry: the billing and CRM handler for every type it applies;
+/// other types are recorded as `ignored`.
 fn handlers() -> paysync_worker::Handlers {
-    paysync_worker::Handlers::new()
+    paysync_worker::billing::handlers()
 }
 
 async fn migrate(settings: &paysync_store::StoreSettings) -> anyhow::Result<Vec<i32>> {

@@ -4,6 +4,7 @@
 //! Rule of thumb: no IO, no clock, no randomness of its own. Time and random numbers are
 //! arguments, so every function here is deterministic and tested exhaustively.
 
+pub mod billing;
 pub mod message;
 pub mod retry;
 pub mod stripe;

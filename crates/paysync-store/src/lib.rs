@@ -6,6 +6,7 @@
 //! whether they are transient ([`StoreError::is_transient`]) so the worker can decide between
 //! a retry and the dead-letter queue without string matching.
 
+mod billing;
 mod dead_letters;
 mod error;
 mod events;
@@ -15,11 +16,13 @@ mod settings;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
+pub use billing::Resolution;
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, NewEvent, Outcome};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
+pub use paysync_domain::billing::AccountFacts;
 pub use settings::{StoreSettings, valid_schema};
 
 /// The database: a pool plus the schema it works in. Cheap to clone.

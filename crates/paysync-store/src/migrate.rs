@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "operator_actions",
         sql: include_str!("../../../migrations/0003_operator_actions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "billing",
+        sql: include_str!("../../../migrations/0004_billing.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

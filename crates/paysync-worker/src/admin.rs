@@ -160,6 +160,13 @@ async fn archive(State(s): State<AdminState>, Json(body): Json<SelectionBody>) -
     let Some(selection) = body.selection() else {
         return (StatusCode::BAD_REQUEST, ONE_SELECTION).into_response();
     };
+    if body.dry_run {
+        return (
+            StatusCode::BAD_REQUEST,
+            "dry_run is not supported for archive\n",
+        )
+            .into_response();
+    }
     answer(s.ops.archive(&selection, "admin-api").await)
 }
 

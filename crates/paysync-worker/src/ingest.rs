@@ -18,7 +18,7 @@ use crate::metrics::WorkerMetrics;
 use crate::process::now_ms;
 
 /// Builds the row for a dead-letter message: ours carry the error headers; one the broker
-/// dead-lettered itself (delivery limit exceeded) is described from `x-first-death-reason`.
+/// dead-lettered itself (delivery limit exceeded) is described from its newest `x-death` entry.
 pub(crate) fn dead_letter_row(incoming: &Incoming) -> NewDeadLetter {
     let headers = incoming.headers_json();
     let now = now_ms();

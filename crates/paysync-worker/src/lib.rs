@@ -7,6 +7,7 @@
 //! event log turns into a counted duplicate.
 
 mod admin;
+pub mod billing;
 mod failure;
 mod handler;
 mod ingest;
@@ -34,7 +35,7 @@ use tokio::task::JoinSet;
 pub use failure::{Failure, FailureClass, fingerprint};
 pub use handler::{Event, Handler, Handlers};
 pub use metrics::{OUTCOMES, WorkerMetrics};
-pub use process::AfterCommitHook;
+pub use process::{AfterCommitHook, Done, apply_event};
 
 use process::Processor;
 

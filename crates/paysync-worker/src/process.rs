@@ -16,7 +16,7 @@ use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
 use paysync_domain::message::header;
 use paysync_domain::retry::RetryPolicy;
-use paysync_store::{NewEvent, Outcome, Store};
+use paysync_store::{Conn, NewEvent, Outcome, Store};
 
 use crate::handler::{Event, Handlers};
 use crate::metrics::WorkerMetrics;
@@ -25,11 +25,14 @@ use crate::{Failure, FailureClass};
 /// Called after a commit and before the ack (tests use it to crash in between).
 pub type AfterCommitHook = Arc<dyn Fn(&EventMeta) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// What happened to a delivery that did not fail.
+/// What happened to an event that did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
+pub enum Done {
+    /// A handler changed state.
     Applied,
+    /// No handler for its type; logged as ignored.
     Ignored,
+    /// Already in the event log; nothing changed.
     Duplicate,
 }
 
@@ -120,6 +123,76 @@ fn decode(incoming: &Incoming) -> Result<(Event, &str), Failure> {
     ))
 }
 
+/// Applies one event in one transaction on `conn`: the event-log row, then its handler;
+/// commit only if both succeed. A duplicate (already logged) changes nothing.
+pub(crate) async fn apply_on(
+    conn: &mut Conn,
+    handlers: &Handlers,
+    event: &Event,
+    body: &str,
+) -> Result<Done, Failure> {
+    let meta = &event.meta;
+    let handler = handlers.get(&meta.event_type);
+    let outcome = if handler.is_some() {
+        Outcome::Applied
+    } else {
+        Outcome::Ignored
+    };
+    let tx = conn.transaction().await.map_err(Failure::from_store)?;
+    // A replay re-runs the handler for an event already in the log (counted there); one
+    // that is not in the log is processed as new.
+    let replayed = event.replay && tx.mark_replayed(meta).await.map_err(Failure::from_store)?;
+    let fresh = replayed
+        || tx
+            .insert_event(NewEvent {
+                meta,
+                payload: body,
+                outcome,
+                attempt: event.attempt,
+            })
+            .await
+            .map_err(Failure::from_store)?;
+    if !fresh {
+        let _ = tx.rollback().await;
+        return Ok(Done::Duplicate);
+    }
+    if let Some(handler) = handler {
+        // A panicking handler must not leave its delivery unacked forever: it becomes a
+        // permanent failure like any other (a person has to look at the code path).
+        let ran = AssertUnwindSafe(handler.handle(&tx, event))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(Failure::permanent(
+                    "handler_panicked",
+                    HandlerPanic::from(panic),
+                ))
+            });
+        if let Err(failure) = ran {
+            let _ = tx.rollback().await;
+            return Err(failure);
+        }
+    }
+    tx.commit().await.map_err(Failure::from_store)?;
+    Ok(if handler.is_some() {
+        Done::Applied
+    } else {
+        Done::Ignored
+    })
+}
+
+/// Applies one event outside the broker path (tests, tools): the same transaction the worker
+/// runs for a delivery.
+pub async fn apply_event(
+    store: &Store,
+    handlers: &Handlers,
+    event: &Event,
+    body: &str,
+) -> Result<Done, Failure> {
+    let mut conn = store.conn().await.map_err(Failure::from_store)?;
+    apply_on(&mut conn, handlers, event, body).await
+}
+
 impl Processor {
     fn type_label<'a>(&self, event_type: &'a str) -> &'a str {
         if self.handlers.knows(event_type) {
@@ -197,13 +270,6 @@ impl Processor {
 
     /// The transaction: event-log row, then the handler; commit only if both succeed.
     async fn apply(&self, event: &Event, body: &str) -> Result<Done, Failure> {
-        let meta = &event.meta;
-        let handler = self.handlers.get(&meta.event_type);
-        let outcome = if handler.is_some() {
-            Outcome::Applied
-        } else {
-            Outcome::Ignored
-        };
         let waited = Instant::now();
         let conn = self.store.conn().await;
         // Observed whether or not a connection came: timeouts are the waits that matter.
@@ -211,50 +277,11 @@ impl Processor {
             .pool_wait
             .observe(waited.elapsed().as_secs_f64());
         let mut conn = conn.map_err(Failure::from_store)?;
-        let tx = conn.transaction().await.map_err(Failure::from_store)?;
-        // A replay re-runs the handler for an event already in the log (counted there); one
-        // that is not in the log is processed as new.
-        let replayed = event.replay && tx.mark_replayed(meta).await.map_err(Failure::from_store)?;
-        let fresh = replayed
-            || tx
-                .insert_event(NewEvent {
-                    meta,
-                    payload: body,
-                    outcome,
-                    attempt: event.attempt,
-                })
-                .await
-                .map_err(Failure::from_store)?;
-        if !fresh {
-            let _ = tx.rollback().await;
-            return Ok(Done::Duplicate);
+        let done = apply_on(&mut conn, &self.handlers, event, body).await?;
+        if done == Done::Ignored {
+            self.note_unknown_type(&event.meta.event_type);
         }
-        match handler {
-            Some(handler) => {
-                // A panicking handler must not leave its delivery unacked forever: it becomes a
-                // permanent failure like any other (a person has to look at the code path).
-                let ran = AssertUnwindSafe(handler.handle(&tx, event))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(Failure::permanent(
-                            "handler_panicked",
-                            HandlerPanic::from(panic),
-                        ))
-                    });
-                if let Err(failure) = ran {
-                    let _ = tx.rollback().await;
-                    return Err(failure);
-                }
-            }
-            None => self.note_unknown_type(&meta.event_type),
-        }
-        tx.commit().await.map_err(Failure::from_store)?;
-        Ok(if handler.is_some() {
-            Done::Applied
-        } else {
-            Done::Ignored
-        })
+        Ok(done)
     }
 
     fn note_unknown_type(&self, event_type: &str) {

@@ -2,6 +2,9 @@
 //! prefix and PostgreSQL schema.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod billing;
+mod billing_order;
+mod billing_workers;
 mod dead_letters;
 mod exactly_once;
 mod helpers;

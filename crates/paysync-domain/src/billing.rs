@@ -1,0 +1,808 @@
+//! Stripe events as billing/CRM changes, and the rules that make their order irrelevant.
+//!
+//! Every provider object (subscription, invoice, payment, refund, dispute, checkout session,
+//! customer) is applied as a snapshot with an [`OrderKey`]: `(terminal, created, status rank,
+//! event id)`. A snapshot replaces the stored one only when its key is greater, so the final
+//! state is the snapshot with the greatest key whatever the arrival order: terminal statuses
+//! are never reopened, newer beats older, same-second ties go to the later status in the
+//! lifecycle, and the event id breaks exact ties deterministically.
+//!
+//! Rule of thumb: parsing is total: an unknown shape is `Unsupported` (a permanent failure),
+//! never a panic; amounts are integer minor units with a lowercase ISO currency.
+
+use serde_json::Value;
+
+/// The ordering key of a snapshot (compared lexicographically).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OrderKey {
+    /// Terminal statuses win over everything else.
+    pub terminal: bool,
+    /// The provider's `created` of the event (1-second resolution).
+    pub created: i64,
+    /// Lifecycle precedence of the status, for same-second ties.
+    pub rank: i16,
+    /// Last resort: the event id.
+    pub event_id: String,
+}
+
+/// A customer snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerSnap {
+    /// `cus_…`.
+    pub id: String,
+    /// Email, when given.
+    pub email: Option<String>,
+    /// Name, when given.
+    pub name: Option<String>,
+    /// `customer.deleted`.
+    pub deleted: bool,
+}
+
+/// A provider object's snapshot: its id, status and the fields we keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snap {
+    /// Kind of object.
+    pub kind: ObjectKind,
+    /// Provider id (for payments: the payment intent when known, so a charge and its intent
+    /// are one payment).
+    pub id: String,
+    /// Normalized status.
+    pub status: String,
+    /// Amount in minor units (0 when not applicable).
+    pub amount: i64,
+    /// Lowercase ISO currency (empty when not applicable).
+    pub currency: String,
+    /// The payment this object refers to (refunds, disputes), or the subscription (invoices).
+    pub parent: Option<String>,
+    /// Plan or price id (subscriptions), billing reason (invoices), failure code (payments),
+    /// reason (disputes), mode (checkout sessions).
+    pub detail: Option<String>,
+    /// Unix seconds: period end (subscriptions), evidence due (disputes), trial end.
+    pub at: Option<i64>,
+    /// Cumulative refunded amount (payments).
+    pub refunded: i64,
+}
+
+/// Object kinds we keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// Subscription.
+    Subscription,
+    /// Invoice.
+    Invoice,
+    /// Payment intent or charge.
+    Payment,
+    /// Refund.
+    Refund,
+    /// Dispute.
+    Dispute,
+    /// Checkout session.
+    Checkout,
+}
+
+impl ObjectKind {
+    /// Table-ish name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscription => "subscription",
+            Self::Invoice => "invoice",
+            Self::Payment => "payment",
+            Self::Refund => "refund",
+            Self::Dispute => "dispute",
+            Self::Checkout => "checkout",
+        }
+    }
+}
+
+/// A follow-up task or an outbox message the event calls for (insert-only, unique per kind
+/// and source, so a redelivery cannot duplicate it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideEffect {
+    /// `task` or `outbox`.
+    pub channel: Channel,
+    /// e.g. `welcome`, `payment_failed_followup`, `receipt_email`.
+    pub kind: &'static str,
+    /// The object it is about.
+    pub source_id: String,
+    /// Due date (unix seconds) for tasks that have one.
+    pub due_at: Option<i64>,
+}
+
+/// Where a side effect goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A CRM follow-up task.
+    Task,
+    /// A message to dispatch later.
+    Outbox,
+}
+
+/// Everything one event means for the state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// The provider customer it belongs to, if any.
+    pub customer: Option<String>,
+    /// Our own account reference (`metadata.account_id`, checkout `client_reference_id`).
+    pub account_hint: Option<String>,
+    /// A customer snapshot (customer events).
+    pub customer_snap: Option<CustomerSnap>,
+    /// Object snapshots.
+    pub snaps: Vec<Snap>,
+    /// Tasks and outbox messages.
+    pub effects: Vec<SideEffect>,
+}
+
+/// Why an event's payload cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BillingError {
+    /// A field we need is missing or of the wrong type.
+    #[error("unsupported payload: `{0}` missing or not the expected type")]
+    Missing(&'static str),
+}
+
+/// Event types the billing handlers apply.
+pub const HANDLED_TYPES: &[&str] = &[
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.trial_will_end",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "invoice.finalized",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "charge.succeeded",
+    "charge.failed",
+    "charge.refunded",
+    "charge.refund.updated",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+];
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// An id field that may be a string or an expanded object with `id`.
+fn id_of(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o.get("id")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn int(v: &Value, key: &str) -> Option<i64> {
+    v.get(key)?.as_i64()
+}
+
+fn currency(v: &Value) -> String {
+    text(v, "currency").unwrap_or_default().to_ascii_lowercase()
+}
+
+/// Whether `status` of `kind` is terminal (never reopened).
+pub fn terminal(kind: ObjectKind, status: &str) -> bool {
+    match kind {
+        ObjectKind::Subscription => matches!(status, "canceled" | "incomplete_expired"),
+        ObjectKind::Invoice => matches!(status, "paid" | "void"),
+        ObjectKind::Payment => status == "succeeded",
+        ObjectKind::Refund => matches!(status, "succeeded" | "failed" | "canceled"),
+        ObjectKind::Dispute => matches!(
+            status,
+            "won" | "lost" | "warning_closed" | "charge_refunded"
+        ),
+        ObjectKind::Checkout => matches!(status, "expired" | "paid" | "failed"),
+    }
+}
+
+/// Lifecycle precedence of `status` for same-second ties.
+pub fn rank(kind: ObjectKind, status: &str) -> i16 {
+    let order: &[&str] = match kind {
+        ObjectKind::Subscription => &[
+            "incomplete",
+            "trialing",
+            "active",
+            "paused",
+            "past_due",
+            "unpaid",
+            "incomplete_expired",
+            "canceled",
+        ],
+        ObjectKind::Invoice => &["draft", "open", "uncollectible", "paid", "void"],
+        ObjectKind::Payment => &["pending", "failed", "succeeded"],
+        ObjectKind::Refund => &[
+            "pending",
+            "requires_action",
+            "canceled",
+            "failed",
+            "succeeded",
+        ],
+        ObjectKind::Dispute => &[
+            "warning_needs_response",
+            "warning_under_review",
+            "needs_response",
+            "under_review",
+            "warning_closed",
+            "charge_refunded",
+            "won",
+            "lost",
+        ],
+        ObjectKind::Checkout => &["open", "unpaid", "expired", "failed", "paid"],
+    };
+    order
+        .iter()
+        .position(|s| *s == status)
+        .map_or(-1, |p| p as i16)
+}
+
+/// The ordering key of `snap` from an event created at `created` with id `event_id`.
+pub fn order_key(snap: &Snap, created: i64, event_id: &str) -> OrderKey {
+    OrderKey {
+        terminal: terminal(snap.kind, &snap.status),
+        created,
+        rank: rank(snap.kind, &snap.status),
+        event_id: event_id.to_owned(),
+    }
+}
+
+/// Entitlement from a subscription status (design §3).
+pub fn entitlement(status: &str) -> &'static str {
+    match status {
+        "trialing" | "active" => "granted",
+        "past_due" => "grace",
+        _ => "denied",
+    }
+}
+
+fn payment_snap(
+    id: String,
+    status: &str,
+    amount: i64,
+    currency: String,
+    failure: Option<String>,
+    refunded: i64,
+) -> Snap {
+    Snap {
+        kind: ObjectKind::Payment,
+        id,
+        status: status.to_owned(),
+        amount,
+        currency,
+        parent: None,
+        detail: failure,
+        at: None,
+        refunded,
+    }
+}
+
+fn refund_snap(r: &Value, fallback_payment: Option<&str>) -> Option<Snap> {
+    Some(Snap {
+        kind: ObjectKind::Refund,
+        id: text(r, "id")?,
+        status: text(r, "status").unwrap_or_else(|| "pending".into()),
+        amount: int(r, "amount").unwrap_or(0),
+        currency: currency(r),
+        parent: id_of(r, "payment_intent")
+            .or_else(|| id_of(r, "charge"))
+            .or_else(|| fallback_payment.map(str::to_owned)),
+        detail: None,
+        at: None,
+        refunded: 0,
+    })
+}
+
+fn hint_of(o: &Value) -> Option<String> {
+    o.get("metadata").and_then(|m| text(m, "account_id"))
+}
+
+fn effect(
+    channel: Channel,
+    kind: &'static str,
+    source_id: &str,
+    due_at: Option<i64>,
+) -> SideEffect {
+    SideEffect {
+        channel,
+        kind,
+        source_id: source_id.to_owned(),
+        due_at,
+    }
+}
+
+/// What the event `event_type` with payload `event` (the whole Stripe event) means.
+pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError> {
+    let o = event
+        .get("data")
+        .and_then(|d| d.get("object"))
+        .filter(|o| o.is_object())
+        .ok_or(BillingError::Missing("data.object"))?;
+    let id = || text(o, "id").ok_or(BillingError::Missing("data.object.id"));
+    let mut c = Changes {
+        account_hint: hint_of(o),
+        ..Changes::default()
+    };
+    let family = event_type.rsplit_once('.').map_or(event_type, |(f, _)| f);
+    match family {
+        "customer" => {
+            let id = id()?;
+            c.customer = Some(id.clone());
+            c.customer_snap = Some(CustomerSnap {
+                id,
+                email: text(o, "email"),
+                name: text(o, "name"),
+                deleted: event_type == "customer.deleted"
+                    || o.get("deleted") == Some(&Value::Bool(true)),
+            });
+        }
+        "customer.subscription" => {
+            let id = id()?;
+            c.customer = id_of(o, "customer");
+            let item = o.pointer("/items/data/0");
+            let plan = item
+                .and_then(|i| i.pointer("/price/id").or_else(|| i.pointer("/plan/id")))
+                .or_else(|| o.pointer("/plan/id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let period_end = int(o, "current_period_end")
+                .or_else(|| item.and_then(|i| int(i, "current_period_end")));
+            let status = text(o, "status").ok_or(BillingError::Missing("data.object.status"))?;
+            c.snaps.push(Snap {
+                kind: ObjectKind::Subscription,
+                id: id.clone(),
+                status: status.clone(),
+                amount: 0,
+                currency: String::new(),
+                parent: None,
+                detail: plan,
+                at: period_end,
+                refunded: 0,
+            });
+            match event_type {
+                "customer.subscription.trial_will_end" => c.effects.push(effect(
+                    Channel::Task,
+                    "trial_ending",
+                    &id,
+                    int(o, "trial_end"),
+                )),
+                "customer.subscription.deleted" => {
+                    c.effects.push(effect(Channel::Task, "churn", &id, None))
+                }
+                _ if status == "past_due" => {
+                    c.effects
+                        .push(effect(Channel::Task, "payment_failed_followup", &id, None))
+                }
+                _ => {}
+            }
+        }
+        "invoice" => {
+            let id = id()?;
+            c.customer = id_of(o, "customer");
+            // The type decides the status (fixtures carry inconsistent hand-edited statuses).
+            let status = match event_type {
+                "invoice.paid" | "invoice.payment_succeeded" => "paid".to_owned(),
+                "invoice.payment_failed" => "open".to_owned(),
+                _ => text(o, "status").unwrap_or_else(|| "open".into()),
+            };
+            let amount_paid = int(o, "amount_paid").unwrap_or(0);
+            let cur = currency(o);
+            let reason = text(o, "billing_reason");
+            c.snaps.push(Snap {
+                kind: ObjectKind::Invoice,
+                id: id.clone(),
+                status: status.clone(),
+                amount: int(o, "amount_due").unwrap_or(0),
+                currency: cur.clone(),
+                parent: id_of(o, "subscription"),
+                detail: reason,
+                at: None,
+                refunded: 0,
+            });
+            if status == "paid" && amount_paid > 0 {
+                // Money in: keyed like the charge and intent events of the same payment.
+                let key = id_of(o, "payment_intent")
+                    .or_else(|| id_of(o, "charge"))
+                    .unwrap_or(id.clone());
+                c.snaps.push(payment_snap(
+                    key.clone(),
+                    "succeeded",
+                    amount_paid,
+                    cur,
+                    None,
+                    0,
+                ));
+                c.effects
+                    .push(effect(Channel::Outbox, "receipt_email", &key, None));
+            }
+            if event_type == "invoice.payment_failed" {
+                c.effects
+                    .push(effect(Channel::Task, "payment_failed_followup", &id, None));
+                c.effects
+                    .push(effect(Channel::Outbox, "payment_failed_email", &id, None));
+            }
+        }
+        "payment_intent" => {
+            let id = id()?;
+            c.customer = id_of(o, "customer");
+            let succeeded = event_type == "payment_intent.succeeded";
+            let status = if succeeded { "succeeded" } else { "failed" };
+            let amount = int(o, "amount_received")
+                .filter(|a| *a > 0)
+                .or_else(|| int(o, "amount"))
+                .unwrap_or(0);
+            let failure = o
+                .pointer("/last_payment_error/code")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            c.snaps.push(payment_snap(
+                id.clone(),
+                status,
+                amount,
+                currency(o),
+                failure,
+                0,
+            ));
+            if succeeded {
+                c.effects
+                    .push(effect(Channel::Outbox, "receipt_email", &id, None));
+            } else {
+                c.effects
+                    .push(effect(Channel::Task, "payment_failed_followup", &id, None));
+                c.effects
+                    .push(effect(Channel::Outbox, "payment_failed_email", &id, None));
+            }
+        }
+        "charge" => {
+            let id = id()?;
+            c.customer = id_of(o, "customer");
+            let key = id_of(o, "payment_intent").unwrap_or(id.clone());
+            let status = match text(o, "status").as_deref() {
+                Some("succeeded") => "succeeded",
+                Some("failed") => "failed",
+                _ => "pending",
+            };
+            let amount = int(o, "amount_captured")
+                .filter(|a| *a > 0)
+                .or_else(|| int(o, "amount"))
+                .unwrap_or(0);
+            let refunded = int(o, "amount_refunded").unwrap_or(0);
+            c.snaps.push(payment_snap(
+                key.clone(),
+                status,
+                amount,
+                currency(o),
+                text(o, "failure_code"),
+                refunded,
+            ));
+            if let Some(refunds) = o.pointer("/refunds/data").and_then(Value::as_array) {
+                for r in refunds {
+                    if let Some(snap) = refund_snap(r, Some(&key)) {
+                        if snap.status == "succeeded" {
+                            c.effects.push(effect(
+                                Channel::Outbox,
+                                "refund_confirmation_email",
+                                &snap.id,
+                                None,
+                            ));
+                        }
+                        c.snaps.push(snap);
+                    }
+                }
+            }
+            if event_type == "charge.failed" {
+                c.effects
+                    .push(effect(Channel::Task, "payment_failed_followup", &key, None));
+            }
+        }
+        "charge.refund" | "refund" => {
+            let snap = refund_snap(o, None).ok_or(BillingError::Missing("data.object.id"))?;
+            if snap.status == "succeeded" {
+                c.effects.push(effect(
+                    Channel::Outbox,
+                    "refund_confirmation_email",
+                    &snap.id,
+                    None,
+                ));
+            }
+            c.snaps.push(snap);
+        }
+        "charge.dispute" => {
+            let id = id()?;
+            let due = o
+                .pointer("/evidence_details/due_by")
+                .and_then(Value::as_i64);
+            c.snaps.push(Snap {
+                kind: ObjectKind::Dispute,
+                id: id.clone(),
+                status: text(o, "status").ok_or(BillingError::Missing("data.object.status"))?,
+                amount: int(o, "amount").unwrap_or(0),
+                currency: currency(o),
+                parent: id_of(o, "payment_intent").or_else(|| id_of(o, "charge")),
+                detail: text(o, "reason"),
+                at: due,
+                refunded: 0,
+            });
+            c.effects
+                .push(effect(Channel::Task, "dispute_response", &id, due));
+        }
+        "checkout.session" => {
+            let id = id()?;
+            c.customer = id_of(o, "customer");
+            c.account_hint = c.account_hint.or_else(|| text(o, "client_reference_id"));
+            let payment_status = text(o, "payment_status").unwrap_or_default();
+            let status = match event_type {
+                "checkout.session.expired" => "expired",
+                "checkout.session.async_payment_failed" => "failed",
+                "checkout.session.async_payment_succeeded" => "paid",
+                _ if matches!(payment_status.as_str(), "paid" | "no_payment_required") => "paid",
+                _ => "unpaid",
+            };
+            let amount = int(o, "amount_total").unwrap_or(0);
+            let cur = currency(o);
+            c.snaps.push(Snap {
+                kind: ObjectKind::Checkout,
+                id: id.clone(),
+                status: status.to_owned(),
+                amount,
+                currency: cur.clone(),
+                parent: id_of(o, "subscription"),
+                detail: text(o, "mode"),
+                at: None,
+                refunded: 0,
+            });
+            if status == "paid"
+                && text(o, "mode").as_deref() == Some("payment")
+                && amount > 0
+                && let Some(pi) = id_of(o, "payment_intent")
+            {
+                c.snaps
+                    .push(payment_snap(pi.clone(), "succeeded", amount, cur, None, 0));
+                c.effects
+                    .push(effect(Channel::Outbox, "receipt_email", &pi, None));
+            }
+        }
+        _ => return Err(BillingError::Missing("a supported event type")),
+    }
+    Ok(c)
+}
+
+/// `(provider, customer id, email, name, deleted)` of a linked provider customer.
+pub type CustomerFact = (String, String, Option<String>, Option<String>, bool);
+
+/// The stored facts an account view is derived from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountFacts {
+    /// Account id.
+    pub id: i64,
+    /// External reference.
+    pub external_ref: Option<String>,
+    /// `(provider, customer id, email, name, deleted)`.
+    pub customers: Vec<CustomerFact>,
+    /// `(id, status, plan)`.
+    pub subscriptions: Vec<(String, String, Option<String>)>,
+    /// `(id, status, billing reason)`.
+    pub invoices: Vec<(String, String, Option<String>)>,
+    /// `(id, status, amount, currency, amount refunded)`.
+    pub payments: Vec<(String, String, i64, String, i64)>,
+    /// `(payment id, status, amount, currency)` of refunds of these payments.
+    pub refunds: Vec<(Option<String>, String, i64, String)>,
+    /// `(id, payment id, status, amount, currency)` of disputes of these payments.
+    pub disputes: Vec<(String, Option<String>, String, i64, String)>,
+    /// Checkout session statuses.
+    pub checkouts: Vec<String>,
+    /// `(kind, source id, due at)` of tasks linked to the account or its objects.
+    pub tasks: Vec<(String, String, Option<i64>)>,
+}
+
+/// The account as operators and the CRM see it, derived from its facts alone (so it depends
+/// only on which events were applied, never on their order).
+pub fn account_view(f: &AccountFacts) -> Value {
+    use std::collections::BTreeMap;
+    let best = f.subscriptions.iter().max_by_key(|(id, status, _)| {
+        let e = match entitlement(status) {
+            "granted" => 2,
+            "grace" => 1,
+            _ => 0,
+        };
+        (
+            e,
+            !terminal(ObjectKind::Subscription, status),
+            rank(ObjectKind::Subscription, status),
+            id.clone(),
+        )
+    });
+    let entitlement_now = best.map_or("denied", |(_, s, _)| entitlement(s));
+    let won = f.payments.iter().any(|p| p.1 == "succeeded" && p.2 > 0)
+        || f.checkouts.iter().any(|s| s == "paid")
+        || f.invoices
+            .iter()
+            .any(|i| i.1 == "paid" && i.2.as_deref() == Some("subscription_create"));
+    let lost = f.checkouts.iter().any(|s| s == "expired" || s == "failed")
+        || f.subscriptions.iter().any(|s| s.1 == "incomplete_expired");
+    let deal_stage = if won {
+        "closed_won"
+    } else if lost {
+        "closed_lost"
+    } else {
+        "opportunity"
+    };
+    let all_ended = !f.subscriptions.is_empty()
+        && f.subscriptions
+            .iter()
+            .all(|s| terminal(ObjectKind::Subscription, &s.1));
+    let lifecycle = if all_ended {
+        "churned"
+    } else if won {
+        "customer"
+    } else {
+        "lead"
+    };
+
+    let mut totals: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for (id, status, amount, cur, refunded) in &f.payments {
+        if status != "succeeded" {
+            continue;
+        }
+        let from_refunds: i64 = f
+            .refunds
+            .iter()
+            .filter(|r| r.0.as_deref() == Some(id.as_str()) && r.1 == "succeeded")
+            .map(|r| r.2)
+            .sum();
+        let t = totals.entry(cur.clone()).or_default();
+        t.0 += amount;
+        t.1 += (*refunded).max(from_refunds);
+    }
+    for (_, _, status, amount, cur) in &f.disputes {
+        if status == "lost" {
+            totals.entry(cur.clone()).or_default().2 += amount;
+        }
+    }
+    let status_of = |id: &str| -> Option<&str> {
+        f.invoices
+            .iter()
+            .map(|i| (&i.0, &i.1))
+            .chain(f.payments.iter().map(|p| (&p.0, &p.1)))
+            .chain(f.subscriptions.iter().map(|s| (&s.0, &s.1)))
+            .chain(f.disputes.iter().map(|d| (&d.0, &d.2)))
+            .find(|(i, _)| i.as_str() == id)
+            .map(|(_, s)| s.as_str())
+    };
+    let open_tasks: Vec<Value> = f
+        .tasks
+        .iter()
+        .filter(|(kind, source, _)| match kind.as_str() {
+            "payment_failed_followup" => !matches!(status_of(source), Some("paid" | "succeeded" | "active" | "trialing" | "canceled")),
+            "dispute_response" => !status_of(source).is_some_and(|s| terminal(ObjectKind::Dispute, s)),
+            "trial_ending" => status_of(source) == Some("trialing"),
+            _ => true,
+        })
+        .map(|(kind, source, due)| serde_json::json!({"kind": kind, "source_id": source, "due_at": due}))
+        .collect();
+    let contact = f
+        .customers
+        .iter()
+        .filter(|c| !c.4)
+        .chain(f.customers.iter().filter(|c| c.4))
+        .find(|c| c.2.is_some() || c.3.is_some());
+    serde_json::json!({
+        "id": f.id,
+        "external_ref": f.external_ref,
+        "email": contact.and_then(|c| c.2.clone()),
+        "name": contact.and_then(|c| c.3.clone()),
+        "lifecycle_stage": lifecycle,
+        "deal_stage": deal_stage,
+        "entitlement": entitlement_now,
+        "subscription_status": best.map(|b| b.1.clone()),
+        "plan": best.and_then(|b| b.2.clone()),
+        "totals": totals.iter().map(|(cur, (paid, refunded, lost))| serde_json::json!({
+            "currency": cur, "paid_minor": paid, "refunded_minor": refunded, "chargeback_minor": lost,
+        })).collect::<Vec<_>>(),
+        "customers": f.customers.iter().map(|c| serde_json::json!({
+            "provider": c.0, "customer_id": c.1, "deleted": c.4,
+        })).collect::<Vec<_>>(),
+        "open_tasks": open_tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(t: &str, o: Value) -> Value {
+        json!({"id": "evt_1", "type": t, "created": 1, "data": {"object": o}})
+    }
+
+    #[test]
+    fn terminal_statuses_outrank_any_later_non_terminal_snapshot() {
+        let canceled = Snap {
+            kind: ObjectKind::Subscription,
+            id: "s".into(),
+            status: "canceled".into(),
+            amount: 0,
+            currency: String::new(),
+            parent: None,
+            detail: None,
+            at: None,
+            refunded: 0,
+        };
+        let active = Snap {
+            status: "active".into(),
+            ..canceled.clone()
+        };
+        assert!(order_key(&canceled, 100, "evt_a") > order_key(&active, 200, "evt_b"));
+        // Same second: lifecycle precedence, not arrival.
+        let past_due = Snap {
+            status: "past_due".into(),
+            ..canceled.clone()
+        };
+        assert!(order_key(&past_due, 100, "evt_a") > order_key(&active, 100, "evt_z"));
+    }
+
+    #[test]
+    fn every_handled_type_parses_a_minimal_payload_or_says_what_is_missing() {
+        for t in HANDLED_TYPES {
+            let o = json!({"id": "obj_1", "object": "x", "status": "succeeded", "customer": "cus_1",
+                           "amount": 100, "currency": "USD", "payment_intent": "pi_1"});
+            let c = changes(t, &ev(t, o)).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert!(c.customer_snap.is_some() || !c.snaps.is_empty(), "{t}");
+        }
+        assert_eq!(
+            changes("plan.created", &ev("plan.created", json!({"id": "p"}))),
+            Err(BillingError::Missing("a supported event type"))
+        );
+        assert_eq!(
+            changes("invoice.paid", &json!({"data": {}})),
+            Err(BillingError::Missing("data.object"))
+        );
+    }
+
+    #[test]
+    fn a_charge_and_its_payment_intent_are_one_payment() {
+        let charge = changes("charge.succeeded", &ev("charge.succeeded", json!({
+            "id": "ch_1", "status": "succeeded", "amount": 500, "currency": "usd", "payment_intent": "pi_9"}))).unwrap();
+        let pi = changes(
+            "payment_intent.succeeded",
+            &ev(
+                "payment_intent.succeeded",
+                json!({
+            "id": "pi_9", "status": "succeeded", "amount": 500, "currency": "usd"}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(charge.snaps[0].id, "pi_9");
+        assert_eq!(pi.snaps[0].id, "pi_9");
+    }
+
+    #[test]
+    fn entitlement_follows_the_design_table() {
+        for (s, e) in [
+            ("trialing", "granted"),
+            ("active", "granted"),
+            ("past_due", "grace"),
+            ("incomplete", "denied"),
+            ("incomplete_expired", "denied"),
+            ("unpaid", "denied"),
+            ("canceled", "denied"),
+            ("paused", "denied"),
+        ] {
+            assert_eq!(entitlement(s), e, "{s}");
+        }
+    }
+}
