@@ -119,7 +119,11 @@ pub async fn run(env: &Env<'_>, command: AccountsCommand) -> anyhow::Result<Exit
                         v["email"].as_str().unwrap_or("-"),
                     );
                 }
-                println!("({} shown)", views.len());
+                println!(
+                    "({} shown; {} applied events linked to no account)",
+                    views.len(),
+                    store.unlinked_event_count().await?
+                );
             }
         }
     }

@@ -467,6 +467,20 @@ impl Store {
             .map(|r| r.get(0)))
     }
 
+    /// Applied events that belong to no account (guest payments, objects without a customer).
+    pub async fn unlinked_event_count(&self) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .0
+            .query_one(
+                "select count(*) from event_log where outcome = 'applied' and account_id is null",
+                &[],
+            )
+            .await
+            .map_err(StoreError::db("count unlinked events"))?;
+        Ok(row.get(0))
+    }
+
     /// Account ids, oldest first.
     pub async fn account_ids(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
         let conn = self.conn().await?;

@@ -406,6 +406,9 @@ async fn monitor(processor: Arc<Processor>, amqp: AmqpSettings, every: Duration,
             }
             Err(err) => tracing::debug!(error = %err, "dead-letter counts unavailable"),
         }
+        if let Ok(n) = processor.store.unlinked_event_count().await {
+            m.unlinked.set(n);
+        }
         tokio::select! {
             () = stop.wait() => break,
             () = tokio::time::sleep(every) => {}

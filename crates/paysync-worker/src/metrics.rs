@@ -43,6 +43,9 @@ pub struct WorkerMetrics {
     pub pool_waiting: IntGauge,
     /// `paysync_db_pool_wait_seconds`: time to get a pooled connection.
     pub pool_wait: Histogram,
+    /// `paysync_events_unlinked`: applied events linked to no account (guest payments,
+    /// refunds and disputes whose payment is unknown), read from PostgreSQL by the monitor.
+    pub unlinked: IntGauge,
     /// `paysync_broker_reconnects_total{link}`: broker connections re-opened after a loss
     /// (`publisher`, `consumer`, `ingester`).
     pub broker_reconnects: IntCounterVec,
@@ -158,6 +161,11 @@ impl WorkerMetrics {
             )
             .buckets(DURATION_BUCKETS.to_vec()),
         )?;
+        let unlinked = IntGauge::new(
+            "paysync_events_unlinked",
+            "Applied events linked to no account.",
+        )?;
+        registry.register(Box::new(unlinked.clone()))?;
         let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -196,6 +204,7 @@ impl WorkerMetrics {
             pool_max,
             pool_waiting,
             pool_wait,
+            unlinked,
             broker_reconnects,
         })
     }

@@ -289,6 +289,29 @@ async fn one_off_payment_partial_then_full_refund_and_a_lost_dispute() {
     apply(&store, &h, &ev("evt_d2", "charge.dispute.closed", 60, json!({"id": "dp_1", "payment_intent": "pi_d", "status": "lost", "amount": 1000, "currency": "usd"}))).await.unwrap();
     let v = view_of(&store, "acct_B").await;
     assert_eq!(v["totals"][0]["chargeback_minor"], 1000);
+    // Side effects written with the state, once each however often the events came.
+    let client = db.client().await.unwrap();
+    let outbox: Vec<(String, String)> = client
+        .query(
+            "select kind, source_id from outbox order by kind, source_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "new_customer_notification",
+            "receipt_email",
+            "refund_confirmation_email",
+            "refund_confirmation_email"
+        ]
+    );
+    assert_eq!(outbox[1].1, "pi_9");
     assert!(
         v["open_tasks"]
             .as_array()
@@ -404,5 +427,10 @@ async fn trial_ending_deleted_customers_conflicts_and_guest_payments() {
             .unwrap()
             .account_id,
         None
+    );
+    assert_eq!(
+        store.unlinked_event_count().await.unwrap(),
+        1,
+        "counted as unlinked"
     );
 }
