@@ -69,6 +69,7 @@ impl Handler for Billing {
                     tx.set_event_account(meta, id)
                         .await
                         .map_err(Failure::from_store)?;
+                    event.link_account(id);
                     Some(id)
                 }
                 Resolution::Unlinked => None,

@@ -11,7 +11,7 @@ use paysync_store::Tx;
 use crate::Failure;
 
 /// An event as handlers see it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Event {
     /// Metadata from the message headers.
     pub meta: EventMeta,
@@ -21,6 +21,30 @@ pub struct Event {
     pub payload: serde_json::Value,
     /// An operator replay from the event log: the handler runs again on purpose.
     pub replay: bool,
+    account: std::sync::OnceLock<i64>,
+}
+
+impl Event {
+    /// An event as decoded from a delivery.
+    pub fn new(meta: EventMeta, attempt: u32, payload: serde_json::Value, replay: bool) -> Self {
+        Self {
+            meta,
+            attempt,
+            payload,
+            replay,
+            account: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records the account the handler linked the event to (for the processed-event log line).
+    pub fn link_account(&self, account: i64) {
+        let _ = self.account.set(account);
+    }
+
+    /// The account the handler linked the event to, if any.
+    pub fn account(&self) -> Option<i64> {
+        self.account.get().copied()
+    }
 }
 
 /// Applies one event type to the state. Must be idempotent within the transaction's effect:

@@ -113,12 +113,7 @@ fn decode(incoming: &Incoming) -> Result<(Event, &str), Failure> {
         ));
     }
     Ok((
-        Event {
-            meta,
-            attempt,
-            payload,
-            replay: incoming.header_bool(header::REPLAY),
-        },
+        Event::new(meta, attempt, payload, incoming.header_bool(header::REPLAY)),
         text,
     ))
 }
@@ -253,6 +248,7 @@ impl Processor {
                     provider,
                     event.id = %meta.event_id,
                     event.r#type = %meta.event_type,
+                    account.id = event.account(),
                     outcome = done.label(),
                     attempt = event.attempt,
                     duration_ms = started.elapsed().as_millis() as u64,

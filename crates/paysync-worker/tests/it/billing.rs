@@ -18,12 +18,7 @@ pub async fn apply(store: &Store, handlers: &Handlers, body: &Value) -> Result<D
         api_version: None,
         received_at_ms: 1_700_000_000_000,
     };
-    let event = Event {
-        meta,
-        attempt: 1,
-        payload: body.clone(),
-        replay: false,
-    };
+    let event = Event::new(meta, 1, body.clone(), false);
     apply_event(store, handlers, &event, &body.to_string()).await
 }
 

@@ -55,16 +55,24 @@ async fn logs_record_each_event_once_and_never_secrets_signatures_or_bodies() {
     let signature = header.split("v1=").nth(1).unwrap().to_owned();
     assert_eq!(stack.post(&body, SECRET).await, 200);
     assert_eq!(stack.post(&body, "whsec_not_the_secret").await, 400);
+    let customer = serde_json::json!({
+        "id": "evt_logs_2", "object": "event", "type": "customer.updated", "created": 1_700_000_000,
+        "livemode": false, "data": {"object": {"id": "cus_logs", "object": "customer"}}
+    })
+    .to_string()
+    .into_bytes();
+    assert_eq!(stack.post(&customer, SECRET).await, 200);
 
     poll_until(
         Duration::from_secs(20),
-        "the processed-event log line",
+        "the processed-event log lines",
         || async {
-            captured
-                .text()
-                .contains("evt_logs_1")
-                .then_some(())
-                .filter(|_| captured.text().contains("event processed"))
+            let text = captured.text();
+            let done = |id: &str| {
+                text.lines()
+                    .any(|l| l.contains("event processed") && l.contains(id))
+            };
+            (done("evt_logs_1") && done("evt_logs_2")).then_some(())
         },
     )
     .await
@@ -104,6 +112,14 @@ async fn logs_record_each_event_once_and_never_secrets_signatures_or_bodies() {
         assert!(!line[field].is_null(), "missing {field}: {line}");
     }
     assert_eq!(line["outcome"], "applied");
+    let linked = lines
+        .iter()
+        .find(|l| l["message"] == "event processed" && l["event.id"] == "evt_logs_2")
+        .unwrap();
+    assert!(
+        linked["account.id"].is_i64(),
+        "the account the event was linked to: {linked}"
+    );
     assert!(
         lines
             .iter()

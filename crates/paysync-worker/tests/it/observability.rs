@@ -40,6 +40,10 @@ impl Stack {
         handlers = merge(handlers, h);
         let (h, _) = crate::helpers::handlers("charge.dispute.created", Script::FailPermanently);
         handlers = merge(handlers, h);
+        handlers.register(
+            "customer.updated",
+            std::sync::Arc::new(paysync_worker::billing::Billing),
+        );
         db.store().await.unwrap();
         let mut ws = settings(&broker, &db, fast_retry(3));
         ws.monitor_interval = Duration::from_millis(200);
