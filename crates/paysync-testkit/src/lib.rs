@@ -5,6 +5,10 @@
 //! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
 //! and poll the real ones.
 
+mod proxy;
+
+pub use proxy::{Fault, FaultProxy};
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;

@@ -7,6 +7,7 @@ mod billing_order;
 mod billing_workers;
 mod dead_letters;
 mod exactly_once;
+mod faults;
 mod helpers;
 mod logs;
 mod observability;
