@@ -30,6 +30,10 @@ rules:
     promtool check rules deploy/prometheus/alerts.yml
     promtool test rules deploy/prometheus/alerts.test.yml
 
+# Fuzz every parser for SECONDS each (default 600); needs `cargo install cargo-fuzz`.
+fuzz seconds="600":
+    fuzz/run.sh {{seconds}}
+
 # Run the whole test suite against the local services (the README's test command).
 test: services
     cargo test --workspace --all-targets --locked
