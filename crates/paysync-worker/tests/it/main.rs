@@ -14,5 +14,6 @@ mod observability;
 mod operators;
 mod outages;
 mod pipeline;
+mod poison;
 mod retries;
 mod shutdown;
