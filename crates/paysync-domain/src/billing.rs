@@ -298,9 +298,11 @@ fn refund_snap(r: &Value, fallback_payment: Option<&str>) -> Option<Snap> {
         status: text(r, "status").unwrap_or_else(|| "pending".into()),
         amount: int(r, "amount").unwrap_or(0),
         currency: currency(r),
+        // Keyed like payments: the intent when known, so a refund embedded in its charge
+        // (which names only the charge) still joins the payment row.
         parent: id_of(r, "payment_intent")
-            .or_else(|| id_of(r, "charge"))
-            .or_else(|| fallback_payment.map(str::to_owned)),
+            .or_else(|| fallback_payment.map(str::to_owned))
+            .or_else(|| id_of(r, "charge")),
         detail: None,
         at: None,
         refunded: 0,
