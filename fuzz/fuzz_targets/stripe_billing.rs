@@ -6,8 +6,12 @@ use libfuzzer_sys::fuzz_target;
 use paysync_domain::billing::{HANDLED_TYPES, changes};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((first, rest)) = data.split_first() else { return };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(rest) else { return };
+    let Some((first, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(rest) else {
+        return;
+    };
     let event_type = HANDLED_TYPES[usize::from(*first) % HANDLED_TYPES.len()];
     if let Ok(c) = changes(event_type, &value) {
         for snap in &c.snaps {
