@@ -3,4 +3,5 @@
 
 mod broker_outage;
 mod helpers;
+mod hostile;
 mod webhooks;

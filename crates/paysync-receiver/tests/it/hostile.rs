@@ -1,0 +1,99 @@
+//! Hostile clients: slow bodies, oversized headers, replays of a captured request after the
+//! tolerance window. Each gets a defined answer and nothing is published.
+
+use std::time::Duration;
+
+use paysync_domain::Mode;
+use paysync_domain::stripe::signature::sign_header;
+use paysync_testkit::{TestBroker, now_secs, stripe_event};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{SECRET, settings, spawn};
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_by_the_request_timeout() {
+    let broker = TestBroker::new();
+    let mut s = settings(broker.settings("receiver"), Mode::Test);
+    s.request_timeout = Duration::from_secs(1);
+    let app = spawn(s).await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nStripe-Signature: t=1,v1=00\r\n\r\n{\"id\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Never send the rest: the receiver must answer on its own, within its deadline.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the receiver answered a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        0
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_before_anything_is_read() {
+    let broker = TestBroker::new();
+    let app = spawn(settings(broker.settings("receiver"), Mode::Test)).await;
+    let body = stripe_event("evt_hdrs", "invoice.paid", false);
+    let mut req = app
+        .client
+        .post(format!("{}/webhooks/stripe", app.base))
+        .header("Stripe-Signature", sign_header(SECRET, now_secs(), &body))
+        .body(body);
+    for i in 0..150 {
+        req = req.header(format!("x-filler-{i}"), "a");
+    }
+    let status = req.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_eq!(status, 431, "too many headers");
+    let huge = "a".repeat(1024 * 1024);
+    let status = app
+        .client
+        .post(format!("{}/webhooks/stripe", app.base))
+        .header("x-huge", huge)
+        .body("{}")
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert!(
+        status == 431 || status == 0,
+        "a 1 MiB header is refused or the connection closed: {status}"
+    );
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        0
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_captured_valid_request_replayed_after_the_tolerance_window_is_refused() {
+    let broker = TestBroker::new();
+    let app = spawn(settings(broker.settings("receiver"), Mode::Test)).await;
+    let body = stripe_event("evt_replay_attack", "invoice.paid", false);
+    // Captured 301 s ago, byte for byte, signature and all.
+    let captured = sign_header(SECRET, now_secs() - 301, &body);
+    let response = app.post_with_header(&body, Some(captured)).await;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("tolerance"));
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        0
+    );
+    app.stop().await.unwrap();
+}
