@@ -43,6 +43,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Licenses, duplicate versions and sources of every dependency (advisories where GitHub is reachable).
+deny:
+    cargo deny check licenses bans sources
+
 # Format the code.
 fmt:
     cargo fmt --all
