@@ -2,4 +2,5 @@
 //! AMQP prefix and PostgreSQL schema per test).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod crash;
 mod dlq;
