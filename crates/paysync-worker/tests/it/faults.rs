@@ -228,3 +228,73 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     assert_eq!(dead, 0);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drains() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
+    let mut s = settings(&broker, &db, fast_retry(12));
+    s.store = StoreSettings {
+        url: format!("postgres://postgres@127.0.0.1:{}/paysync", proxy.port()),
+        ..db.settings()
+    };
+    let concurrency = s.concurrency;
+    let worker = spawn(
+        paysync_worker::App::build(s, paysync_worker::billing::handlers())
+            .await
+            .unwrap(),
+    )
+    .await;
+    proxy.set(Fault::Slow(Duration::from_millis(200)));
+    let recv = receiver(broker.settings("receiver")).await;
+    let client = reqwest::Client::new();
+    let ids: Vec<String> = (0..1000).map(|i| format!("evt_slow_{i:05}")).collect();
+    for chunk in ids.chunks(100) {
+        let statuses =
+            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        assert!(statuses.iter().all(|s| *s == 200));
+    }
+    // While the database is slow the backlog waits in the broker, not in worker memory.
+    let backlog = poll_until(
+        Duration::from_secs(30),
+        "a backlog in the work queue",
+        || async {
+            let ready = broker
+                .message_count(&broker.topology().work_queue())
+                .await
+                .unwrap();
+            (ready > 0).then_some(ready)
+        },
+    )
+    .await
+    .unwrap();
+    let mut max_in_flight = 0.0f64;
+    for _ in 0..10 {
+        max_in_flight =
+            max_in_flight.max(sample(&worker.scrape().await, "paysync_worker_in_flight"));
+    }
+    assert!(
+        max_in_flight <= concurrency as f64,
+        "in flight {max_in_flight} > {concurrency}"
+    );
+    proxy.set(Fault::Pass);
+    let logged = poll_until(Duration::from_secs(180), "the backlog drained", || async {
+        let logged = logged_ids(&store).await;
+        (logged.len() >= ids.len()).then_some(logged)
+    })
+    .await
+    .unwrap();
+    let distinct: HashSet<&String> = logged.iter().collect();
+    let dead = store.dead_letters(None, 10).await.unwrap().len();
+    println!(
+        "slow database: accepted {}, backlog seen {backlog}, max in flight {max_in_flight} (concurrency {concurrency}), applied {}, dead-lettered {dead}, lost {}",
+        ids.len(),
+        distinct.len(),
+        ids.len() - distinct.len()
+    );
+    assert_eq!(logged.len(), ids.len(), "each exactly once");
+    assert_eq!(distinct.len(), ids.len());
+    assert_eq!(dead, 0);
+    worker.stop().await;
+}
