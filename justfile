@@ -36,7 +36,7 @@ fuzz seconds="600":
 
 # Run the whole test suite against the local services (the README's test command).
 test: services
-    cargo test --workspace --all-targets --locked
+    cargo test --workspace --all-targets --locked -- --show-output
 
 # Format check and clippy with warnings as errors.
 lint:
