@@ -222,6 +222,10 @@ pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverS
         "PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS",
         s.request_timeout.as_secs(),
     )?);
+    s.header_timeout = Duration::from_secs(env.positive(
+        "PAYSYNC_HTTP_HEADER_TIMEOUT_SECS",
+        s.header_timeout.as_secs(),
+    )?);
     s.stripe.mode = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", s.stripe.mode)?;
     s.stripe.tolerance_secs =
         env.parse("PAYSYNC_STRIPE_TOLERANCE_SECS", s.stripe.tolerance_secs)?;

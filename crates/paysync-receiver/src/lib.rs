@@ -6,6 +6,7 @@
 
 mod metrics;
 mod routes;
+mod serve;
 mod settings;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ pub struct App {
     router: Router,
     metrics_router: Router,
     publisher: Publisher,
+    header_timeout: std::time::Duration,
 }
 
 impl App {
@@ -93,6 +95,7 @@ impl App {
             router,
             metrics_router,
             publisher,
+            header_timeout: settings.header_timeout,
         })
     }
 
@@ -130,14 +133,12 @@ impl App {
             port = self.http.local_addr().map(|a| a.port()).unwrap_or_default(),
             "receiver listening"
         );
-        let served = axum::serve(self.http, self.router)
-            .with_graceful_shutdown(stop.waiter())
-            .await;
+        serve::serve(self.http, self.router, self.header_timeout, stop.waiter()).await;
         let _ = supervisor.await;
         let _ = metrics.await;
         self.publisher.close().await;
         tracing::info!("receiver stopped");
-        served.context("serving HTTP")
+        Ok(())
     }
 }
 

@@ -17,8 +17,11 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     /// Largest accepted request body in bytes; larger gets 413. Stripe events are a few KB.
     pub body_limit: usize,
-    /// Whole-request deadline (headers and body), so a slow client cannot hold a connection.
+    /// Deadline for the body and the answer once the headers are in (408 after it).
     pub request_timeout: Duration,
+    /// Deadline for a client to send its whole request head; the connection is closed after
+    /// it (slowloris).
+    pub header_timeout: Duration,
     /// What `Retry-After` says on a 503, in seconds.
     pub retry_after_secs: u32,
     /// Stripe endpoint settings.
@@ -46,6 +49,7 @@ impl Settings {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
             retry_after_secs: 5,
             stripe: StripeSettings {
                 secrets,

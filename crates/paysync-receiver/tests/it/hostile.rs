@@ -97,3 +97,31 @@ async fn a_captured_valid_request_replayed_after_the_tolerance_window_is_refused
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let broker = TestBroker::new();
+    let mut s = settings(broker.settings("receiver"), Mode::Test);
+    s.header_timeout = Duration::from_secs(1);
+    let app = spawn(s).await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signa")
+        .await
+        .unwrap();
+    // Slowloris: the rest of the head never comes. The receiver must close the connection.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was closed by the receiver");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // The receiver still serves others.
+    assert_eq!(app.get(format!("{}/healthz", app.base)).await.status(), 200);
+    app.stop().await.unwrap();
+}

@@ -19,17 +19,30 @@ const SECRET: &str = "whsec_restarts";
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn services_script() -> String {
-    format!("{}/../../deploy/local/services.sh", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../../deploy/local/services.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 async fn post(client: &reqwest::Client, url: &str, id: &str) -> u16 {
     let body = stripe_event(id, "customer.updated", false);
     let header = sign_header(SECRET, now_secs(), &body);
-    match client.post(url).header("Stripe-Signature", header).body(body).send().await {
+    match client
+        .post(url)
+        .header("Stripe-Signature", header)
+        .body(body)
+        .send()
+        .await
+    {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
@@ -52,7 +65,9 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
         store: db.settings(),
         ..paysync_worker::Settings::default()
     };
-    let worker = paysync_worker::App::build(worker_settings, paysync_worker::billing::handlers()).await.unwrap();
+    let worker = paysync_worker::App::build(worker_settings, paysync_worker::billing::handlers())
+        .await
+        .unwrap();
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(worker.run_until_stopped(async move {
         let _ = worker_stopped.await;
@@ -73,8 +88,21 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
     let mut accepted = HashSet::new();
     for (n, chunk) in ids.chunks(100).enumerate() {
         if n == 8 {
-            let version = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
-            run("pg_ctlcluster", &["--skip-systemctl-redirect", version.to_str().unwrap(), "main", "restart"]);
+            let version = std::fs::read_dir("/etc/postgresql")
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name();
+            run(
+                "pg_ctlcluster",
+                &[
+                    "--skip-systemctl-redirect",
+                    version.to_str().unwrap(),
+                    "main",
+                    "restart",
+                ],
+            );
         }
         if n == 16 {
             run("rabbitmqctl", &["stop"]);
@@ -82,7 +110,8 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
         if n == 20 {
             run(&services_script(), &[]);
         }
-        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&client, &url, id))).await;
+        let statuses =
+            futures::future::join_all(chunk.iter().map(|id| post(&client, &url, id))).await;
         for (id, status) in chunk.iter().zip(statuses) {
             if status == 200 {
                 accepted.insert(id.clone());
@@ -94,18 +123,30 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
     // What was refused while the broker was down, the provider sends again.
     for id in &ids {
         if !accepted.contains(id) {
-            poll_until(Duration::from_secs(60), "a 200 after the restart", || async {
-                (post(&client, &url, id).await == 200).then_some(())
-            })
+            poll_until(
+                Duration::from_secs(60),
+                "a 200 after the restart",
+                || async { (post(&client, &url, id).await == 200).then_some(()) },
+            )
             .await
             .unwrap();
             accepted.insert(id.clone());
         }
     }
-    let rows = poll_until(Duration::from_secs(240), "every accepted event applied", || async {
-        let rows = store.events(&EventFilter { limit: 10_000, ..Default::default() }).await.ok()?;
-        (rows.len() >= ids.len()).then_some(rows)
-    })
+    let rows = poll_until(
+        Duration::from_secs(240),
+        "every accepted event applied",
+        || async {
+            let rows = store
+                .events(&EventFilter {
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (rows.len() >= ids.len()).then_some(rows)
+        },
+    )
     .await
     .unwrap();
     let applied: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
