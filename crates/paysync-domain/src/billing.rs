@@ -327,6 +327,22 @@ fn effect(
     }
 }
 
+/// The follow-up task and the email a failed payment calls for.
+fn payment_failed(c: &mut Changes, source_id: &str) {
+    c.effects.push(effect(
+        Channel::Task,
+        "payment_failed_followup",
+        source_id,
+        None,
+    ));
+    c.effects.push(effect(
+        Channel::Outbox,
+        "payment_failed_email",
+        source_id,
+        None,
+    ));
+}
+
 /// What the event `event_type` with payload `event` (the whole Stripe event) means.
 pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError> {
     let o = event
@@ -432,10 +448,7 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
                     .push(effect(Channel::Outbox, "receipt_email", &key, None));
             }
             if event_type == "invoice.payment_failed" {
-                c.effects
-                    .push(effect(Channel::Task, "payment_failed_followup", &id, None));
-                c.effects
-                    .push(effect(Channel::Outbox, "payment_failed_email", &id, None));
+                payment_failed(&mut c, &id);
             }
         }
         "payment_intent" => {
@@ -463,10 +476,7 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
                 c.effects
                     .push(effect(Channel::Outbox, "receipt_email", &id, None));
             } else {
-                c.effects
-                    .push(effect(Channel::Task, "payment_failed_followup", &id, None));
-                c.effects
-                    .push(effect(Channel::Outbox, "payment_failed_email", &id, None));
+                payment_failed(&mut c, &id);
             }
         }
         "charge" => {
