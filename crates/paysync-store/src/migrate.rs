@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "billing",
         sql: include_str!("../../../migrations/0004_billing.sql"),
     },
+    Migration {
+        version: 5,
+        name: "order_key_collation",
+        sql: include_str!("../../../migrations/0005_order_key_collation.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {
