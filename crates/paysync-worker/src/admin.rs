@@ -39,6 +39,9 @@ pub fn router(ops: Ops, token: SecretString) -> Router {
         .route("/admin/dlq/retry", post(retry))
         .route("/admin/dlq/archive", post(archive))
         .route("/admin/dlq/history", get(history))
+        .route("/admin/dlq/purge", post(purge))
+        .route("/admin/dlq/export", get(export))
+        .route("/admin/events/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -172,4 +175,83 @@ async fn archive(State(s): State<AdminState>, Json(body): Json<SelectionBody>) -
 
 async fn history(State(s): State<AdminState>) -> Response {
     answer(s.ops.history(100).await)
+}
+
+#[derive(serde::Deserialize)]
+struct PurgeBody {
+    older_than_secs: i64,
+    #[serde(default)]
+    yes: bool,
+}
+
+async fn purge(State(s): State<AdminState>, Json(body): Json<PurgeBody>) -> Response {
+    answer(
+        s.ops
+            .purge(body.older_than_secs, body.yes, "admin-api")
+            .await,
+    )
+}
+
+/// One JSON object per line, loss-free, like `paysync dlq export`.
+async fn export(State(s): State<AdminState>, Query(q): Query<ListQuery>) -> Response {
+    let filter = DeadLetterFilter {
+        group: q.group,
+        event_type: q.event_type,
+        since: None,
+        state: q.state,
+        limit: q.limit.unwrap_or(i64::MAX),
+    };
+    match s.ops.export(&filter, "admin-api").await {
+        Ok(lines) => {
+            let mut body = lines.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Err(err) => answer(Err(err)),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReplayBody {
+    event_ids: Option<Vec<String>>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    since: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Response {
+    let since = match body
+        .since
+        .as_deref()
+        .map(|t| OffsetDateTime::parse(t, &Rfc3339))
+    {
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "since: not an RFC 3339 time\n").into_response();
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    if body.event_ids.is_none() && (body.event_type.is_none() || since.is_none()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "give event_ids, or type and since\n",
+        )
+            .into_response();
+    }
+    answer(
+        s.ops
+            .replay(
+                body.event_ids.as_deref(),
+                body.event_type.as_deref(),
+                since,
+                body.dry_run,
+                "admin-api",
+                &|_, _| {},
+            )
+            .await,
+    )
 }

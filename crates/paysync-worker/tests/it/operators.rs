@@ -492,6 +492,45 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
         .unwrap();
     assert_eq!(api, ops.history(100).await.unwrap());
     assert_eq!(api[0]["actor"], "admin-api");
+    // Purge, export and replay are there too.
+    let purge: Value = client
+        .post(url("/admin/dlq/purge"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"older_than_secs": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purge["deleted"], 0, "nothing deleted without yes");
+    let export = client
+        .get(url("/admin/dlq/export?state=archived"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let exported = export.text().await.unwrap();
+    assert_eq!(exported.lines().count(), 1);
+    let replay: Value = client
+        .post(url("/admin/events/replay"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"event_ids": ["evt_unknown"], "dry_run": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["selected"], 0);
+    let no_token = client
+        .post(url("/admin/events/replay"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
     // The public receiver port has no admin routes; a worker without a token has none either.
     let (broker2, db2) = (TestBroker::new(), TestDb::new());
     let plain = spawn_worker(&broker2, &db2, fast_retry(3), Handlers::new()).await;
