@@ -127,6 +127,9 @@ impl TestBroker {
             url: amqp_url(),
             prefix: self.prefix.clone(),
             connection_name: format!("{}-{role}", self.prefix),
+            // Declaring 17 quorum queues on a broker busy with a parallel test suite can take
+            // seconds; a tight deadline would only turn into reconnect loops here.
+            connect_timeout: std::time::Duration::from_secs(15),
             ..AmqpSettings::default()
         }
     }

@@ -64,7 +64,7 @@ async fn logs_record_each_event_once_and_never_secrets_signatures_or_bodies() {
     assert_eq!(stack.post(&customer, SECRET).await, 200);
 
     poll_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "the processed-event log lines",
         || async {
             let text = captured.text();
