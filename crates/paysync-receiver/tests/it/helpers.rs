@@ -111,3 +111,12 @@ pub fn sample(scrape: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Asserts the broker holds nothing in the work queue: the request was not published.
+pub async fn assert_nothing_published(broker: &TestBroker) {
+    let queued = broker
+        .message_count(&broker.topology().work_queue())
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "nothing may be published");
+}

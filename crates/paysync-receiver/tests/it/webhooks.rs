@@ -8,7 +8,7 @@ use paysync_domain::Mode;
 use paysync_domain::stripe::signature::sign_header;
 use paysync_testkit::{TestBroker, now_secs, stripe_event, stripe_fixture};
 
-use crate::helpers::{SECRET, sample, settings, spawn, spawn_for};
+use crate::helpers::{SECRET, assert_nothing_published, sample, settings, spawn, spawn_for};
 
 fn header_str<'a>(
     props: &'a paysync_amqp::lapin::BasicProperties,
@@ -198,13 +198,7 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
     let response = app.post_signed(&huge).await;
     assert_eq!(response.status(), 413);
 
-    assert_eq!(
-        broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap(),
-        0
-    );
+    assert_nothing_published(&broker).await;
     let scrape = app
         .get(format!("{}/metrics", app.metrics_base))
         .await

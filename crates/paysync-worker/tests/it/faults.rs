@@ -48,6 +48,16 @@ async fn receiver(amqp: AmqpSettings) -> Receiver {
     }
 }
 
+/// Worker settings whose database connections go through `proxy`.
+fn through_proxy(broker: &TestBroker, db: &TestDb, proxy: &FaultProxy) -> paysync_worker::Settings {
+    let mut s = settings(broker, db, fast_retry(12));
+    s.store = StoreSettings {
+        url: format!("postgres://postgres@127.0.0.1:{}/paysync", proxy.port()),
+        ..db.settings()
+    };
+    s
+}
+
 /// Posts `id` once; the status code.
 async fn post(client: &reqwest::Client, url: &str, id: &str) -> u16 {
     let body = stripe_event(id, "customer.updated", false);
@@ -160,13 +170,9 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
     let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
-    let mut s = settings(&broker, &db, fast_retry(12));
-    s.store = StoreSettings {
-        url: format!("postgres://postgres@127.0.0.1:{}/paysync", proxy.port()),
-        create_timeout: Duration::from_secs(1),
-        wait_timeout: Duration::from_secs(1),
-        ..db.settings()
-    };
+    let mut s = through_proxy(&broker, &db, &proxy);
+    s.store.create_timeout = Duration::from_secs(1);
+    s.store.wait_timeout = Duration::from_secs(1);
     let worker = spawn(
         paysync_worker::App::build(s, paysync_worker::billing::handlers())
             .await
@@ -234,11 +240,7 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
     let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
-    let mut s = settings(&broker, &db, fast_retry(12));
-    s.store = StoreSettings {
-        url: format!("postgres://postgres@127.0.0.1:{}/paysync", proxy.port()),
-        ..db.settings()
-    };
+    let s = through_proxy(&broker, &db, &proxy);
     let concurrency = s.concurrency;
     let worker = spawn(
         paysync_worker::App::build(s, paysync_worker::billing::handlers())
