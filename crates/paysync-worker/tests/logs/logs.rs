@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use paysync_testkit::poll_until;
 
-use crate::observability::{SECRET, Stack};
+use crate::stack::{SECRET, Stack};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -38,8 +38,8 @@ async fn logs_record_each_event_once_and_never_secrets_signatures_or_bodies() {
         .with_max_level(tracing::Level::DEBUG)
         .with_writer(move || writer.clone())
         .finish();
-    // Current-thread test runtime: every task of the apps runs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // This binary is this one test: the capture subscriber can be the process-wide one.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let stack = Stack::start().await;
     let marker = "cardholder_marker_4242";
