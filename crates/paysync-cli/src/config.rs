@@ -332,11 +332,12 @@ pub fn worker(
 ) -> anyhow::Result<WorkerSettings> {
     let d = WorkerSettings::default();
     let store = database(env)?;
-    let concurrency = env.positive("PAYSYNC_WORKER_CONCURRENCY", store.max_connections * 2)?;
+    let concurrency = env.positive("PAYSYNC_WORKER_CONCURRENCY", store.max_connections)?;
     Ok(WorkerSettings {
         metrics_addr: env.parse::<SocketAddr>(metrics_var, metrics_default)?,
         prefetch: env.positive("PAYSYNC_WORKER_PREFETCH", d.prefetch)?,
         concurrency,
+        batch_size: env.positive("PAYSYNC_WORKER_BATCH_SIZE", d.batch_size)?,
         retry: retry(env)?,
         shutdown_grace: Duration::from_secs(env.positive(
             "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
@@ -459,8 +460,9 @@ mod tests {
         assert_eq!(w.store.url, "postgres://postgres@127.0.0.1:5432/paysync");
         assert_eq!(w.store.schema, "public");
         assert_eq!(w.retry, RetryPolicy::default());
-        assert_eq!(w.concurrency, 16);
-        assert_eq!(w.prefetch, 32);
+        assert_eq!(w.concurrency, 8);
+        assert_eq!(w.prefetch, 256);
+        assert_eq!(w.batch_size, 32);
         assert_eq!(w.amqp.connection_name, "paysync-worker");
     }
 

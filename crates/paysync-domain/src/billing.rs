@@ -343,6 +343,22 @@ fn payment_failed(c: &mut Changes, source_id: &str) {
     ));
 }
 
+/// The provider customer an event belongs to, read without building its [`Changes`] (the
+/// worker orders a batch by it). Agrees with [`changes`]`(..).customer` where that succeeds.
+pub fn customer_of<'a>(event_type: &str, event: &'a Value) -> Option<&'a str> {
+    let o = event.get("data")?.get("object")?;
+    let family = event_type.rsplit_once('.').map_or(event_type, |(f, _)| f);
+    let found = match family {
+        "customer" => o.get("id")?,
+        "charge.refund" | "refund" | "charge.dispute" => return None,
+        _ => match o.get("customer")? {
+            Value::Object(expanded) => expanded.get("id")?,
+            plain => plain,
+        },
+    };
+    found.as_str().filter(|s| !s.is_empty())
+}
+
 /// What the event `event_type` with payload `event` (the whole Stripe event) means.
 pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError> {
     let o = event
@@ -765,6 +781,25 @@ mod tests {
             ..canceled.clone()
         };
         assert!(order_key(&past_due, 100, "evt_a") > order_key(&active, 100, "evt_z"));
+    }
+
+    #[test]
+    fn customer_of_agrees_with_changes() {
+        let objects = [
+            json!({"id": "cus_9", "object": "customer", "status": "active", "customer": "cus_1"}),
+            json!({"id": "obj_1", "status": "succeeded", "customer": "cus_1", "payment_intent": "pi_1"}),
+            json!({"id": "obj_1", "status": "succeeded", "customer": {"id": "cus_2", "object": "customer"}}),
+            json!({"id": "obj_1", "status": "succeeded", "customer": ""}),
+            json!({"id": "obj_1", "status": "succeeded"}),
+        ];
+        for t in HANDLED_TYPES {
+            for o in &objects {
+                let event = json!({"id": "evt_1", "type": t, "data": {"object": o}});
+                if let Ok(c) = changes(t, &event) {
+                    assert_eq!(customer_of(t, &event), c.customer.as_deref(), "{t} {o}");
+                }
+            }
+        }
     }
 
     #[test]

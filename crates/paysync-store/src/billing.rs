@@ -65,6 +65,62 @@ fn extra_columns(kind: ObjectKind) -> &'static [(&'static str, Field)] {
     }
 }
 
+/// The snapshot upsert of `kind`, built once. One statement does both jobs: the order key
+/// decides whether the snapshot's fields replace the stored ones, and a missing account or
+/// customer link is filled in whatever the key says (so links never depend on order). A row
+/// is only rewritten when one of the two changes something.
+fn upsert_sql(kind: ObjectKind) -> &'static str {
+    static BUILT: [std::sync::OnceLock<String>; 6] = [const { std::sync::OnceLock::new() }; 6];
+    let slot = match kind {
+        ObjectKind::Subscription => 0,
+        ObjectKind::Invoice => 1,
+        ObjectKind::Payment => 2,
+        ObjectKind::Refund => 3,
+        ObjectKind::Dispute => 4,
+        ObjectKind::Checkout => 5,
+    };
+    BUILT[slot].get_or_init(|| {
+        let t = table(kind);
+        let extra = extra_columns(kind);
+        let newer = format!(
+            "(excluded.key_terminal, excluded.key_created, excluded.key_rank, excluded.key_event_id) \
+             > ({t}.key_terminal, {t}.key_created, {t}.key_rank, {t}.key_event_id)"
+        );
+        let keyed: Vec<&str> = [
+            "status",
+            "amount",
+            "currency",
+            "key_terminal",
+            "key_created",
+            "key_rank",
+            "key_event_id",
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(n, _)| *n))
+        .collect();
+        let sets: Vec<String> = keyed
+            .iter()
+            .map(|c| format!("{c} = case when {newer} then excluded.{c} else {t}.{c} end"))
+            .collect();
+        let cols: Vec<&str> = extra.iter().map(|(n, _)| *n).collect();
+        let vals: Vec<String> = (0..extra.len()).map(|i| format!("${}", 12 + i)).collect();
+        format!(
+            "insert into {t} (provider, id, account_id, customer_id, status, amount, currency, \
+                              key_terminal, key_created, key_rank, key_event_id, {cols}) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {vals}) \
+             on conflict (provider, id) do update set \
+                 account_id = coalesce({t}.account_id, excluded.account_id), \
+                 customer_id = coalesce({t}.customer_id, excluded.customer_id), {sets} \
+             where {newer} \
+                 or ({t}.account_id is null and excluded.account_id is not null) \
+                 or ({t}.customer_id is null and excluded.customer_id is not null)",
+            cols = cols.join(", "),
+            vals = vals.join(", "),
+            sets = sets.join(", "),
+        )
+    })
+}
+
 #[derive(Clone, Copy)]
 enum Field {
     Parent,
@@ -82,7 +138,6 @@ impl Tx<'_> {
         customer: Option<&str>,
         hint: Option<&str>,
     ) -> Result<Resolution, StoreError> {
-        let db = StoreError::db("resolve account");
         let Some(customer) = customer else {
             return match hint {
                 Some(h) => {
@@ -93,22 +148,16 @@ impl Tx<'_> {
             };
         };
         // One resolution per customer at a time (concurrent workers, same customer).
-        self.0
-            .execute(
-                "select pg_advisory_xact_lock(hashtext('paysync-customer:' || $1 || ':' || $2))",
-                &[&provider, &customer],
-            )
-            .await
-            .map_err(db)?;
-        let mapped = self
-            .0
-            .query_opt(
+        self.exec(
+            "select pg_advisory_xact_lock(hashtext('paysync-customer:' || $1 || ':' || $2))",
+            &[&provider, &customer],
+            "resolve account",
+        )
+        .await?;
+        let mapped = self.query_opt_cached(
                 "select c.account_id, a.external_ref from provider_customers c \
                  join accounts a on a.id = c.account_id where c.provider = $1 and c.customer_id = $2",
-                &[&provider, &customer],
-            )
-            .await
-            .map_err(StoreError::db("read customer mapping"))?;
+                &[&provider, &customer], "read customer mapping").await?;
         if let Some(row) = mapped {
             let (account, linked_ref): (i64, Option<String>) = (row.get(0), row.get(1));
             return match (hint, linked_ref) {
@@ -123,10 +172,12 @@ impl Tx<'_> {
                 (Some(h), None) => {
                     // Adopt the reference unless another account already has it.
                     let taken = self
-                        .0
-                        .query_opt("select id from accounts where external_ref = $1", &[&h])
-                        .await
-                        .map_err(StoreError::db("read account by reference"))?;
+                        .query_opt_cached(
+                            "select id from accounts where external_ref = $1",
+                            &[&h],
+                            "read account by reference",
+                        )
+                        .await?;
                     match taken {
                         Some(other) => Ok(Resolution::Conflict {
                             linked_account: account,
@@ -134,13 +185,12 @@ impl Tx<'_> {
                             hinted_ref: format!("{h} (already account {})", other.get::<_, i64>(0)),
                         }),
                         None => {
-                            self.0
-                                .execute(
-                                    "update accounts set external_ref = $2 where id = $1",
-                                    &[&account, &h],
-                                )
-                                .await
-                                .map_err(StoreError::db("adopt account reference"))?;
+                            self.exec(
+                                "update accounts set external_ref = $2 where id = $1",
+                                &[&account, &h],
+                                "adopt account reference",
+                            )
+                            .await?;
                             Ok(Resolution::Account {
                                 id: account,
                                 created: false,
@@ -159,21 +209,19 @@ impl Tx<'_> {
             Some(h) => self.account_by_ref(h).await?,
             None => {
                 let row = self
-                    .0
-                    .query_one("insert into accounts default values returning id", &[])
-                    .await
-                    .map_err(StoreError::db("create account"))?;
+                    .query_one_cached(
+                        "insert into accounts default values returning id",
+                        &[],
+                        "create account",
+                    )
+                    .await?;
                 (row.get(0), true)
             }
         };
-        self.0
-            .execute(
+        self.exec(
                 "insert into provider_customers (provider, customer_id, account_id) values ($1, $2, $3) \
                  on conflict do nothing",
-                &[&provider, &customer, &account],
-            )
-            .await
-            .map_err(StoreError::db("map customer"))?;
+                &[&provider, &customer, &account], "map customer").await?;
         Ok(Resolution::Account {
             id: account,
             created,
@@ -181,17 +229,12 @@ impl Tx<'_> {
     }
 
     async fn account_by_ref(&self, external_ref: &str) -> Result<(i64, bool), StoreError> {
-        let row = self
-            .0
-            .query_one(
+        let row = self.query_one_cached(
                 "with ins as (insert into accounts (external_ref) values ($1) \
                               on conflict (external_ref) do nothing returning id) \
                  select id, true from ins union all select id, false from accounts where external_ref = $1 \
                  limit 1",
-                &[&external_ref],
-            )
-            .await
-            .map_err(StoreError::db("find or create account"))?;
+                &[&external_ref], "find or create account").await?;
         Ok((row.get(0), row.get(1)))
     }
 
@@ -205,23 +248,15 @@ impl Tx<'_> {
         key: &OrderKey,
     ) -> Result<(), StoreError> {
         if snap.deleted {
-            self.0
-                .execute(
+            self.exec(
                     "update provider_customers set deleted = true where provider = $1 and customer_id = $2",
-                    &[&provider, &snap.id],
-                )
-                .await
-                .map_err(StoreError::db("mark customer deleted"))?;
+                    &[&provider, &snap.id], "mark customer deleted").await?;
         }
         if snap.email.is_some() || snap.name.is_some() {
-            self.0
-                .execute(
+            self.exec(
                     "update provider_customers set email = $3, name = $4, key_created = $5, key_event_id = $6 \
                      where provider = $1 and customer_id = $2 and ($5, $6) > (key_created, key_event_id)",
-                    &[&provider, &snap.id, &snap.email, &snap.name, &key.created, &key.event_id],
-                )
-                .await
-                .map_err(StoreError::db("apply customer"))?;
+                    &[&provider, &snap.id, &snap.email, &snap.name, &key.created, &key.event_id], "apply customer").await?;
         }
         Ok(())
     }
@@ -236,24 +271,17 @@ impl Tx<'_> {
         account: Option<i64>,
         customer: Option<&str>,
     ) -> Result<(), StoreError> {
-        let t = table(snap.kind);
         let extra = extra_columns(snap.kind);
-        let names: Vec<&str> = extra.iter().map(|(n, _)| *n).collect();
         let text_of = |f: Field| match f {
-            Field::Parent => snap.parent.clone(),
-            Field::Detail => snap.detail.clone(),
+            Field::Parent => snap.parent.as_deref(),
+            Field::Detail => snap.detail.as_deref(),
             Field::At => None,
         };
-        let extra_values: Vec<Box<dyn ToSql + Sync + Send>> = extra
-            .iter()
-            .map(|(_, f)| -> Box<dyn ToSql + Sync + Send> {
-                match f {
-                    Field::At => Box::new(snap.at),
-                    other => Box::new(text_of(*other)),
-                }
-            })
-            .collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        // At most three kind-specific columns (disputes); the tests cover every kind.
+        let extra_text: [Option<&str>; 3] =
+            [0, 1, 2].map(|i| extra.get(i).and_then(|(_, f)| text_of(*f)));
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(11 + extra.len());
+        params.extend_from_slice(&[
             &provider,
             &snap.id,
             &account,
@@ -265,51 +293,20 @@ impl Tx<'_> {
             &key.created,
             &key.rank,
             &key.event_id,
-        ];
-        for v in &extra_values {
-            params.push(v.as_ref() as &(dyn ToSql + Sync));
+        ]);
+        for (i, (_, field)) in extra.iter().enumerate() {
+            match field {
+                Field::At => params.push(&snap.at),
+                _ => params.push(&extra_text[i]),
+            }
         }
-        let placeholders: Vec<String> = (0..extra.len()).map(|i| format!("${}", 12 + i)).collect();
-        let updates: String = names
-            .iter()
-            .map(|n| format!(", {n} = excluded.{n}"))
-            .collect();
-        let sql = format!(
-            "insert into {t} (provider, id, account_id, customer_id, status, amount, currency, \
-                              key_terminal, key_created, key_rank, key_event_id, {cols}) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {vals}) \
-             on conflict (provider, id) do update set status = excluded.status, amount = excluded.amount, \
-                 currency = excluded.currency, key_terminal = excluded.key_terminal, \
-                 key_created = excluded.key_created, key_rank = excluded.key_rank, \
-                 key_event_id = excluded.key_event_id{updates} \
-             where (excluded.key_terminal, excluded.key_created, excluded.key_rank, excluded.key_event_id) \
-                 > ({t}.key_terminal, {t}.key_created, {t}.key_rank, {t}.key_event_id)",
-            cols = names.join(", "),
-            vals = placeholders.join(", "),
-        );
-        self.0
-            .execute(&sql, &params)
-            .await
-            .map_err(StoreError::db("apply snapshot"))?;
-        if account.is_some() || customer.is_some() {
-            let link = format!(
-                "update {t} set account_id = coalesce(account_id, $3), customer_id = coalesce(customer_id, $4) \
-                 where provider = $1 and id = $2 and (account_id is null or customer_id is null)"
-            );
-            self.0
-                .execute(&link, &[&provider, &snap.id, &account, &customer])
-                .await
-                .map_err(StoreError::db("link snapshot"))?;
-        }
+        self.exec(upsert_sql(snap.kind), &params, "apply snapshot")
+            .await?;
         if snap.kind == ObjectKind::Payment && snap.refunded > 0 {
             // Cumulative: the largest amount any event reported.
-            self.0
-                .execute(
+            self.exec(
                     "update payments set amount_refunded = greatest(amount_refunded, $3) where provider = $1 and id = $2",
-                    &[&provider, &snap.id, &snap.refunded],
-                )
-                .await
-                .map_err(StoreError::db("record refunded amount"))?;
+                    &[&provider, &snap.id, &snap.refunded], "record refunded amount").await?;
         }
         Ok(())
     }
@@ -331,22 +328,24 @@ impl Tx<'_> {
                  on conflict (kind, source_id) do update set account_id = coalesce(outbox.account_id, excluded.account_id)"
             }
         };
-        let res = match effect.channel {
+        match effect.channel {
             Channel::Task => {
-                self.0
-                    .execute(
-                        sql,
-                        &[&account, &effect.kind, &effect.source_id, &effect.due_at],
-                    )
-                    .await
+                self.exec(
+                    sql,
+                    &[&account, &effect.kind, &effect.source_id, &effect.due_at],
+                    "record side effect",
+                )
+                .await?
             }
             Channel::Outbox => {
-                self.0
-                    .execute(sql, &[&account, &effect.kind, &effect.source_id])
-                    .await
+                self.exec(
+                    sql,
+                    &[&account, &effect.kind, &effect.source_id],
+                    "record side effect",
+                )
+                .await?
             }
         };
-        res.map_err(StoreError::db("record side effect"))?;
         Ok(())
     }
 }

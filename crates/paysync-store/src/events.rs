@@ -87,6 +87,28 @@ const INSERT_EVENT: &str = "insert into event_log \
     on conflict (provider, event_id) do nothing \
     returning id";
 
+/// The batch form of [`INSERT_EVENT`]: one row per array element, inserted in key order (so
+/// concurrent batches wait on each other's rows in one order, never in a cycle). Returns the
+/// keys that were new. The caller removes repeats within the batch first.
+const INSERT_EVENTS: &str = "insert into event_log \
+    (provider, event_id, event_type, created, livemode, api_version, payload, received_at, outcome, attempts) \
+    select p, e, t, c, l, v, j::jsonb, to_timestamp(r / 1000.0), o, a \
+    from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::text[], \
+                $8::int8[], $9::text[], $10::int4[]) as u(p, e, t, c, l, v, j, r, o, a) \
+    order by p, e \
+    on conflict (provider, event_id) do nothing \
+    returning provider, event_id";
+
+/// The batch form of the account link: one statement for every event of a batch.
+const SET_ACCOUNTS: &str = "update event_log set account_id = u.a \
+    from unnest($1::text[], $2::text[], $3::int8[]) as u(p, e, a) \
+    where event_log.provider = u.p and event_log.event_id = u.e";
+
+/// The batch form of [`RECORD_DUPLICATE`]; a key listed twice counts twice.
+const RECORD_DUPLICATES: &str = "update event_log set duplicates = duplicates + u.n \
+    from (select p, e, count(*)::int4 as n from unnest($1::text[], $2::text[]) as x(p, e) group by p, e) as u \
+    where event_log.provider = u.p and event_log.event_id = u.e";
+
 const RECORD_DUPLICATE: &str = "update event_log set duplicates = duplicates + 1 \
     where provider = $1 and event_id = $2";
 
@@ -126,6 +148,98 @@ impl Tx<'_> {
             .await
             .map_err(StoreError::db("insert event"))?;
         Ok(!rows.is_empty())
+    }
+
+    /// Records several events in one statement; for each, in order, whether it was new
+    /// (`false`: already in the log, a duplicate). The events must have distinct keys.
+    pub async fn insert_events(&self, events: &[NewEvent<'_>]) -> Result<Vec<bool>, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(INSERT_EVENTS)
+            .await
+            .map_err(StoreError::db("prepare event batch insert"))?;
+        let n = events.len();
+        let mut providers = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut livemode = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut received = Vec::with_capacity(n);
+        let mut outcomes = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        for event in events {
+            let m = event.meta;
+            providers.push(m.provider.as_str());
+            ids.push(m.event_id.as_str());
+            types.push(m.event_type.as_str());
+            created.push(m.created);
+            livemode.push(m.livemode);
+            versions.push(m.api_version.as_deref());
+            payloads.push(event.payload);
+            received.push(m.received_at_ms);
+            outcomes.push(event.outcome.as_str());
+            attempts.push(i32::try_from(event.attempt).unwrap_or(i32::MAX));
+        }
+        let rows = self
+            .0
+            .query(
+                &stmt,
+                &[
+                    &providers, &ids, &types, &created, &livemode, &versions, &payloads, &received,
+                    &outcomes, &attempts,
+                ],
+            )
+            .await
+            .map_err(StoreError::db("insert event batch"))?;
+        let inserted: std::collections::HashSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.get::<_, &str>(0), r.get::<_, &str>(1)))
+            .collect();
+        Ok(events
+            .iter()
+            .map(|e| inserted.contains(&(e.meta.provider.as_str(), e.meta.event_id.as_str())))
+            .collect())
+    }
+
+    /// Links several logged events to their accounts in one statement.
+    pub async fn set_event_accounts(&self, links: &[(&EventMeta, i64)]) -> Result<(), StoreError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let stmt = self
+            .0
+            .prepare_cached(SET_ACCOUNTS)
+            .await
+            .map_err(StoreError::db("prepare event accounts"))?;
+        let providers: Vec<&str> = links.iter().map(|(m, _)| m.provider.as_str()).collect();
+        let ids: Vec<&str> = links.iter().map(|(m, _)| m.event_id.as_str()).collect();
+        let accounts: Vec<i64> = links.iter().map(|(_, a)| *a).collect();
+        self.0
+            .execute(&stmt, &[&providers, &ids, &accounts])
+            .await
+            .map_err(StoreError::db("set event accounts"))?;
+        Ok(())
+    }
+
+    /// Counts skipped duplicate deliveries, in this transaction (one per element).
+    pub async fn record_duplicates(&self, metas: &[&EventMeta]) -> Result<(), StoreError> {
+        if metas.is_empty() {
+            return Ok(());
+        }
+        let stmt = self
+            .0
+            .prepare_cached(RECORD_DUPLICATES)
+            .await
+            .map_err(StoreError::db("prepare duplicates"))?;
+        let providers: Vec<&str> = metas.iter().map(|m| m.provider.as_str()).collect();
+        let ids: Vec<&str> = metas.iter().map(|m| m.event_id.as_str()).collect();
+        self.0
+            .execute(&stmt, &[&providers, &ids])
+            .await
+            .map_err(StoreError::db("record duplicates"))?;
+        Ok(())
     }
 
     /// For an operator replay: counts the replay on the logged event. `false` when the event

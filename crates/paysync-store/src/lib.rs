@@ -128,6 +128,61 @@ impl Conn {
 }
 
 impl Tx<'_> {
+    /// Runs `sql` as a statement prepared once per connection (one round trip after the
+    /// first use, instead of a parse round trip every time).
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<u64, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::db(what))?;
+        self.0
+            .execute(&stmt, params)
+            .await
+            .map_err(StoreError::db(what))
+    }
+
+    /// [`Tx::exec`] for a statement returning at most one row.
+    async fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::db(what))?;
+        self.0
+            .query_opt(&stmt, params)
+            .await
+            .map_err(StoreError::db(what))
+    }
+
+    /// [`Tx::exec`] for a statement returning exactly one row.
+    async fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        let stmt = self
+            .0
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::db(what))?;
+        self.0
+            .query_one(&stmt, params)
+            .await
+            .map_err(StoreError::db(what))
+    }
+
     /// Commits.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.0.commit().await.map_err(StoreError::db("commit"))

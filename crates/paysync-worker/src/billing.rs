@@ -35,6 +35,10 @@ pub fn handlers() -> Handlers {
 }
 
 impl Handler for Billing {
+    fn lock_key<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        billing::customer_of(&event.meta.event_type, &event.payload)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a Tx<'a>,
@@ -66,9 +70,7 @@ impl Handler for Billing {
                             .await
                             .map_err(Failure::from_store)?;
                     }
-                    tx.set_event_account(meta, id)
-                        .await
-                        .map_err(Failure::from_store)?;
+                    // The event-log row is linked by the caller (one statement per batch).
                     event.link_account(id);
                     Some(id)
                 }

@@ -54,6 +54,14 @@ pub trait Handler: Send + Sync {
     /// included, so a retry is not mistaken for a duplicate.
     fn handle<'a>(&'a self, tx: &'a Tx<'a>, event: &'a Event)
     -> BoxFuture<'a, Result<(), Failure>>;
+
+    /// The key of the rows `event` locks first (for billing: its provider customer). A batch
+    /// applies its events in key order, so concurrent batches take their locks in one order
+    /// and do not deadlock each other. `None` (the default) sorts first.
+    fn lock_key<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        let _ = event;
+        None
+    }
 }
 
 /// Handlers by event type. Types without a handler are recorded as `ignored` and acked.

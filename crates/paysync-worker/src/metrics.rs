@@ -1,7 +1,8 @@
 //! Every metric the worker exports, declared in one place.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Outcome labels of `paysync_events_processed_total` (a closed set).
@@ -49,6 +50,11 @@ pub struct WorkerMetrics {
     /// `paysync_broker_reconnects_total{link}`: broker connections re-opened after a loss
     /// (`publisher`, `consumer`, `ingester`).
     pub broker_reconnects: IntCounterVec,
+    /// `paysync_worker_batch_size`: deliveries applied together in one transaction.
+    pub batch_size: Histogram,
+    /// `paysync_worker_batch_fallbacks_total`: batches rolled back and applied one by one
+    /// because one of their events failed.
+    pub batch_fallbacks: IntCounter,
 }
 
 /// States of `paysync_dead_letters`.
@@ -166,6 +172,19 @@ impl WorkerMetrics {
             "Applied events linked to no account.",
         )?;
         registry.register(Box::new(unlinked.clone()))?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "paysync_worker_batch_size",
+                "Deliveries applied together in one transaction.",
+            )
+            .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )?;
+        let batch_fallbacks = IntCounter::new(
+            "paysync_worker_batch_fallbacks_total",
+            "Batches rolled back and applied one by one because an event failed.",
+        )?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(batch_fallbacks.clone()))?;
         let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -206,6 +225,8 @@ impl WorkerMetrics {
             pool_wait,
             unlinked,
             broker_reconnects,
+            batch_size,
+            batch_fallbacks,
         })
     }
 }

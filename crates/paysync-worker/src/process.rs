@@ -16,9 +16,9 @@ use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
 use paysync_domain::message::header;
 use paysync_domain::retry::RetryPolicy;
-use paysync_store::{Conn, NewEvent, Outcome, Store};
+use paysync_store::{Conn, NewEvent, Outcome, Store, Tx};
 
-use crate::handler::{Event, Handlers};
+use crate::handler::{Event, Handler, Handlers};
 use crate::metrics::WorkerMetrics;
 use crate::{Failure, FailureClass};
 
@@ -152,20 +152,14 @@ pub(crate) async fn apply_on(
         return Ok(Done::Duplicate);
     }
     if let Some(handler) = handler {
-        // A panicking handler must not leave its delivery unacked forever: it becomes a
-        // permanent failure like any other (a person has to look at the code path).
-        let ran = AssertUnwindSafe(handler.handle(&tx, event))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(Failure::permanent(
-                    "handler_panicked",
-                    HandlerPanic::from(panic),
-                ))
-            });
-        if let Err(failure) = ran {
+        if let Err(failure) = run_handler(handler.as_ref(), &tx, event).await {
             let _ = tx.rollback().await;
             return Err(failure);
+        }
+        if let Some(account) = event.account() {
+            tx.set_event_account(meta, account)
+                .await
+                .map_err(Failure::from_store)?;
         }
     }
     tx.commit().await.map_err(Failure::from_store)?;
@@ -174,6 +168,113 @@ pub(crate) async fn apply_on(
     } else {
         Done::Ignored
     })
+}
+
+/// Runs `handler` on `event` inside `tx`. A panicking handler must not leave its delivery
+/// unacked forever: it becomes a permanent failure like any other (a person has to look at the
+/// code path).
+async fn run_handler(handler: &dyn Handler, tx: &Tx<'_>, event: &Event) -> Result<(), Failure> {
+    AssertUnwindSafe(handler.handle(tx, event))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(Failure::permanent(
+                "handler_panicked",
+                HandlerPanic::from(panic),
+            ))
+        })
+}
+
+/// Applies several events in one transaction: one event-log statement for all of them, each
+/// handler in lock-key order, one statement for the account links and one for the duplicate
+/// counts, one commit. Returns what happened to each event, in the order of `events` (which
+/// it sorts). Any failure rolls the whole batch back: the caller then applies the events one
+/// by one, so a bad event is isolated and a good one is never held back by it.
+async fn apply_batch_on(
+    conn: &mut Conn,
+    handlers: &Handlers,
+    events: &mut [Decoded<'_>],
+) -> Result<Vec<Done>, Failure> {
+    fn key<'e>(handlers: &Handlers, d: &'e Decoded<'_>) -> (Option<&'e str>, &'e str) {
+        let lock = handlers
+            .get(&d.event.meta.event_type)
+            .and_then(|h| h.lock_key(&d.event));
+        (lock, &d.event.meta.event_id)
+    }
+    events.sort_by(|a, b| key(handlers, a).cmp(&key(handlers, b)));
+    // The first delivery of an event id in the batch is the candidate; later ones are
+    // duplicates of it whatever happens to it.
+    let mut done = vec![Done::Duplicate; events.len()];
+    let mut first: Vec<usize> = Vec::with_capacity(events.len());
+    {
+        let mut seen = HashSet::with_capacity(events.len());
+        for (i, d) in events.iter().enumerate() {
+            if seen.insert((d.event.meta.provider, d.event.meta.event_id.as_str())) {
+                first.push(i);
+            }
+        }
+    }
+    let new_events: Vec<NewEvent<'_>> = first
+        .iter()
+        .map(|&i| {
+            let d = &events[i];
+            NewEvent {
+                meta: &d.event.meta,
+                payload: d.body,
+                outcome: if handlers.knows(&d.event.meta.event_type) {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored
+                },
+                attempt: d.event.attempt,
+            }
+        })
+        .collect();
+    let tx = conn.transaction().await.map_err(Failure::from_store)?;
+    let fresh = tx
+        .insert_events(&new_events)
+        .await
+        .map_err(Failure::from_store)?;
+    for (&i, is_new) in first.iter().zip(fresh) {
+        if !is_new {
+            continue;
+        }
+        let event = &events[i].event;
+        done[i] = match handlers.get(&event.meta.event_type) {
+            Some(handler) => {
+                run_handler(handler.as_ref(), &tx, event).await?;
+                Done::Applied
+            }
+            None => Done::Ignored,
+        };
+    }
+    let links: Vec<(&EventMeta, i64)> = events
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| **d == Done::Applied)
+        .filter_map(|(e, _)| e.event.account().map(|a| (&e.event.meta, a)))
+        .collect();
+    tx.set_event_accounts(&links)
+        .await
+        .map_err(Failure::from_store)?;
+    let duplicates: Vec<&EventMeta> = events
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| **d == Done::Duplicate)
+        .map(|(e, _)| &e.event.meta)
+        .collect();
+    tx.record_duplicates(&duplicates)
+        .await
+        .map_err(Failure::from_store)?;
+    tx.commit().await.map_err(Failure::from_store)?;
+    Ok(done)
+}
+
+/// A delivery decoded for the batch path.
+struct Decoded<'a> {
+    incoming: &'a Incoming,
+    event: Event,
+    body: &'a str,
 }
 
 /// Applies one event outside the broker path (tests, tools): the same transaction the worker
@@ -204,11 +305,118 @@ impl Processor {
             .inc();
     }
 
+    /// Processes deliveries that arrived together: in one transaction when there are several
+    /// (see [`apply_batch_on`]), else one by one. Replays, undecodable deliveries and every
+    /// delivery of a batch that failed take the one-by-one path.
+    pub(crate) async fn handle_batch(&self, batch: Vec<Incoming>) {
+        if batch.len() < 2 {
+            for incoming in &batch {
+                self.handle(incoming).await;
+            }
+            return;
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        self.metrics.in_flight.add(size as i64);
+        let mut decoded = Vec::with_capacity(size);
+        let mut singles = Vec::new();
+        for incoming in &batch {
+            match decode(incoming) {
+                Ok((event, body)) if !event.replay => decoded.push(Decoded {
+                    incoming,
+                    event,
+                    body,
+                }),
+                _ => singles.push(incoming),
+            }
+        }
+        if decoded.len() < 2 {
+            // Nothing left to batch: the one-by-one path for all.
+            self.metrics.in_flight.sub(size as i64);
+            singles.extend(decoded.iter().map(|d| d.incoming));
+            for incoming in singles {
+                self.handle(incoming).await;
+            }
+            return;
+        }
+        self.metrics.batch_size.observe(decoded.len() as f64);
+        match self.apply_batch(&mut decoded).await {
+            Ok(done) => {
+                futures::future::join_all(
+                    decoded
+                        .iter()
+                        .zip(done)
+                        .map(|(d, done)| self.settled(d.incoming, &d.event, done, started)),
+                )
+                .await;
+            }
+            Err(failure) => {
+                self.metrics.batch_fallbacks.inc();
+                tracing::info!(
+                    events = decoded.len(),
+                    kind = failure.kind(),
+                    error = %failure.chain().replace('\n', ": "),
+                    "batch failed; applying its events one by one"
+                );
+                singles.extend(decoded.iter().map(|d| d.incoming));
+            }
+        }
+        self.metrics.in_flight.sub(size as i64);
+        for incoming in singles {
+            self.handle(incoming).await;
+        }
+    }
+
+    async fn apply_batch(&self, decoded: &mut [Decoded<'_>]) -> Result<Vec<Done>, Failure> {
+        let waited = Instant::now();
+        let conn = self.store.conn().await;
+        self.metrics
+            .pool_wait
+            .observe(waited.elapsed().as_secs_f64());
+        let mut conn = conn.map_err(Failure::from_store)?;
+        let done = apply_batch_on(&mut conn, &self.handlers, decoded).await?;
+        for (d, done) in decoded.iter().zip(&done) {
+            if *done == Done::Ignored {
+                self.note_unknown_type(&d.event.meta.event_type);
+            }
+        }
+        Ok(done)
+    }
+
+    /// After the commit: the crash-test hook, the lag, the ack, the count and the log line.
+    async fn settled(&self, incoming: &Incoming, event: &Event, done: Done, started: Instant) {
+        let meta = &event.meta;
+        let provider = meta.provider.as_str();
+        if let Some(hook) = &self.after_commit {
+            hook(meta).await;
+        }
+        if done != Done::Duplicate {
+            let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;
+            self.metrics.lag.with_label_values(&[provider]).observe(lag);
+        }
+        self.ack(incoming, meta).await;
+        self.count(provider, &meta.event_type, done.label());
+        self.metrics
+            .duration
+            .with_label_values(&[provider])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            provider,
+            event.id = %meta.event_id,
+            event.r#type = %meta.event_type,
+            account.id = event.account(),
+            outcome = done.label(),
+            attempt = event.attempt,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "event processed"
+        );
+    }
+
     /// Processes one delivery to its ack (or its hand-back to the queue).
-    pub(crate) async fn handle(&self, incoming: Incoming) {
+    pub(crate) async fn handle(&self, incoming: &Incoming) {
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let (event, body) = match decode(&incoming) {
+        let (event, body) = match decode(incoming) {
             Ok(decoded) => decoded,
             Err(failure) => {
                 let provider = incoming
@@ -216,7 +424,7 @@ impl Processor {
                     .unwrap_or_else(|| "unknown".into());
                 let event_type = incoming.header_str(header::EVENT_TYPE).unwrap_or_default();
                 self.dead_letter(
-                    &incoming,
+                    incoming,
                     incoming.attempt_hint(),
                     failure,
                     &provider,
@@ -227,40 +435,23 @@ impl Processor {
                 return;
             }
         };
-        let meta = &event.meta;
-        let provider = meta.provider.as_str();
         match self.apply(&event, body).await {
             Ok(done) => {
-                if let Some(hook) = &self.after_commit {
-                    hook(meta).await;
+                if done == Done::Duplicate
+                    && let Err(err) = self.store.record_duplicate(&event.meta).await
+                {
+                    tracing::warn!(event.id = %event.meta.event_id, error = %err, "could not count a duplicate");
                 }
-                if done == Done::Duplicate {
-                    if let Err(err) = self.store.record_duplicate(meta).await {
-                        tracing::warn!(event.id = %meta.event_id, error = %err, "could not count a duplicate");
-                    }
-                } else {
-                    let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;
-                    self.metrics.lag.with_label_values(&[provider]).observe(lag);
-                }
-                self.ack(&incoming, meta).await;
-                self.count(provider, &meta.event_type, done.label());
-                tracing::info!(
-                    provider,
-                    event.id = %meta.event_id,
-                    event.r#type = %meta.event_type,
-                    account.id = event.account(),
-                    outcome = done.label(),
-                    attempt = event.attempt,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "event processed"
-                );
+                self.settled(incoming, &event, done, started).await;
             }
-            Err(failure) => self.fail(&incoming, &event, failure).await,
+            Err(failure) => {
+                self.fail(incoming, &event, failure).await;
+                self.metrics
+                    .duration
+                    .with_label_values(&[event.meta.provider.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
-        self.metrics
-            .duration
-            .with_label_values(&[provider])
-            .observe(started.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
     }
 

@@ -241,7 +241,9 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     let store = db.store().await.unwrap();
     let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
     let s = through_proxy(&broker, &db, &proxy);
-    let concurrency = s.concurrency;
+    // In flight: at most `concurrency` batches of at most `batch_size`, and never more than
+    // the prefetch lets the broker push.
+    let concurrency = (s.concurrency * s.batch_size).min(usize::from(s.prefetch));
     let worker = spawn(
         paysync_worker::App::build(s, paysync_worker::billing::handlers())
             .await
@@ -290,7 +292,7 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     let distinct: HashSet<&String> = logged.iter().collect();
     let dead = store.dead_letters(None, 10).await.unwrap().len();
     println!(
-        "slow database: accepted {}, backlog seen {backlog}, max in flight {max_in_flight} (concurrency {concurrency}), applied {}, dead-lettered {dead}, lost {}",
+        "slow database: accepted {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency}), applied {}, dead-lettered {dead}, lost {}",
         ids.len(),
         distinct.len(),
         ids.len() - distinct.len()
