@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "order_key_collation",
         sql: include_str!("../../../migrations/0005_order_key_collation.sql"),
     },
+    Migration {
+        version: 6,
+        name: "event_log_storage",
+        sql: include_str!("../../../migrations/0006_event_log_storage.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -185,11 +185,16 @@ async fn run_handler(handler: &dyn Handler, tx: &Tx<'_>, event: &Event) -> Resul
         })
 }
 
-/// Applies several events in one transaction: one event-log statement for all of them, each
-/// handler in lock-key order, one statement for the account links and one for the duplicate
-/// counts, one commit. Returns what happened to each event, in the order of `events` (which
-/// it sorts). Any failure rolls the whole batch back: the caller then applies the events one
-/// by one, so a bad event is isolated and a good one is never held back by it.
+/// Applies several events in one transaction: one statement writes all event-log rows (and
+/// tells which are new), the handlers of the new ones run (pipelined, see below), one
+/// statement links the rows to the accounts the handlers found, one counts the duplicate
+/// deliveries, one commit. Returns what happened to each event, in the order of `events`
+/// (which it sorts). Any failure rolls the whole batch back: the caller then applies the
+/// events one by one, so a bad event is isolated and a good one is never held back by it.
+///
+/// Lock order: event-log keys first (sorted), then the handlers' rows by lock key (sorted),
+/// the same order as the one-by-one path, so batches and single transactions queue behind
+/// each other instead of deadlocking.
 async fn apply_batch_on(
     conn: &mut Conn,
     handlers: &Handlers,
@@ -202,6 +207,7 @@ async fn apply_batch_on(
         (lock, &d.event.meta.event_id)
     }
     events.sort_by(|a, b| key(handlers, a).cmp(&key(handlers, b)));
+    let events: &[Decoded<'_>] = events;
     // The first delivery of an event id in the batch is the candidate; later ones are
     // duplicates of it whatever happens to it.
     let mut done = vec![Done::Duplicate; events.len()];
@@ -216,18 +222,15 @@ async fn apply_batch_on(
     }
     let new_events: Vec<NewEvent<'_>> = first
         .iter()
-        .map(|&i| {
-            let d = &events[i];
-            NewEvent {
-                meta: &d.event.meta,
-                payload: d.body,
-                outcome: if handlers.knows(&d.event.meta.event_type) {
-                    Outcome::Applied
-                } else {
-                    Outcome::Ignored
-                },
-                attempt: d.event.attempt,
-            }
+        .map(|&i| NewEvent {
+            meta: &events[i].event.meta,
+            payload: events[i].body,
+            outcome: if handlers.knows(&events[i].event.meta.event_type) {
+                Outcome::Applied
+            } else {
+                Outcome::Ignored
+            },
+            attempt: events[i].event.attempt,
         })
         .collect();
     let tx = conn.transaction().await.map_err(Failure::from_store)?;
@@ -235,18 +238,39 @@ async fn apply_batch_on(
         .insert_events(&new_events)
         .await
         .map_err(Failure::from_store)?;
+    // Handlers of different lock keys run concurrently on the one connection: their
+    // statements are pipelined (sent without waiting for each other's answers), which is
+    // where a batch saves most of its time. Events of one key run one after the other, in
+    // order, so they never interleave on the same rows; events without a key form one group.
+    let mut groups: Vec<(Option<&str>, Vec<Job<'_>>)> = Vec::new();
     for (&i, is_new) in first.iter().zip(fresh) {
         if !is_new {
             continue;
         }
         let event = &events[i].event;
-        done[i] = match handlers.get(&event.meta.event_type) {
-            Some(handler) => {
-                run_handler(handler.as_ref(), &tx, event).await?;
-                Done::Applied
-            }
-            None => Done::Ignored,
+        let Some(handler) = handlers.get(&event.meta.event_type) else {
+            done[i] = Done::Ignored;
+            continue;
         };
+        done[i] = Done::Applied;
+        let lock = handler.lock_key(event);
+        match groups.iter_mut().find(|(key, _)| *key == lock) {
+            Some((_, group)) => group.push((i, handler)),
+            None => groups.push((lock, vec![(i, handler)])),
+        }
+    }
+    let ran = futures::future::join_all(groups.iter().map(|(_, group)| {
+        let tx = &tx;
+        async move {
+            for (i, handler) in group {
+                run_handler(handler.as_ref(), tx, &events[*i].event).await?;
+            }
+            Ok::<(), Failure>(())
+        }
+    }))
+    .await;
+    for result in ran {
+        result?;
     }
     let links: Vec<(&EventMeta, i64)> = events
         .iter()
@@ -269,6 +293,9 @@ async fn apply_batch_on(
     tx.commit().await.map_err(Failure::from_store)?;
     Ok(done)
 }
+
+/// An event of a batch (by position) and its handler.
+type Job<'h> = (usize, &'h Arc<dyn Handler>);
 
 /// A delivery decoded for the batch path.
 struct Decoded<'a> {
