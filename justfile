@@ -38,6 +38,11 @@ fuzz seconds="600":
 test: services
     cargo test --workspace --all-targets --locked -- --show-output
 
+# Benchmarks (release build): `just bench` (medians of 3 runs, ~15 min) or `just bench --quick` (under 2 minutes). Writes target/bench/report.md.
+bench *args: services
+    cargo build --release --locked --bin paysync --bin paysync-bench
+    target/release/paysync-bench run {{args}}
+
 # Format check and clippy with warnings as errors.
 lint:
     cargo fmt --all -- --check

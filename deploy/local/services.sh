@@ -119,7 +119,21 @@ ensure_tools() {
   command -v promtool >/dev/null 2>&1 || die "promtool missing after installing prometheus"
 }
 
+# `just` runs the developer recipes (`just bench`, `just test`, ...). Not in Debian 12, so it
+# comes from crates.io, built with the machine's Rust toolchain (about a minute, once).
+ensure_just() {
+  if command -v just >/dev/null 2>&1; then
+    say "tools: just present"
+    return
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to install just"
+  say "tools: installing just from crates.io (cargo install --locked just)"
+  cargo install --locked --quiet just || die "cargo install just failed"
+  command -v just >/dev/null 2>&1 || die "just installed but not on PATH (add ~/.cargo/bin)"
+}
+
 ensure_rabbitmq
 ensure_postgres
 ensure_tools
+ensure_just
 say "all services up"

@@ -1,0 +1,246 @@
+//! RabbitMQ: the broker ceiling (bare confirmed publishes) and the queue plumbing of the
+//! benchmark (declare, count, purge, delete).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use paysync_amqp::Topology;
+use paysync_amqp::lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use paysync_amqp::lapin::types::{AMQPValue, FieldTable, LongString};
+use paysync_amqp::lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+};
+
+/// The local broker (the services script's and paysync's default).
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Opens a connection named `name`.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props)
+        .await
+        .context("connecting to RabbitMQ (is it running? deploy/local/services.sh)")
+}
+
+/// Declares `queue` as a durable quorum queue (idempotent).
+pub async fn declare_quorum(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .with_context(|| format!("declaring the quorum queue {queue}"))?;
+    Ok(())
+}
+
+/// Messages in `queue` (passive declare on a channel of its own: a missing queue closes it).
+pub async fn message_count(connection: &Connection, queue: &str) -> anyhow::Result<u32> {
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let q = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .with_context(|| format!("reading the depth of {queue}"))?;
+    let _ = channel.close(200, "counted".into()).await;
+    Ok(q.message_count())
+}
+
+/// Polls the depth of `queue` until it is `expected` (quorum queues report appended messages
+/// with a short lag) or `deadline` passes; returns the last depth read.
+pub async fn settled_count(
+    connection: &Connection,
+    queue: &str,
+    expected: u64,
+    deadline: Duration,
+) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    loop {
+        let n = u64::from(message_count(connection, queue).await?);
+        if n == expected || start.elapsed() > deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Empties `queue`.
+pub async fn purge(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .with_context(|| format!("purging {queue}"))?;
+    let _ = channel.close(200, "purged".into()).await;
+    Ok(())
+}
+
+/// Deletes `queues` and `exchanges` (missing ones are fine). Returns the failures.
+pub async fn delete(
+    connection: &Connection,
+    queues: &[String],
+    exchanges: &[String],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for queue in queues {
+        let outcome = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+            let _ = channel.close(200, "deleted".into()).await;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = outcome {
+            failures.push(format!("queue {queue}: {err:#}"));
+        }
+    }
+    for exchange in exchanges {
+        let outcome = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+            let _ = channel.close(200, "deleted".into()).await;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = outcome {
+            failures.push(format!("exchange {exchange}: {err:#}"));
+        }
+    }
+    failures
+}
+
+/// Every queue and exchange of paysync's topology under `prefix`.
+pub fn topology_objects(prefix: &str) -> (Vec<String>, Vec<String>) {
+    let topology = Topology::new(prefix, paysync_amqp::AmqpSettings::default().delivery_limit);
+    (topology.queues(), topology.exchanges())
+}
+
+/// The broker's version, from `rabbitmqctl version` (empty if it cannot be run).
+pub async fn version() -> String {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        _ => "unknown (rabbitmqctl version failed)".to_owned(),
+    }
+}
+
+/// How the broker ceiling publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct CeilingPlan {
+    /// Messages per run.
+    pub messages: u64,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Confirm-mode channels, one publishing task each.
+    pub channels: usize,
+    /// Unconfirmed publishes allowed in flight, over all channels.
+    pub window: usize,
+}
+
+/// The broker ceiling: `plan.messages` persistent messages of `plan.size` bytes into the quorum
+/// queue `queue` through the default exchange, pipelined on confirm-mode channels; returns
+/// confirmed messages per second. Every confirm must be a plain ack.
+pub async fn publish_ceiling(
+    connection: &Connection,
+    queue: &str,
+    plan: CeilingPlan,
+) -> anyhow::Result<f64> {
+    let body = Bytes::from(vec![b'x'; plan.size]);
+    let channels = plan.channels.max(1);
+    let mut opened = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        opened.push(channel);
+    }
+    let window = (plan.window / channels).max(1);
+    let start = Instant::now();
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .enumerate()
+        .map(|(k, channel)| {
+            let share = plan.messages / channels as u64
+                + u64::from((k as u64) < plan.messages % channels as u64);
+            let body = body.clone();
+            let queue = queue.to_owned();
+            tokio::spawn(async move { publish_share(channel, queue, body, share, window).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.context("a publishing task panicked")??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(plan.messages as f64 / secs)
+}
+
+async fn publish_share(
+    channel: Channel,
+    queue: String,
+    body: Bytes,
+    count: u64,
+    window: usize,
+) -> anyhow::Result<()> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..count {
+        if in_flight.len() >= window
+            && let Some(confirmed) = in_flight.next().await
+        {
+            acked(confirmed)?;
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                options,
+                &body,
+                props.clone(),
+            )
+            .await
+            .context("basic.publish")?;
+        in_flight.push(confirm);
+    }
+    while let Some(confirmed) = in_flight.next().await {
+        acked(confirmed)?;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    Ok(())
+}
+
+fn acked(confirmed: paysync_amqp::lapin::Result<Confirmation>) -> anyhow::Result<()> {
+    match confirmed.context("waiting for a confirm")? {
+        Confirmation::Ack(None) => Ok(()),
+        other => anyhow::bail!("publish not acked: {other:?}"),
+    }
+}

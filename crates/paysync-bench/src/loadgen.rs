@@ -1,0 +1,406 @@
+//! The load generator: signed Stripe events POSTed over keep-alive HTTP/1.1 connections.
+//!
+//! It runs as its own process (the orchestrator never generates load itself), so its CPU use
+//! is visible and comparable between rows. Before the clock starts it builds and signs every
+//! event (`t=<now>,v1=<hex>`, as Stripe does) and opens every connection; during the run a
+//! request costs a refcount and a header copy. Only a run longer than the signature tolerance
+//! allows (over two minutes) builds each event just before sending it instead.
+//!
+//! Two modes:
+//! - full speed: every connection sends requests back to back;
+//! - `--rate R`: open loop. Request `i` is due at `start + i/R`; whichever connection is free
+//!   takes the next due request, and its latency is measured from when it was due, not from
+//!   when it was sent, so a slow server cannot hide its queueing (no coordinated omission).
+//!
+//! At the end it prints one JSON line ([`LoadReport`]) on standard output.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, StatusCode};
+use paysync_domain::stripe::SIGNATURE_HEADER;
+use paysync_domain::stripe::signature::sign_header;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{DEFAULT_CUSTOMERS, EventFactory};
+use crate::http::{Body, Target, connect};
+
+/// Runs longer than this build events on the fly: a signature made before the start would be
+/// older than the receiver's tolerance (300 s) by the end.
+const PREBUILD_MAX_SECS: f64 = 120.0;
+
+/// Latencies above this (in µs) are recorded as this value.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Arguments of `paysync-bench loadgen`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadgenArgs {
+    /// Where to POST, e.g. `http://127.0.0.1:8080/webhooks/stripe`.
+    #[arg(long)]
+    pub url: String,
+    /// The signing secret (`whsec_…`).
+    #[arg(long)]
+    pub secret: String,
+    /// How many requests. With `--rate` and `--duration-secs`, rate × duration instead.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Keep-alive connections, one task each.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Requests per second, open loop (default: full speed).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// With `--rate`: how long to send.
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// Event ids are `evt_<tag>_<i>`: a tag unique to the run keeps them distinct.
+    #[arg(long, default_value = "loadgen")]
+    pub tag: String,
+    /// How many customers the events belong to.
+    #[arg(long, default_value_t = DEFAULT_CUSTOMERS)]
+    pub customers: u64,
+}
+
+/// What the load generator measured: its one line of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Requests sent (answered or failed).
+    pub sent: u64,
+    /// Answers per HTTP status code.
+    pub status: BTreeMap<String, u64>,
+    /// Requests that got no answer (connection errors).
+    pub errors: u64,
+    /// From the start of the clock to the last answer.
+    pub elapsed_secs: f64,
+    /// Answers per second.
+    pub rps: f64,
+    /// Median latency (full speed: from sending; with a rate: from when the request was due).
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Largest latency.
+    pub max_ms: f64,
+    /// Wall-clock start of the clock, unix milliseconds.
+    pub start_unix_ms: i64,
+    /// Mean request body size.
+    pub body_bytes_mean: f64,
+    /// Whether every event was built and signed before the clock started.
+    pub prebuilt: bool,
+}
+
+impl LoadReport {
+    /// Answers with a 2xx status.
+    pub fn ok(&self) -> u64 {
+        self.status
+            .iter()
+            .filter(|(code, _)| code.starts_with('2'))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Whether every request was answered with a 2xx.
+    pub fn all_ok(&self) -> bool {
+        self.errors == 0 && self.ok() == self.sent
+    }
+}
+
+/// One signed request, ready to send.
+#[derive(Clone)]
+struct Prepared {
+    body: Bytes,
+    signature: HeaderValue,
+}
+
+enum Source {
+    Prebuilt(Vec<Prepared>),
+    Lazy {
+        factory: EventFactory,
+        secret: String,
+    },
+}
+
+impl Source {
+    fn get(&self, i: u64) -> anyhow::Result<Prepared> {
+        match self {
+            Self::Prebuilt(all) => all
+                .get(usize::try_from(i)?)
+                .cloned()
+                .context("request index out of range"),
+            Self::Lazy { factory, secret } => prepare(factory, secret, i, now_secs()),
+        }
+    }
+}
+
+fn prepare(factory: &EventFactory, secret: &str, i: u64, t: i64) -> anyhow::Result<Prepared> {
+    let body = factory.event(i);
+    let signature = HeaderValue::from_str(&sign_header(secret, t, &body))
+        .context("a signature header is ASCII")?;
+    Ok(Prepared {
+        body: Bytes::from(body),
+        signature,
+    })
+}
+
+/// Builds and signs requests `0..count` on every core.
+fn prebuild(factory: &EventFactory, secret: &str, count: u64) -> anyhow::Result<Vec<Prepared>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let per = count.div_ceil(threads.max(1)).max(1);
+    let t = now_secs();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(usize::try_from(per)?)
+            .map(|from| {
+                let to = (from + per).min(count);
+                scope.spawn(move || {
+                    (from..to)
+                        .map(|i| prepare(factory, secret, i, t))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(usize::try_from(count)?);
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a build thread panicked"))??;
+            all.extend(part);
+        }
+        Ok(all)
+    })
+}
+
+struct Shared {
+    target: Target,
+    source: Source,
+    count: u64,
+    next: AtomicU64,
+    start: Instant,
+    rate: Option<f64>,
+}
+
+struct TaskStats {
+    status: HashMap<u16, u64>,
+    errors: u64,
+    sent: u64,
+    latency_us: Histogram<u64>,
+    last: Instant,
+}
+
+/// `paysync-bench loadgen`.
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let report = generate(&args).await?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).context("serializing the report")?
+    );
+    Ok(())
+}
+
+async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
+    let target = Target::parse(&args.url).await?;
+    let count = match (args.rate, args.duration_secs, args.count) {
+        (Some(rate), Some(secs), _) => (rate * secs).round() as u64,
+        (_, _, Some(count)) => count,
+        _ => anyhow::bail!("give --count, or --rate with --duration-secs"),
+    };
+    anyhow::ensure!(count > 0, "nothing to send");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+    }
+    let factory = EventFactory::new(&args.tag, args.customers)?;
+    let planned_secs = args.rate.map_or(0.0, |rate| count as f64 / rate);
+    let prebuilt = planned_secs <= PREBUILD_MAX_SECS;
+    let build_started = Instant::now();
+    let (source, body_bytes_mean) = if prebuilt {
+        let all = prebuild(&factory, &args.secret, count)?;
+        let mean = all.iter().map(|p| p.body.len() as f64).sum::<f64>() / all.len() as f64;
+        (Source::Prebuilt(all), mean)
+    } else {
+        let sample = 1000.min(count);
+        let mean = (0..sample)
+            .map(|i| factory.event(i).len() as f64)
+            .sum::<f64>()
+            / sample as f64;
+        (
+            Source::Lazy {
+                factory,
+                secret: args.secret.clone(),
+            },
+            mean,
+        )
+    };
+    let mut senders = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        senders.push(connect::<Body>(target.addr).await?);
+    }
+    eprintln!(
+        "loadgen: {count} requests to {} over {} connections ({}), built in {:.1} s",
+        args.url,
+        args.connections,
+        args.rate
+            .map_or_else(|| "full speed".to_owned(), |r| format!("{r}/s")),
+        build_started.elapsed().as_secs_f64()
+    );
+    let start_unix_ms = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        target,
+        source,
+        count,
+        next: AtomicU64::new(0),
+        start: Instant::now(),
+        rate: args.rate,
+    });
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|sender| tokio::spawn(connection_task(shared.clone(), sender)))
+        .collect();
+    let mut status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = 0;
+    let mut sent = 0;
+    let mut latency = new_histogram()?;
+    let mut last = shared.start;
+    for task in tasks {
+        let stats = task.await.context("a connection task panicked")??;
+        for (code, n) in stats.status {
+            *status.entry(code.to_string()).or_default() += n;
+        }
+        errors += stats.errors;
+        sent += stats.sent;
+        latency
+            .add(&stats.latency_us)
+            .map_err(|e| anyhow::anyhow!("merging latency histograms: {e:?}"))?;
+        last = last.max(stats.last);
+    }
+    let elapsed_secs = last.duration_since(shared.start).as_secs_f64().max(1e-9);
+    let ms = |us: u64| us as f64 / 1000.0;
+    let report = LoadReport {
+        sent,
+        status,
+        errors,
+        elapsed_secs,
+        rps: (sent - errors) as f64 / elapsed_secs,
+        p50_ms: ms(latency.value_at_quantile(0.50)),
+        p99_ms: ms(latency.value_at_quantile(0.99)),
+        max_ms: ms(latency.max()),
+        start_unix_ms,
+        body_bytes_mean,
+        prebuilt,
+    };
+    eprintln!(
+        "loadgen: {} sent, {} errors, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        report.sent, report.errors, report.rps, report.p50_ms, report.p99_ms, report.max_ms
+    );
+    Ok(report)
+}
+
+/// An HdrHistogram of microseconds with 3 significant digits: recording is constant time and
+/// its memory is fixed whatever the number of requests (a ten-minute run included), and the
+/// connections' histograms add up exactly.
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .map_err(|e| anyhow::anyhow!("creating a histogram: {e:?}"))
+}
+
+async fn connection_task(
+    shared: Arc<Shared>,
+    mut sender: SendRequest<Body>,
+) -> anyhow::Result<TaskStats> {
+    let mut stats = TaskStats {
+        status: HashMap::new(),
+        errors: 0,
+        sent: 0,
+        latency_us: new_histogram()?,
+        last: shared.start,
+    };
+    let mut consecutive_errors = 0u32;
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        if i >= shared.count {
+            break;
+        }
+        let due = shared
+            .rate
+            .map(|rate| shared.start + Duration::from_secs_f64(i as f64 / rate));
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let prepared = shared.source.get(i)?;
+        let origin = due.unwrap_or_else(Instant::now);
+        stats.sent += 1;
+        match send(&mut sender, &shared.target, prepared).await {
+            Ok(code) => {
+                consecutive_errors = 0;
+                *stats.status.entry(code.as_u16()).or_default() += 1;
+                let us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats
+                    .latency_us
+                    .saturating_record(us.clamp(1, MAX_LATENCY_US));
+            }
+            Err(err) => {
+                stats.errors += 1;
+                consecutive_errors += 1;
+                if consecutive_errors == 1 {
+                    eprintln!("loadgen: request failed: {err:#}");
+                }
+                if consecutive_errors > 100 {
+                    anyhow::bail!("100 requests in a row failed on one connection: {err:#}");
+                }
+                if let Ok(fresh) = connect::<Body>(shared.target.addr).await {
+                    sender = fresh;
+                }
+            }
+        }
+        stats.last = Instant::now();
+    }
+    Ok(stats)
+}
+
+async fn send(
+    sender: &mut SendRequest<Body>,
+    target: &Target,
+    prepared: Prepared,
+) -> anyhow::Result<StatusCode> {
+    let request = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, prepared.signature)
+        .body(Full::new(prepared.body))
+        .context("building a request")?;
+    sender.ready().await.context("connection not ready")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("sending a request")?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .context("reading a response body")?;
+    Ok(status)
+}
+
+fn now_secs() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    )
+    .unwrap_or_default()
+}

@@ -1,0 +1,343 @@
+//! PostgreSQL: schemas migrated with the real migrations, the pgbench ceilings with the
+//! worker's own statements, and the SQL checks of the worker and end-to-end rows.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tokio_postgres::{Client, NoTls};
+
+use crate::procs::log_tail;
+
+/// The local database (the services script's server, its default database).
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Connections of the worker's pool by default (`PAYSYNC_DATABASE_MAX_CONNECTIONS`): pgbench
+/// runs with as many clients.
+pub const POOL_SIZE: u32 = 8;
+
+/// One event per transaction: the worker's statements for a typical event (see the file).
+pub const EVENT_SCRIPT: &str = include_str!("../pgbench/event-1.sql");
+
+/// The line of the event block that draws the event's customer.
+const CUSTOMER_LINE: &str = "\\set cust random(0, 999)";
+
+/// Customers the pgbench scripts draw from (`cus_bench0` … `cus_bench999`).
+pub const SCRIPT_CUSTOMERS: u64 = 1000;
+
+/// Connects to `url`, in `schema` if given.
+pub async fn connect(url: &str, schema: Option<&str>) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("database URL")?;
+    config.application_name("paysync-bench");
+    if let Some(schema) = schema {
+        config.options(format!("-c search_path={schema}"));
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL (is it running? deploy/local/services.sh)")?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `select version()`.
+pub async fn version(url: &str) -> anyhow::Result<String> {
+    let client = connect(url, None).await?;
+    let row = client.query_one("select version()", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Creates and migrates `schema` with the real migrations: `paysync migrate`.
+pub async fn migrate(paysync: &Path, url: &str, schema: &str, logs: &Path) -> anyhow::Result<()> {
+    let log = logs.join(format!("migrate-{schema}.log"));
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let status = tokio::process::Command::new(paysync)
+        .arg("migrate")
+        .env("PAYSYNC_DATABASE_URL", url)
+        .env("PAYSYNC_DATABASE_SCHEMA", schema)
+        .env("RUST_LOG", "warn")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .with_context(|| format!("running {} migrate", paysync.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "paysync migrate failed ({status}):\n{}",
+        log_tail(&log, 15)
+    );
+    Ok(())
+}
+
+/// Maps `cus_bench0` … `cus_bench<n-1>` to `n` new accounts, in order (account ids grow
+/// with the customer number).
+pub async fn seed_customers(client: &Client, n: u64) -> anyhow::Result<()> {
+    let n = i64::try_from(n)?;
+    client
+        .execute(
+            "insert into accounts (external_ref) select 'bench-' || g from generate_series(0, $1::bigint - 1) g order by g",
+            &[&n],
+        )
+        .await
+        .context("seeding accounts")?;
+    client
+        .execute(
+            "insert into provider_customers (provider, customer_id, account_id) \
+             select 'stripe', 'cus_bench' || substr(external_ref, 7), id from accounts where external_ref like 'bench-%'",
+            &[],
+        )
+        .await
+        .context("seeding provider customers")?;
+    Ok(())
+}
+
+/// Drops `schema` and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    let client = connect(url, None).await?;
+    client
+        .batch_execute(&format!(
+            "set statement_timeout = '30s'; drop schema if exists {schema} cascade"
+        ))
+        .await
+        .with_context(|| format!("dropping schema {schema}"))?;
+    Ok(())
+}
+
+/// `(events in the log, duplicate deliveries counted)`.
+pub async fn event_counts(client: &Client) -> anyhow::Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            "select count(*), coalesce(sum(duplicates), 0)::bigint from event_log",
+            &[],
+        )
+        .await
+        .context("counting the event log")?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Events in the log whose id matches `pattern` (SQL `like`).
+pub async fn count_like(client: &Client, pattern: &str) -> anyhow::Result<i64> {
+    let row = client
+        .query_one(
+            "select count(*) from event_log where event_id like $1",
+            &[&pattern],
+        )
+        .await
+        .context("counting events")?;
+    Ok(row.get(0))
+}
+
+/// Time spans of the events matching `pattern`, in seconds since the epoch:
+/// `(min received_at, min processed_at, max processed_at)`.
+pub async fn spans(client: &Client, pattern: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let row = client
+        .query_one(
+            "select extract(epoch from min(received_at))::float8, \
+                    extract(epoch from min(processed_at))::float8, \
+                    extract(epoch from max(processed_at))::float8 \
+             from event_log where event_id like $1",
+            &[&pattern],
+        )
+        .await
+        .context("reading event times")?;
+    Ok((
+        row.get::<_, Option<f64>>(0).unwrap_or_default(),
+        row.get::<_, Option<f64>>(1).unwrap_or_default(),
+        row.get::<_, Option<f64>>(2).unwrap_or_default(),
+    ))
+}
+
+/// Lag from receipt to commit of the events matching `pattern`, in milliseconds:
+/// `(p50, p99, max)`.
+pub async fn lag_ms(client: &Client, pattern: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let row = client
+        .query_one(
+            "select percentile_cont(0.5) within group (order by lag), \
+                    percentile_cont(0.99) within group (order by lag), \
+                    max(lag) \
+             from (select extract(epoch from processed_at - received_at)::float8 * 1000 as lag \
+                   from event_log where event_id like $1) l",
+            &[&pattern],
+        )
+        .await
+        .context("computing the lag percentiles")?;
+    Ok((
+        row.get::<_, Option<f64>>(0).unwrap_or_default(),
+        row.get::<_, Option<f64>>(1).unwrap_or_default(),
+        row.get::<_, Option<f64>>(2).unwrap_or_default(),
+    ))
+}
+
+/// Rows in `dead_letters`.
+pub async fn dead_letter_count(client: &Client) -> anyhow::Result<i64> {
+    let row = client
+        .query_one("select count(*) from dead_letters", &[])
+        .await
+        .context("counting dead letters")?;
+    Ok(row.get(0))
+}
+
+/// The script with `n` events per transaction for `clients` pgbench clients: the block between
+/// `BEGIN;` and `COMMIT;` of [`EVENT_SCRIPT`], repeated `n` times. Each client draws its
+/// customers from its own share (`:client_id + clients × k`), as a worker that routes each
+/// customer to one connection would: with random customers, two transactions of 50 events
+/// nearly always share one, and the second waits for the first's commit on the customer's
+/// advisory lock and task row, so the clients would mostly measure each other's lock waits.
+pub fn batch_script(n: u64, clients: u32) -> anyhow::Result<String> {
+    let lines: Vec<&str> = EVENT_SCRIPT.lines().collect();
+    let begin = lines
+        .iter()
+        .position(|l| l.trim() == "BEGIN;")
+        .context("no BEGIN; in event-1.sql")?;
+    let commit = lines
+        .iter()
+        .position(|l| l.trim() == "COMMIT;")
+        .context("no COMMIT; in event-1.sql")?;
+    let block = &lines[begin + 1..commit];
+    anyhow::ensure!(
+        block.iter().any(|l| l.trim() == CUSTOMER_LINE),
+        "event-1.sql has no `{CUSTOMER_LINE}` line"
+    );
+    let clients = u64::from(clients.max(1));
+    let share = (SCRIPT_CUSTOMERS / clients).max(1);
+    let own_customer = format!(
+        "\\set cust :client_id + {clients} * random(0, {})",
+        share - 1
+    );
+    let mut out = format!(
+        "-- Generated by paysync-bench from event-1.sql: {n} events per transaction, each client\n\
+         -- with its own customers (:client_id + {clients} × k).\nBEGIN;\n"
+    );
+    for _ in 0..n {
+        for line in block {
+            if line.trim() == CUSTOMER_LINE {
+                out.push_str(&own_customer);
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+    }
+    out.push_str("COMMIT;\n");
+    Ok(out)
+}
+
+/// Writes the one-event and the `batch`-events scripts (for `clients` clients) into `dir`.
+pub fn write_scripts(dir: &Path, batch: u64, clients: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let one = dir.join("event-1.sql");
+    let many = dir.join(format!("event-{batch}.sql"));
+    std::fs::write(&one, EVENT_SCRIPT).with_context(|| format!("writing {}", one.display()))?;
+    std::fs::write(&many, batch_script(batch, clients)?)
+        .with_context(|| format!("writing {}", many.display()))?;
+    Ok((one, many))
+}
+
+/// What pgbench reported.
+#[derive(Debug, Clone, Copy)]
+pub struct PgbenchResult {
+    /// Transactions per second, without the initial connection time.
+    pub tps: f64,
+    /// Failed transactions.
+    pub failed: u64,
+}
+
+/// `pgbench -n -M prepared -c <clients> -j 2 -T <secs> -f <script>` in `schema`; its output goes
+/// to `log`.
+pub async fn pgbench(
+    url: &str,
+    schema: &str,
+    script: &Path,
+    clients: u32,
+    secs: u64,
+    log: &Path,
+) -> anyhow::Result<PgbenchResult> {
+    let output = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+        ])
+        .args(["-T", &secs.to_string(), "-f"])
+        .arg(script)
+        .arg(url)
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running pgbench (Debian's postgresql-client)")?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(log, &text).with_context(|| format!("writing {}", log.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed ({}):\n{}",
+        output.status,
+        log_tail(log, 15)
+    );
+    parse_pgbench(&text)
+}
+
+fn parse_pgbench(text: &str) -> anyhow::Result<PgbenchResult> {
+    let tps = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .strip_suffix("(without initial connection time)")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .context("no `tps = … (without initial connection time)` in pgbench's output")?;
+    let failed = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("number of failed transactions: ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    Ok(PgbenchResult { tps, failed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_script_repeats_the_event_block_with_each_client_on_its_own_customers() {
+        let script = batch_script(50, 8).unwrap();
+        assert_eq!(script.matches("insert into event_log").count(), 50);
+        assert_eq!(script.matches("BEGIN;").count(), 1);
+        assert_eq!(script.matches("COMMIT;").count(), 1);
+        assert_eq!(
+            script
+                .matches("\\set cust :client_id + 8 * random(0, 124)\n")
+                .count(),
+            50
+        );
+        assert!(!script.contains("random(0, 999)"));
+        assert_eq!(script.matches("\\set ev random").count(), 50);
+    }
+
+    #[test]
+    fn pgbench_output_is_parsed() {
+        let out = "number of failed transactions: 3 (0.1%)\nlatency average = 6.5 ms\n\
+                   initial connection time = 47.360 ms\ntps = 1217.488477 (without initial connection time)\n";
+        let r = parse_pgbench(out).unwrap();
+        assert!((r.tps - 1217.488477).abs() < 1e-9);
+        assert_eq!(r.failed, 3);
+    }
+}
