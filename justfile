@@ -38,7 +38,7 @@ fuzz seconds="600":
 test: services
     cargo test --workspace --all-targets --locked -- --show-output
 
-# Benchmarks (release build): `just bench` (medians of 3 runs, ~15 min) or `just bench --quick` (under 2 minutes). Writes target/bench/report.md.
+# Benchmarks (release build): `just bench` (medians of 3 runs, about 20 min) or `just bench --quick` (1 run, about 90 s plus the build). Writes target/bench/report.md; see docs/benchmarks.md.
 bench *args: services
     cargo build --release --locked --bin paysync --bin paysync-bench
     target/release/paysync-bench run {{args}}

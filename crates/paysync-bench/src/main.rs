@@ -27,10 +27,6 @@ mod run;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-
-/// The allocator of the `paysync` binary, so the ceilings are measured on equal terms.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 /// Benchmarks paysync (receiver, worker, end to end, memory) against the machine's ceilings.

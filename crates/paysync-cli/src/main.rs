@@ -11,11 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-
-/// mimalloc instead of the system allocator: the receiver and worker allocate per request and
-/// per event; glibc malloc cost them ~8 % of their CPU under load (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Env, SecretPolicy};
