@@ -340,7 +340,7 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         broker::purge(&bench.amqp, &work_queue).await?;
         fixed_runs.push(fixed);
     }
-    for run in 0..bench.runs {
+    for (run, fixed) in fixed_runs.iter().enumerate() {
         let tag = |row: &str| bench.tag(row, run);
         broker::purge(&bench.amqp, &mini_queue).await?;
         let ceiling = procs::loadgen(
@@ -382,7 +382,6 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         ratios.push(full.rps / ceiling.rps);
 
         broker::purge(&bench.amqp, &work_queue).await?;
-        let fixed = &fixed_runs[run];
         bench.progress(format!(
             "receivers, run {}/{}: minimal {} req/s, receiver {} req/s (×{:.2}), at {}/s p50 {} ms p99 {} ms max {} ms",
             run + 1,
