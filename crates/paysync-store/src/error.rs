@@ -53,6 +53,15 @@ impl StoreError {
         }
     }
 
+    /// Whether a concurrent transaction got in the way (deadlock, serialization failure, a
+    /// unique-key race): trying the same transaction again right away is likely to succeed.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Db { source, .. } => source.code().is_some_and(is_conflict_state),
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE, when the server sent one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -70,6 +79,16 @@ fn is_transient_state(code: &SqlState) -> bool {
     }
     // 22: data exception, 23: integrity constraint violation: the input is wrong.
     !(c.starts_with("22") || c.starts_with("23"))
+}
+
+fn is_conflict_state(code: &SqlState) -> bool {
+    [
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::EXCLUSION_VIOLATION,
+    ]
+    .contains(code)
 }
 
 #[cfg(test)]
@@ -99,6 +118,26 @@ mod tests {
             SqlState::NOT_NULL_VIOLATION,
         ] {
             assert!(!is_transient_state(&permanent), "{}", permanent.code());
+        }
+    }
+
+    #[test]
+    fn conflicts_are_transient_and_outages_are_not_conflicts() {
+        for conflict in [
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert!(is_conflict_state(&conflict), "{}", conflict.code());
+            assert!(is_transient_state(&conflict), "{}", conflict.code());
+        }
+        for other in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::CHECK_VIOLATION,
+        ] {
+            assert!(!is_conflict_state(&other), "{}", other.code());
         }
     }
 }

@@ -62,6 +62,14 @@ impl Failure {
         }
     }
 
+    /// Whether it is a conflict with a concurrent transaction (deadlock, serialization
+    /// failure, a unique-key race) that an immediate new attempt is likely to get past.
+    pub fn is_conflict(&self) -> bool {
+        self.source
+            .downcast_ref::<paysync_store::StoreError>()
+            .is_some_and(paysync_store::StoreError::is_conflict)
+    }
+
     /// Its class.
     pub fn class(&self) -> FailureClass {
         self.class

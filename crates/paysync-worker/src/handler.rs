@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::future::BoxFuture;
 use paysync_domain::EventMeta;
@@ -21,8 +22,12 @@ pub struct Event {
     pub payload: serde_json::Value,
     /// An operator replay from the event log: the handler runs again on purpose.
     pub replay: bool,
-    account: std::sync::OnceLock<i64>,
+    /// The account a handler linked the event to; [`NO_ACCOUNT`] for none.
+    account: AtomicI64,
 }
+
+/// "No account linked" in [`Event::account`]'s cell (account ids are positive).
+const NO_ACCOUNT: i64 = i64::MIN;
 
 impl Event {
     /// An event as decoded from a delivery.
@@ -32,18 +37,24 @@ impl Event {
             attempt,
             payload,
             replay,
-            account: std::sync::OnceLock::new(),
+            account: AtomicI64::new(NO_ACCOUNT),
         }
     }
 
     /// Records the account the handler linked the event to (for the processed-event log line).
     pub fn link_account(&self, account: i64) {
-        let _ = self.account.set(account);
+        self.account.store(account, Ordering::Relaxed);
     }
 
     /// The account the handler linked the event to, if any.
     pub fn account(&self) -> Option<i64> {
-        self.account.get().copied()
+        Some(self.account.load(Ordering::Relaxed)).filter(|a| *a != NO_ACCOUNT)
+    }
+
+    /// Forgets the link before the handler runs (again): a rolled-back attempt may have
+    /// linked an account that its rollback undid.
+    pub(crate) fn forget_account(&self) {
+        self.account.store(NO_ACCOUNT, Ordering::Relaxed);
     }
 }
 

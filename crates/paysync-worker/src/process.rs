@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::panic::AssertUnwindSafe;
 
+use backon::BackoffBuilder as _;
+
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
@@ -127,6 +129,7 @@ pub(crate) async fn apply_on(
     body: &str,
 ) -> Result<Done, Failure> {
     let meta = &event.meta;
+    event.forget_account();
     let handler = handlers.get(&meta.event_type);
     let outcome = if handler.is_some() {
         Outcome::Applied
@@ -208,6 +211,9 @@ async fn apply_batch_on(
     }
     events.sort_by(|a, b| key(handlers, a).cmp(&key(handlers, b)));
     let events: &[Decoded<'_>] = events;
+    for d in events {
+        d.event.forget_account();
+    }
     // The first delivery of an event id in the batch is the candidate; later ones are
     // duplicates of it whatever happens to it.
     let mut done = vec![Done::Duplicate; events.len()];
@@ -491,7 +497,27 @@ impl Processor {
             .pool_wait
             .observe(waited.elapsed().as_secs_f64());
         let mut conn = conn.map_err(Failure::from_store)?;
-        let done = apply_on(&mut conn, &self.handlers, event, body).await?;
+        // A deadlock or serialization conflict with a concurrent transaction is retried here
+        // a few times before it becomes a broker retry: the other transaction has finished by
+        // then, and the event need not wait a whole retry delay.
+        let mut pauses = backon::ExponentialBuilder::default()
+            .with_min_delay(CONFLICT_PAUSE)
+            .with_max_delay(CONFLICT_PAUSE * 8)
+            .with_jitter()
+            .with_max_times(CONFLICT_RETRIES)
+            .build();
+        let done = loop {
+            match apply_on(&mut conn, &self.handlers, event, body).await {
+                Err(failure) if failure.is_conflict() => match pauses.next() {
+                    Some(pause) => {
+                        tracing::debug!(event.id = %event.meta.event_id, error = %failure.chain().replace('\n', ": "), "conflict with a concurrent transaction; trying again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(failure),
+                },
+                other => break other?,
+            }
+        };
         if done == Done::Ignored {
             self.note_unknown_type(&event.meta.event_type);
         }
@@ -622,6 +648,12 @@ impl Processor {
         let _ = incoming.requeue().await;
     }
 }
+
+/// First pause before an in-process retry after a transaction conflict (doubling, jittered).
+const CONFLICT_PAUSE: Duration = Duration::from_millis(10);
+
+/// In-process retries after a transaction conflict before the broker's retry schedule.
+const CONFLICT_RETRIES: usize = 3;
 
 /// Pause before handing a delivery back after a failed publish, so a broker hiccup does not
 /// turn into a hot redelivery loop (the queue's `x-delivery-limit` is the backstop).
