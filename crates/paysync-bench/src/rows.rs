@@ -426,20 +426,11 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
                 checks.note("all 2xx, the work queue held every event")
             ),
         ),
-        Row::new(
+        latency_row(
             receiver_latency_name(bench),
-            format!(
-                "p50 {} / p99 {} / max {} ms",
-                num(p50.median()),
-                num(p99.median()),
-                num(max.median())
-            ),
-            if p99.len() < 2 {
-                "–".into()
-            } else {
-                format!("p99 {}", p99.range(" ms"))
-            },
-            "–",
+            &p50,
+            &p99,
+            &max,
             format!(
                 "open loop for {} s, latency from each request's scheduled time; {}",
                 plan.rate_secs,
@@ -613,6 +604,26 @@ async fn wait_committed(
         process.ensure_running()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A latency row: the medians of p50, p99 and max, the spread of p99 across runs.
+fn latency_row(name: String, p50: &Samples, p99: &Samples, max: &Samples, notes: String) -> Row {
+    Row::new(
+        name,
+        format!(
+            "p50 {} / p99 {} / max {} ms",
+            num(p50.median()),
+            num(p99.median()),
+            num(max.median())
+        ),
+        if p99.len() < 2 {
+            "–".into()
+        } else {
+            format!("p99 {}", p99.range(" ms"))
+        },
+        "–",
+        notes,
+    )
 }
 
 /// How long to wait for `n` events to be processed: a minute plus 1 ms per event.
@@ -860,20 +871,11 @@ async fn end_to_end(bench: &Bench) -> anyhow::Result<Vec<Row>> {
                 checks.note("all 2xx, every event committed")
             ),
         ),
-        Row::new(
+        latency_row(
             e2e_lag_name(bench),
-            format!(
-                "p50 {} / p99 {} / max {} ms",
-                num(p50.median()),
-                num(p99.median()),
-                num(max.median())
-            ),
-            if p99.len() < 2 {
-                "–".into()
-            } else {
-                format!("p99 {}", p99.range(" ms"))
-            },
-            "–",
+            &p50,
+            &p99,
+            &max,
             format!(
                 "received → committed (processed_at − received_at, percentile_cont in SQL) over {} s open loop; {}",
                 plan.rate_secs,

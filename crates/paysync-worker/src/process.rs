@@ -342,71 +342,71 @@ impl Processor {
     /// (see [`apply_batch_on`]), else one by one. Replays, undecodable deliveries and every
     /// delivery of a batch that failed take the one-by-one path.
     pub(crate) async fn handle_batch(&self, batch: Vec<Incoming>) {
-        if batch.len() < 2 {
-            for incoming in &batch {
-                self.handle(incoming).await;
-            }
-            return;
-        }
         let started = Instant::now();
-        let size = batch.len();
-        self.metrics.in_flight.add(size as i64);
-        let mut decoded = Vec::with_capacity(size);
+        let size = batch.len() as i64;
+        self.metrics.in_flight.add(size);
+        let mut decoded = Vec::with_capacity(batch.len());
         let mut singles = Vec::new();
-        for incoming in &batch {
-            match decode(incoming) {
-                Ok((event, body)) if !event.replay => decoded.push(Decoded {
-                    incoming,
-                    event,
-                    body,
-                }),
-                _ => singles.push(incoming),
+        if batch.len() > 1 {
+            for incoming in &batch {
+                match decode(incoming) {
+                    Ok((event, body)) if !event.replay => decoded.push(Decoded {
+                        incoming,
+                        event,
+                        body,
+                    }),
+                    _ => singles.push(incoming),
+                }
+            }
+        } else {
+            singles.extend(&batch);
+        }
+        if decoded.len() > 1 {
+            self.metrics.batch_size.observe(decoded.len() as f64);
+            match self.apply_batch(&mut decoded).await {
+                Ok(done) => {
+                    futures::future::join_all(
+                        decoded
+                            .iter()
+                            .zip(done)
+                            .map(|(d, done)| self.settled(d.incoming, &d.event, done, started)),
+                    )
+                    .await;
+                    decoded.clear();
+                }
+                Err(failure) => {
+                    self.metrics.batch_fallbacks.inc();
+                    tracing::info!(
+                        events = decoded.len(),
+                        kind = failure.kind(),
+                        error = %failure.chain().replace('\n', ": "),
+                        "batch failed; applying its events one by one"
+                    );
+                }
             }
         }
-        if decoded.len() < 2 {
-            // Nothing left to batch: the one-by-one path for all.
-            self.metrics.in_flight.sub(size as i64);
-            singles.extend(decoded.iter().map(|d| d.incoming));
-            for incoming in singles {
-                self.handle(incoming).await;
-            }
-            return;
-        }
-        self.metrics.batch_size.observe(decoded.len() as f64);
-        match self.apply_batch(&mut decoded).await {
-            Ok(done) => {
-                futures::future::join_all(
-                    decoded
-                        .iter()
-                        .zip(done)
-                        .map(|(d, done)| self.settled(d.incoming, &d.event, done, started)),
-                )
-                .await;
-            }
-            Err(failure) => {
-                self.metrics.batch_fallbacks.inc();
-                tracing::info!(
-                    events = decoded.len(),
-                    kind = failure.kind(),
-                    error = %failure.chain().replace('\n', ": "),
-                    "batch failed; applying its events one by one"
-                );
-                singles.extend(decoded.iter().map(|d| d.incoming));
-            }
-        }
-        self.metrics.in_flight.sub(size as i64);
+        // Whatever is left (a lone delivery, replays, undecodable ones, a failed batch) takes
+        // the one-by-one path, which counts itself in flight.
+        singles.extend(decoded.iter().map(|d| d.incoming));
+        self.metrics.in_flight.sub(size);
         for incoming in singles {
             self.handle(incoming).await;
         }
     }
 
-    async fn apply_batch(&self, decoded: &mut [Decoded<'_>]) -> Result<Vec<Done>, Failure> {
+    /// A pooled connection; the wait is observed whether or not one came (timeouts are the
+    /// waits that matter).
+    async fn conn(&self) -> Result<Conn, Failure> {
         let waited = Instant::now();
         let conn = self.store.conn().await;
         self.metrics
             .pool_wait
             .observe(waited.elapsed().as_secs_f64());
-        let mut conn = conn.map_err(Failure::from_store)?;
+        conn.map_err(Failure::from_store)
+    }
+
+    async fn apply_batch(&self, decoded: &mut [Decoded<'_>]) -> Result<Vec<Done>, Failure> {
+        let mut conn = self.conn().await?;
         let done = apply_batch_on(&mut conn, &self.handlers, decoded).await?;
         for (d, done) in decoded.iter().zip(&done) {
             if *done == Done::Ignored {
@@ -490,13 +490,7 @@ impl Processor {
 
     /// The transaction: event-log row, then the handler; commit only if both succeed.
     async fn apply(&self, event: &Event, body: &str) -> Result<Done, Failure> {
-        let waited = Instant::now();
-        let conn = self.store.conn().await;
-        // Observed whether or not a connection came: timeouts are the waits that matter.
-        self.metrics
-            .pool_wait
-            .observe(waited.elapsed().as_secs_f64());
-        let mut conn = conn.map_err(Failure::from_store)?;
+        let mut conn = self.conn().await?;
         // A deadlock or serialization conflict with a concurrent transaction is retried here
         // a few times before it becomes a broker retry: the other transaction has finished by
         // then, and the event need not wait a whole retry delay.

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paysync_store::{DeadLetterFilter, EventFilter};
 use paysync_testkit::{TestBroker, TestDb, poll_until};
 use paysync_worker::Handlers;
 
@@ -75,20 +74,7 @@ async fn a_failing_event_in_a_batch_is_isolated_and_the_good_ones_apply_once() {
         Duration::from_secs(120),
         "every good event applied, every bad one dead-lettered",
         || async {
-            let applied = store
-                .events(&EventFilter {
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let dead = store
-                .dead_letter_list(&DeadLetterFilter {
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            let (applied, dead) = logged_and_dead(&store, 10_000).await;
             let duplicates: i32 = applied.iter().map(|r| r.duplicates).sum();
             (applied.len() >= good.len()
                 && dead.len() >= bad.len()

@@ -11,7 +11,7 @@ use paysync_domain::Mode;
 use paysync_domain::retry::RetryPolicy;
 use paysync_domain::stripe::StripeVerifier;
 use paysync_domain::stripe::signature::sign_header;
-use paysync_store::{EventRow, Tx};
+use paysync_store::{DeadLetterFilter, DeadLetterRow, EventFilter, EventRow, Store, Tx};
 use paysync_testkit::{TestBroker, TestDb, now_secs, stripe_event};
 use paysync_worker::{App, Event, Failure, Handler, Handlers, Settings};
 use tokio::sync::oneshot;
@@ -215,4 +215,23 @@ pub fn sample(scrape: &str, series: &str) -> f64 {
                 .and_then(|rest| rest.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// Everything in the event log and the dead-letter table (up to `limit` rows each).
+pub async fn logged_and_dead(store: &Store, limit: i64) -> (Vec<EventRow>, Vec<DeadLetterRow>) {
+    let applied = store
+        .events(&EventFilter {
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dead = store
+        .dead_letter_list(&DeadLetterFilter {
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (applied, dead)
 }

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paysync_store::{DeadLetterFilter, EventFilter};
 use paysync_testkit::{TestBroker, TestDb, poll_until};
 use paysync_worker::Handlers;
 
@@ -56,20 +55,7 @@ async fn a_thousand_poison_events_among_ten_thousand_good_ones() {
         Duration::from_secs(180),
         "10,000 applied and 1,000 dead letters",
         || async {
-            let applied = store
-                .events(&EventFilter {
-                    limit: 20_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let dead = store
-                .dead_letter_list(&DeadLetterFilter {
-                    limit: 20_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            let (applied, dead) = logged_and_dead(&store, 20_000).await;
             (applied.len() >= 10_000 && dead.len() >= 1_000).then_some((applied, dead))
         },
     )
