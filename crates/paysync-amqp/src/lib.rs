@@ -12,7 +12,7 @@ mod publisher;
 mod topology;
 
 pub use config::{AmqpSettings, redact_url};
-pub use consumer::{ConsumerLink, Incoming};
+pub use consumer::{ConsumerLink, Incoming, Lane};
 pub use headers::{event_properties, read_event_properties};
 pub use monitor::BrokerMonitor;
 pub use publisher::{ConnectHook, DeadLetter, PublishError, Publisher};

@@ -1,8 +1,12 @@
 //! Names and declaration of everything we create on the broker, under one prefix.
 //!
-//! - `<p>.events` (topic): the receiver publishes here, routing key `<provider>.<type>`.
-//! - `<p>.work` (quorum): the workers' queue, bound to every event. `x-delivery-limit` is a
-//!   backstop against poison loops; beyond it the broker dead-letters to `<p>.dead`.
+//! - `<p>.work` (quorum): the workers' queue. paysync publishes events straight into it
+//!   through the default exchange (routing key = the queue's name), the cheapest route for the
+//!   broker. `x-delivery-limit` is a backstop against poison loops; beyond it the broker
+//!   dead-letters to `<p>.dead`.
+//! - `<p>.events` (topic, routing key `<provider>.<type>`), bound to the work queue with `#`:
+//!   the entry of receivers of earlier releases (so a rolling upgrade loses nothing) and of
+//!   other producers; paysync's own publishers no longer use it.
 //! - `<p>.delay.<L>` for L = 0..14 (exchange + quorum queue with TTL 2^L s): binary delay
 //!   levels (the NServiceBus/Kombu design, no plugin). A retry's delay in whole seconds is
 //!   written in binary into its routing key, most significant bit first, then `work`: each
@@ -57,7 +61,8 @@ impl Topology {
         &self.prefix
     }
 
-    /// Topic exchange the receiver publishes to; routing key `<provider>.<event type>`.
+    /// Topic exchange bound to the work queue (`#`), routing key `<provider>.<event type>`:
+    /// for earlier releases and other producers; paysync publishes to the queue directly.
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
     }

@@ -332,7 +332,12 @@ pub fn worker(
 ) -> anyhow::Result<WorkerSettings> {
     let d = WorkerSettings::default();
     let store = database(env)?;
-    let concurrency = env.positive("PAYSYNC_WORKER_CONCURRENCY", store.max_connections)?;
+    // Each lane holds a connection while it applies a batch: never more lanes by default than
+    // the pool has connections.
+    let concurrency = env.positive(
+        "PAYSYNC_WORKER_CONCURRENCY",
+        d.concurrency.min(store.max_connections),
+    )?;
     Ok(WorkerSettings {
         metrics_addr: env.parse::<SocketAddr>(metrics_var, metrics_default)?,
         prefetch: env.positive("PAYSYNC_WORKER_PREFETCH", d.prefetch)?,
@@ -460,9 +465,9 @@ mod tests {
         assert_eq!(w.store.url, "postgres://postgres@127.0.0.1:5432/paysync");
         assert_eq!(w.store.schema, "public");
         assert_eq!(w.retry, RetryPolicy::default());
-        assert_eq!(w.concurrency, 8);
-        assert_eq!(w.prefetch, 256);
-        assert_eq!(w.batch_size, 32);
+        assert_eq!(w.concurrency, 4);
+        assert_eq!(w.prefetch, 1024);
+        assert_eq!(w.batch_size, 128);
         assert_eq!(w.amqp.connection_name, "paysync-worker");
     }
 

@@ -109,7 +109,7 @@ pub struct SideEffect {
 }
 
 /// Where a side effect goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// A CRM follow-up task.
     Task,

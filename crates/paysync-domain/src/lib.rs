@@ -9,5 +9,6 @@ pub mod message;
 pub mod retry;
 pub mod stripe;
 pub mod webhook;
+pub mod writes;
 
 pub use webhook::{EventMeta, Mode, Provider, VerifiedWebhook};

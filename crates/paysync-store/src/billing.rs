@@ -3,11 +3,19 @@
 //!
 //! Rule of thumb: every write is either guarded by the order key (snapshots) or insert-only
 //! and idempotent (mappings, tasks, outbox), so any order of the same events converges.
-//! Resolution of one provider customer is serialized with a transaction-scoped advisory lock.
+//! Creating or changing a provider customer's mapping is serialized with a
+//! transaction-scoped advisory lock; reading an existing mapping needs none (a mapping is
+//! never changed once made).
+//!
+//! A batch's writes arrive folded one per row ([`Writes`]) and go out as one `unnest`
+//! statement per table, rows in key order (so concurrent batches lock rows in one order),
+//! all sent at once on the connection.
 
-use paysync_domain::billing::{
-    AccountFacts, Channel, CustomerSnap, ObjectKind, OrderKey, SideEffect, Snap,
-};
+use std::collections::HashMap;
+
+use futures::future::{BoxFuture, FutureExt as _};
+use paysync_domain::billing::{AccountFacts, Channel, ObjectKind};
+use paysync_domain::writes::{EffectWrite, SnapWrite, Writes};
 use tokio_postgres::types::ToSql;
 
 use crate::{Store, StoreError, Tx};
@@ -65,23 +73,29 @@ fn extra_columns(kind: ObjectKind) -> &'static [(&'static str, Field)] {
     }
 }
 
-/// The snapshot upsert of `kind`, built once. One statement does both jobs: the order key
-/// decides whether the snapshot's fields replace the stored ones, and a missing account or
-/// customer link is filled in whatever the key says (so links never depend on order). A row
-/// is only rewritten when one of the two changes something.
+/// Every object kind, in the order a batch writes them (one global order of row locks).
+const KINDS: [ObjectKind; 6] = [
+    ObjectKind::Subscription,
+    ObjectKind::Invoice,
+    ObjectKind::Payment,
+    ObjectKind::Refund,
+    ObjectKind::Dispute,
+    ObjectKind::Checkout,
+];
+
+/// The snapshot upsert of `kind` for any number of rows (arrays, one element per row), built
+/// once. One statement does both jobs: the order key decides whether a snapshot's fields
+/// replace the stored ones, and a missing account or customer link is filled in whatever the
+/// key says (so links never depend on order); for payments the refunded amount only grows. A
+/// row is only rewritten when one of these changes something. Rows go in in key order; the
+/// caller passes at most one write per row (a statement cannot update a row twice).
 fn upsert_sql(kind: ObjectKind) -> &'static str {
     static BUILT: [std::sync::OnceLock<String>; 6] = [const { std::sync::OnceLock::new() }; 6];
-    let slot = match kind {
-        ObjectKind::Subscription => 0,
-        ObjectKind::Invoice => 1,
-        ObjectKind::Payment => 2,
-        ObjectKind::Refund => 3,
-        ObjectKind::Dispute => 4,
-        ObjectKind::Checkout => 5,
-    };
+    let slot = KINDS.iter().position(|k| *k == kind).unwrap_or_default();
     BUILT[slot].get_or_init(|| {
         let t = table(kind);
         let extra = extra_columns(kind);
+        let refunds = kind == ObjectKind::Payment;
         let newer = format!(
             "(excluded.key_terminal, excluded.key_created, excluded.key_rank, excluded.key_event_id) \
              > ({t}.key_terminal, {t}.key_created, {t}.key_rank, {t}.key_event_id)"
@@ -98,28 +112,97 @@ fn upsert_sql(kind: ObjectKind) -> &'static str {
         .into_iter()
         .chain(extra.iter().map(|(n, _)| *n))
         .collect();
-        let sets: Vec<String> = keyed
+        let mut sets: Vec<String> = keyed
             .iter()
             .map(|c| format!("{c} = case when {newer} then excluded.{c} else {t}.{c} end"))
             .collect();
-        let cols: Vec<&str> = extra.iter().map(|(n, _)| *n).collect();
-        let vals: Vec<String> = (0..extra.len()).map(|i| format!("${}", 12 + i)).collect();
+        let mut cols: Vec<&str> = extra.iter().map(|(n, _)| *n).collect();
+        let mut arrays: Vec<String> = extra
+            .iter()
+            .enumerate()
+            .map(|(i, (_, f))| {
+                let ty = match f {
+                    Field::At => "int8",
+                    Field::Parent | Field::Detail => "text",
+                };
+                format!("${}::{ty}[]", 12 + i)
+            })
+            .collect();
+        let mut names: Vec<String> = (0..extra.len()).map(|i| format!("x{i}")).collect();
+        let mut guard = String::new();
+        if refunds {
+            cols.push("amount_refunded");
+            arrays.push(format!("${}::int8[]", 12 + extra.len()));
+            names.push("r".into());
+            sets.push(format!(
+                "amount_refunded = greatest({t}.amount_refunded, excluded.amount_refunded)"
+            ));
+            guard = format!(" or {t}.amount_refunded < excluded.amount_refunded");
+        }
         format!(
             "insert into {t} (provider, id, account_id, customer_id, status, amount, currency, \
                               key_terminal, key_created, key_rank, key_event_id, {cols}) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {vals}) \
+             select p, i, a, c, s, m, cur, kt, kc, kr, ke, {names} \
+             from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
+                         $7::text[], $8::bool[], $9::int8[], $10::int2[], $11::text[], {arrays}) \
+                  as u(p, i, a, c, s, m, cur, kt, kc, kr, ke, {names}) \
+             order by p, i \
              on conflict (provider, id) do update set \
                  account_id = coalesce({t}.account_id, excluded.account_id), \
                  customer_id = coalesce({t}.customer_id, excluded.customer_id), {sets} \
              where {newer} \
                  or ({t}.account_id is null and excluded.account_id is not null) \
-                 or ({t}.customer_id is null and excluded.customer_id is not null)",
+                 or ({t}.customer_id is null and excluded.customer_id is not null){guard}",
             cols = cols.join(", "),
-            vals = vals.join(", "),
+            names = names.join(", "),
+            arrays = arrays.join(", "),
             sets = sets.join(", "),
         )
     })
 }
+
+/// Contact details and deletion of provider customers, one row per element. Deletion is
+/// sticky; email and name come with their key and replace the stored ones only under a
+/// greater key, so a bare `{id, deleted}` snapshot erases nothing. Only existing mappings are
+/// touched (resolution made them earlier in the transaction).
+const UPDATE_CUSTOMERS: &str = "update provider_customers pc set \
+        deleted = pc.deleted or u.d, \
+        email = case when u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id) then u.em else pc.email end, \
+        name = case when u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id) then u.nm else pc.name end, \
+        key_created = case when u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id) then u.kc else pc.key_created end, \
+        key_event_id = case when u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id) then u.ke else pc.key_event_id end \
+    from unnest($1::text[], $2::text[], $3::bool[], $4::bool[], $5::int8[], $6::text[], $7::text[], $8::text[]) \
+         as u(p, c, d, h, kc, ke, em, nm) \
+    where pc.provider = u.p and pc.customer_id = u.c \
+      and ((u.d and not pc.deleted) or (u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id)))";
+
+/// Tasks, once per kind and source: a later write only fills in a missing account or due date.
+const INSERT_TASKS: &str = "insert into tasks (account_id, kind, source_id, due_at) \
+    select a, k, s, d from unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) as u(a, k, s, d) \
+    order by k, s \
+    on conflict (kind, source_id) do update set \
+        account_id = coalesce(tasks.account_id, excluded.account_id), \
+        due_at = coalesce(tasks.due_at, excluded.due_at) \
+    where (tasks.account_id is null and excluded.account_id is not null) \
+       or (tasks.due_at is null and excluded.due_at is not null)";
+
+/// Outbox rows, once per kind and source: a later write only fills in a missing account.
+const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id) \
+    select a, k, s from unnest($1::int8[], $2::text[], $3::text[]) as u(a, k, s) \
+    order by k, s \
+    on conflict (kind, source_id) do update set \
+        account_id = coalesce(outbox.account_id, excluded.account_id) \
+    where outbox.account_id is null and excluded.account_id is not null";
+
+/// The accounts (and their external references) the given customers are mapped to: one
+/// primary-key lookup per customer. (Written as a lateral lookup on purpose: with `= any()`
+/// or a plain join, a table without statistics yet got a plan that scanned every customer of
+/// the provider for each batch.)
+const CUSTOMER_LINKS: &str = "select u.c, m.account_id, a.external_ref \
+    from unnest($2::text[]) as u(c) \
+    cross join lateral (select pc.account_id from provider_customers pc \
+                        where pc.provider = $1 and pc.customer_id = u.c limit 1) as m \
+    join accounts a on a.id = m.account_id";
 
 #[derive(Clone, Copy)]
 enum Field {
@@ -238,115 +321,185 @@ impl Tx<'_> {
         Ok((row.get(0), row.get(1)))
     }
 
-    /// Applies a customer snapshot. Deletion is monotone (a deleted customer stays deleted,
-    /// history kept); email and name come from the newest snapshot that carries them (by
-    /// created, then event id), so a bare `{id, deleted}` snapshot erases nothing.
-    pub async fn apply_customer(
+    /// The existing mappings of `customers` of `provider`: customer → (account, its external
+    /// reference). Read without a lock: a mapping, once made, never changes.
+    pub async fn customer_links(
         &self,
         provider: &str,
-        snap: &CustomerSnap,
-        key: &OrderKey,
-    ) -> Result<(), StoreError> {
-        if snap.deleted {
-            self.exec(
-                    "update provider_customers set deleted = true where provider = $1 and customer_id = $2",
-                    &[&provider, &snap.id], "mark customer deleted").await?;
+        customers: &[&str],
+    ) -> Result<HashMap<String, (i64, Option<String>)>, StoreError> {
+        if customers.is_empty() {
+            return Ok(HashMap::new());
         }
-        if snap.email.is_some() || snap.name.is_some() {
-            self.exec(
-                    "update provider_customers set email = $3, name = $4, key_created = $5, key_event_id = $6 \
-                     where provider = $1 and customer_id = $2 and ($5, $6) > (key_created, key_event_id)",
-                    &[&provider, &snap.id, &snap.email, &snap.name, &key.created, &key.event_id], "apply customer").await?;
+        let stmt = self
+            .0
+            .prepare_cached(CUSTOMER_LINKS)
+            .await
+            .map_err(StoreError::db("read customer mappings"))?;
+        let rows = self
+            .0
+            .query(&stmt, &[&provider, &customers])
+            .await
+            .map_err(StoreError::db("read customer mappings"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
+    /// Writes a batch's folded state changes: one statement per table that has rows, sent
+    /// together, in one fixed order of tables.
+    pub async fn write(&self, writes: &Writes) -> Result<(), StoreError> {
+        let mut statements: Vec<BoxFuture<'_, Result<u64, StoreError>>> = Vec::new();
+        if !writes.customers().is_empty() {
+            statements.push(self.write_customers(writes).boxed());
         }
+        for kind in KINDS {
+            let rows: Vec<&SnapWrite> = writes.snaps(kind).collect();
+            if !rows.is_empty() {
+                statements.push(self.write_snaps(kind, rows).boxed());
+            }
+        }
+        for channel in [Channel::Task, Channel::Outbox] {
+            let rows: Vec<&EffectWrite> = writes.effects(channel).collect();
+            if !rows.is_empty() {
+                statements.push(self.write_effects(channel, rows).boxed());
+            }
+        }
+        futures::future::try_join_all(statements).await?;
         Ok(())
     }
 
-    /// Applies an object snapshot if its key is greater than the stored one; links the row
-    /// to the account and customer whenever they are known (order-independent).
-    pub async fn apply_snap(
+    async fn write_customers(&self, writes: &Writes) -> Result<u64, StoreError> {
+        let mut rows: Vec<_> = writes.customers().iter().collect();
+        rows.sort_by(|a, b| (a.provider.as_str(), &a.id).cmp(&(b.provider.as_str(), &b.id)));
+        let providers: Vec<&str> = rows.iter().map(|w| w.provider.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|w| w.id.as_str()).collect();
+        let deleted: Vec<bool> = rows.iter().map(|w| w.deleted).collect();
+        let has: Vec<bool> = rows.iter().map(|w| w.contact.is_some()).collect();
+        let created: Vec<i64> = rows
+            .iter()
+            .map(|w| w.contact.as_ref().map_or(0, |c| c.created))
+            .collect();
+        let events: Vec<&str> = rows
+            .iter()
+            .map(|w| w.contact.as_ref().map_or("", |c| c.event_id.as_str()))
+            .collect();
+        let emails: Vec<Option<&str>> = rows
+            .iter()
+            .map(|w| w.contact.as_ref().and_then(|c| c.email.as_deref()))
+            .collect();
+        let names: Vec<Option<&str>> = rows
+            .iter()
+            .map(|w| w.contact.as_ref().and_then(|c| c.name.as_deref()))
+            .collect();
+        self.exec(
+            UPDATE_CUSTOMERS,
+            &[
+                &providers, &ids, &deleted, &has, &created, &events, &emails, &names,
+            ],
+            "apply customers",
+        )
+        .await
+    }
+
+    async fn write_snaps(
         &self,
-        provider: &str,
-        snap: &Snap,
-        key: &OrderKey,
-        account: Option<i64>,
-        customer: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let extra = extra_columns(snap.kind);
-        let text_of = |f: Field| match f {
-            Field::Parent => snap.parent.as_deref(),
-            Field::Detail => snap.detail.as_deref(),
-            Field::At => None,
-        };
+        kind: ObjectKind,
+        rows: Vec<&SnapWrite>,
+    ) -> Result<u64, StoreError> {
+        let n = rows.len();
+        let mut providers = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut accounts = Vec::with_capacity(n);
+        let mut customers = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut amounts = Vec::with_capacity(n);
+        let mut currencies = Vec::with_capacity(n);
+        let mut terminal = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut rank = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let mut refunded = Vec::with_capacity(n);
+        let extra = extra_columns(kind);
         // At most three kind-specific columns (disputes); the tests cover every kind.
-        let extra_text: [Option<&str>; 3] =
-            [0, 1, 2].map(|i| extra.get(i).and_then(|(_, f)| text_of(*f)));
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(11 + extra.len());
-        params.extend_from_slice(&[
-            &provider,
-            &snap.id,
-            &account,
-            &customer,
-            &snap.status,
-            &snap.amount,
-            &snap.currency,
-            &key.terminal,
-            &key.created,
-            &key.rank,
-            &key.event_id,
-        ]);
+        let mut texts: [Vec<Option<&str>>; 3] = Default::default();
+        let mut ats: [Vec<Option<i64>>; 3] = Default::default();
+        for w in rows {
+            let s = &w.snap;
+            providers.push(w.provider.as_str());
+            ids.push(s.id.as_str());
+            accounts.push(w.account);
+            customers.push(w.customer.as_deref());
+            statuses.push(s.status.as_str());
+            amounts.push(s.amount);
+            currencies.push(s.currency.as_str());
+            terminal.push(w.key.terminal);
+            created.push(w.key.created);
+            rank.push(w.key.rank);
+            events.push(w.key.event_id.as_str());
+            refunded.push(s.refunded);
+            for (i, (_, field)) in extra.iter().enumerate() {
+                match field {
+                    Field::Parent => texts[i].push(s.parent.as_deref()),
+                    Field::Detail => texts[i].push(s.detail.as_deref()),
+                    Field::At => ats[i].push(s.at),
+                }
+            }
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &providers,
+            &ids,
+            &accounts,
+            &customers,
+            &statuses,
+            &amounts,
+            &currencies,
+            &terminal,
+            &created,
+            &rank,
+            &events,
+        ];
         for (i, (_, field)) in extra.iter().enumerate() {
             match field {
-                Field::At => params.push(&snap.at),
-                _ => params.push(&extra_text[i]),
+                Field::At => params.push(&ats[i]),
+                _ => params.push(&texts[i]),
             }
         }
-        self.exec(upsert_sql(snap.kind), &params, "apply snapshot")
-            .await?;
-        if snap.kind == ObjectKind::Payment && snap.refunded > 0 {
-            // Cumulative: the largest amount any event reported.
-            self.exec(
-                    "update payments set amount_refunded = greatest(amount_refunded, $3) where provider = $1 and id = $2",
-                    &[&provider, &snap.id, &snap.refunded], "record refunded amount").await?;
+        if kind == ObjectKind::Payment {
+            params.push(&refunded);
         }
-        Ok(())
+        self.exec(upsert_sql(kind), &params, "apply snapshots")
+            .await
     }
 
-    /// Records a task or outbox row (once per kind and source).
-    pub async fn add_effect(
+    async fn write_effects(
         &self,
-        account: Option<i64>,
-        effect: &SideEffect,
-    ) -> Result<(), StoreError> {
-        let sql = match effect.channel {
+        channel: Channel,
+        rows: Vec<&EffectWrite>,
+    ) -> Result<u64, StoreError> {
+        let accounts: Vec<Option<i64>> = rows.iter().map(|w| w.account).collect();
+        let kinds: Vec<&str> = rows.iter().map(|w| w.effect.kind).collect();
+        let sources: Vec<&str> = rows.iter().map(|w| w.effect.source_id.as_str()).collect();
+        match channel {
             Channel::Task => {
-                "insert into tasks (account_id, kind, source_id, due_at) values ($1, $2, $3, $4) \
-                 on conflict (kind, source_id) do update set account_id = coalesce(tasks.account_id, excluded.account_id), \
-                     due_at = coalesce(tasks.due_at, excluded.due_at)"
-            }
-            Channel::Outbox => {
-                "insert into outbox (account_id, kind, source_id) values ($1, $2, $3) \
-                 on conflict (kind, source_id) do update set account_id = coalesce(outbox.account_id, excluded.account_id)"
-            }
-        };
-        match effect.channel {
-            Channel::Task => {
+                let due: Vec<Option<i64>> = rows.iter().map(|w| w.effect.due_at).collect();
                 self.exec(
-                    sql,
-                    &[&account, &effect.kind, &effect.source_id, &effect.due_at],
-                    "record side effect",
+                    INSERT_TASKS,
+                    &[&accounts, &kinds, &sources, &due],
+                    "record tasks",
                 )
-                .await?
+                .await
             }
             Channel::Outbox => {
                 self.exec(
-                    sql,
-                    &[&account, &effect.kind, &effect.source_id],
-                    "record side effect",
+                    INSERT_OUTBOX,
+                    &[&accounts, &kinds, &sources],
+                    "record outbox messages",
                 )
-                .await?
+                .await
             }
-        };
-        Ok(())
+        }
     }
 }
 

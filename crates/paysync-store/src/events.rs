@@ -35,6 +35,29 @@ pub struct NewEvent<'a> {
     pub outcome: Outcome,
     /// The attempt that is committing it.
     pub attempt: u32,
+    /// The provider customer it belongs to, when its handler links events to accounts through
+    /// provider customers: a row whose customer is already mapped is written with that
+    /// account at once (no update after the handler).
+    pub customer: Option<&'a str>,
+}
+
+/// What an event-log insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The event is already in the log (committed by an earlier delivery): a duplicate.
+    Duplicate,
+    /// A new row, linked to `account` (its customer's, when the mapping existed).
+    New {
+        /// The account the row was written with.
+        account: Option<i64>,
+    },
+}
+
+impl Inserted {
+    /// Whether the row is new.
+    pub fn is_new(self) -> bool {
+        matches!(self, Self::New { .. })
+    }
 }
 
 /// A stored event.
@@ -81,23 +104,27 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
+/// The body goes into `body` as `json`, the exact text received (migration 0007); `payload`
+/// (jsonb) only holds rows of earlier releases. The account is the customer's, when mapped.
 const INSERT_EVENT: &str = "insert into event_log \
-    (provider, event_id, event_type, created, livemode, api_version, payload, received_at, outcome, attempts) \
-    values ($1, $2, $3, $4, $5, $6, ($7::text)::jsonb, to_timestamp($8::bigint / 1000.0), $9, $10) \
+    (provider, event_id, event_type, created, livemode, api_version, body, received_at, outcome, attempts, account_id) \
+    values ($1, $2, $3, $4, $5, $6, ($7::text)::json, to_timestamp($8::bigint / 1000.0), $9, $10, \
+            (select pc.account_id from provider_customers pc where pc.provider = $1 and pc.customer_id = $11)) \
     on conflict (provider, event_id) do nothing \
-    returning id";
+    returning account_id";
 
 /// The batch form of [`INSERT_EVENT`]: one row per array element, inserted in key order (so
 /// concurrent batches wait on each other's rows in one order, never in a cycle). Returns the
 /// keys that were new. The caller removes repeats within the batch first.
 const INSERT_EVENTS: &str = "insert into event_log \
-    (provider, event_id, event_type, created, livemode, api_version, payload, received_at, outcome, attempts) \
-    select p, e, t, c, l, v, j::jsonb, to_timestamp(r / 1000.0), o, a \
+    (provider, event_id, event_type, created, livemode, api_version, body, received_at, outcome, attempts, account_id) \
+    select p, e, t, c, l, v, j::json, to_timestamp(r / 1000.0), o, a, \
+           (select pc.account_id from provider_customers pc where pc.provider = u.p and pc.customer_id = u.cu) \
     from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::text[], \
-                $8::int8[], $9::text[], $10::int4[]) as u(p, e, t, c, l, v, j, r, o, a) \
+                $8::int8[], $9::text[], $10::int4[], $11::text[]) as u(p, e, t, c, l, v, j, r, o, a, cu) \
     order by p, e \
     on conflict (provider, event_id) do nothing \
-    returning provider, event_id";
+    returning provider, event_id, account_id";
 
 /// The batch form of the account link: one statement for every event of a batch.
 const SET_ACCOUNTS: &str = "update event_log set account_id = u.a \
@@ -116,11 +143,11 @@ const COLUMNS: &str = "provider, event_id, event_type, created, livemode, api_ve
     outcome, attempts, duplicates, replays, received_at, processed_at";
 
 impl Tx<'_> {
-    /// Records the event in this transaction. `false` means it is already in the log
-    /// (committed by an earlier delivery): a duplicate, to be acked without side effects.
-    /// If another transaction is inserting the same event right now, this waits for it:
-    /// its commit makes this a duplicate, its rollback lets this one proceed.
-    pub async fn insert_event(&self, event: NewEvent<'_>) -> Result<bool, StoreError> {
+    /// Records the event in this transaction. [`Inserted::Duplicate`] means it is already in
+    /// the log (committed by an earlier delivery), to be acked without side effects. If
+    /// another transaction is inserting the same event right now, this waits for it: its
+    /// commit makes this a duplicate, its rollback lets this one proceed.
+    pub async fn insert_event(&self, event: NewEvent<'_>) -> Result<Inserted, StoreError> {
         let stmt = self
             .0
             .prepare_cached(INSERT_EVENT)
@@ -143,16 +170,25 @@ impl Tx<'_> {
                     &m.received_at_ms,
                     &event.outcome.as_str(),
                     &attempt,
+                    &event.customer,
                 ],
             )
             .await
             .map_err(StoreError::db("insert event"))?;
-        Ok(!rows.is_empty())
+        Ok(match rows.first() {
+            Some(row) => Inserted::New {
+                account: row.get(0),
+            },
+            None => Inserted::Duplicate,
+        })
     }
 
-    /// Records several events in one statement; for each, in order, whether it was new
-    /// (`false`: already in the log, a duplicate). The events must have distinct keys.
-    pub async fn insert_events(&self, events: &[NewEvent<'_>]) -> Result<Vec<bool>, StoreError> {
+    /// Records several events in one statement; for each, in order, what the insert did. The
+    /// events must have distinct keys.
+    pub async fn insert_events(
+        &self,
+        events: &[NewEvent<'_>],
+    ) -> Result<Vec<Inserted>, StoreError> {
         let stmt = self
             .0
             .prepare_cached(INSERT_EVENTS)
@@ -169,6 +205,7 @@ impl Tx<'_> {
         let mut received = Vec::with_capacity(n);
         let mut outcomes = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
+        let mut customers = Vec::with_capacity(n);
         for event in events {
             let m = event.meta;
             providers.push(m.provider.as_str());
@@ -181,6 +218,7 @@ impl Tx<'_> {
             received.push(m.received_at_ms);
             outcomes.push(event.outcome.as_str());
             attempts.push(i32::try_from(event.attempt).unwrap_or(i32::MAX));
+            customers.push(event.customer);
         }
         let rows = self
             .0
@@ -188,18 +226,23 @@ impl Tx<'_> {
                 &stmt,
                 &[
                     &providers, &ids, &types, &created, &livemode, &versions, &payloads, &received,
-                    &outcomes, &attempts,
+                    &outcomes, &attempts, &customers,
                 ],
             )
             .await
             .map_err(StoreError::db("insert event batch"))?;
-        let inserted: std::collections::HashSet<(&str, &str)> = rows
+        let inserted: std::collections::HashMap<(&str, &str), Option<i64>> = rows
             .iter()
-            .map(|r| (r.get::<_, &str>(0), r.get::<_, &str>(1)))
+            .map(|r| ((r.get::<_, &str>(0), r.get::<_, &str>(1)), r.get(2)))
             .collect();
         Ok(events
             .iter()
-            .map(|e| inserted.contains(&(e.meta.provider.as_str(), e.meta.event_id.as_str())))
+            .map(
+                |e| match inserted.get(&(e.meta.provider.as_str(), e.meta.event_id.as_str())) {
+                    Some(account) => Inserted::New { account: *account },
+                    None => Inserted::Duplicate,
+                },
+            )
             .collect())
     }
 
@@ -327,7 +370,8 @@ impl Store {
     ) -> Result<Option<EventRow>, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
-            "select {COLUMNS}, payload from event_log where provider = $1 and event_id = $2"
+            "select {COLUMNS}, coalesce(body, payload::json) from event_log \
+             where provider = $1 and event_id = $2"
         );
         let row = conn
             .0

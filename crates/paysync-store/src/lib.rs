@@ -19,7 +19,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub use billing::Resolution;
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
-pub use events::{EventFilter, EventRow, NewEvent, Outcome};
+pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
 pub use paysync_domain::billing::AccountFacts;

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_log_storage",
         sql: include_str!("../../../migrations/0006_event_log_storage.sql"),
     },
+    Migration {
+        version: 7,
+        name: "event_log_body",
+        sql: include_str!("../../../migrations/0007_event_log_body.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -317,7 +317,7 @@ impl Store {
             .0
             .query(
                 "select provider, event_id, event_type, created, livemode, api_version, \
-                        (extract(epoch from received_at) * 1000)::bigint, payload::text \
+                        (extract(epoch from received_at) * 1000)::bigint, coalesce(body::text, payload::text) \
                  from event_log where provider = $1 \
                    and ($2::text[] is null or event_id = any($2)) \
                    and ($3::text is null or event_type = $3) \

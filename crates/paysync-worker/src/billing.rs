@@ -1,10 +1,14 @@
 //! The billing and CRM handler: turns each Stripe event into account resolution, object
-//! snapshots under the order key, tasks and outbox rows, all in the event's transaction.
+//! snapshots under the order key, tasks and outbox rows, all in the event's transaction. A
+//! batch of events is applied with a handful of set-based statements, whatever its size.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use paysync_domain::billing::{self, Channel, ObjectKind, OrderKey, SideEffect};
+use paysync_domain::Provider;
+use paysync_domain::billing::{self, Channel, ObjectKind, SideEffect};
+use paysync_domain::writes::{SnapWrite, Writes};
 use paysync_store::{Resolution, Tx};
 
 use crate::{Event, Failure, Handler, Handlers};
@@ -39,96 +43,152 @@ impl Handler for Billing {
         billing::customer_of(&event.meta.event_type, &event.payload)
     }
 
+    fn customer<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        billing::customer_of(&event.meta.event_type, &event.payload)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a Tx<'a>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            let meta = &event.meta;
-            let provider = meta.provider.as_str();
-            let changes = billing::changes(&meta.event_type, &event.payload)
-                .map_err(|e| Failure::permanent("unsupported_payload", e))?;
-            let resolution = tx
-                .resolve_account(
-                    provider,
-                    changes.customer.as_deref(),
-                    changes.account_hint.as_deref(),
-                )
-                .await
-                .map_err(Failure::from_store)?;
-            let account = match resolution {
-                Resolution::Account { id, created } => {
-                    if created {
-                        let note = SideEffect {
+        Box::pin(async move { apply(tx, &[event]).await })
+    }
+
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a Tx<'a>,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(apply(tx, events))
+    }
+}
+
+/// Applies `events` in order: each event's changes (pure), its account (existing mappings in
+/// one read; creating or changing a mapping one event at a time under the customer's lock),
+/// then every state write of the batch folded one per row and written with one statement per
+/// table. The same code applies a lone event.
+async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
+    let changes = events
+        .iter()
+        .map(|e| {
+            billing::changes(&e.meta.event_type, &e.payload)
+                .map_err(|err| Failure::permanent("unsupported_payload", err))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut links: HashMap<(Provider, String), (i64, Option<String>)> = HashMap::new();
+    for provider in events
+        .iter()
+        .map(|e| e.meta.provider)
+        .collect::<HashSet<_>>()
+    {
+        let customers: Vec<&str> = events
+            .iter()
+            .zip(&changes)
+            .filter(|(e, _)| e.meta.provider == provider)
+            .filter_map(|(_, c)| c.customer.as_deref())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let found = tx
+            .customer_links(provider.as_str(), &customers)
+            .await
+            .map_err(Failure::from_store)?;
+        links.extend(found.into_iter().map(|(c, link)| ((provider, c), link)));
+    }
+    // Customers resolved the slow way in this transaction stay on it: their mapping may have
+    // been made or changed after the read above.
+    let mut fresh: HashSet<(Provider, &str)> = HashSet::new();
+    let mut writes = Writes::new();
+    for (event, changes) in events.iter().zip(&changes) {
+        let meta = &event.meta;
+        let provider = meta.provider;
+        let customer = changes.customer.as_deref();
+        let hint = changes.account_hint.as_deref();
+        let known = customer
+            .filter(|c| !fresh.contains(&(provider, *c)))
+            .and_then(|c| links.get(&(provider, c.to_owned())))
+            .filter(|(_, linked)| hint.is_none() || hint == linked.as_deref());
+        let resolution = match known {
+            Some((id, _)) => Resolution::Account {
+                id: *id,
+                created: false,
+            },
+            None => {
+                if let Some(c) = customer {
+                    fresh.insert((provider, c));
+                }
+                tx.resolve_account(provider.as_str(), customer, hint)
+                    .await
+                    .map_err(Failure::from_store)?
+            }
+        };
+        let account = match resolution {
+            Resolution::Account { id, created } => {
+                if created {
+                    writes.effect(
+                        Some(id),
+                        SideEffect {
                             channel: Channel::Outbox,
                             kind: "new_customer_notification",
                             source_id: format!("account:{id}"),
                             due_at: None,
-                        };
-                        tx.add_effect(Some(id), &note)
-                            .await
-                            .map_err(Failure::from_store)?;
-                    }
-                    // The event-log row is linked by the caller (one statement per batch).
-                    event.link_account(id);
-                    Some(id)
-                }
-                Resolution::Unlinked => None,
-                Resolution::Conflict {
-                    linked_account,
-                    linked_ref,
-                    hinted_ref,
-                } => {
-                    return Err(Failure::permanent(
-                        "customer_account_conflict",
-                        AccountConflict {
-                            customer: changes.customer.clone().unwrap_or_default(),
-                            account: linked_account,
-                            linked: linked_ref,
-                            hinted: hinted_ref,
                         },
-                    ));
+                    );
                 }
-            };
-            if let Some(snap) = &changes.customer_snap {
-                let key = OrderKey {
-                    terminal: snap.deleted,
-                    created: meta.created,
-                    rank: 0,
-                    event_id: meta.event_id.clone(),
-                };
-                tx.apply_customer(provider, snap, &key)
-                    .await
-                    .map_err(Failure::from_store)?;
+                // The event-log row is linked by the caller (one statement per batch).
+                event.link_account(id);
+                Some(id)
             }
-            for snap in &changes.snaps {
-                let key = billing::order_key(snap, meta.created, &meta.event_id);
-                tx.apply_snap(provider, snap, &key, account, changes.customer.as_deref())
-                    .await
-                    .map_err(Failure::from_store)?;
-                // The first successful payment opens the (single) welcome task.
-                if let (Some(id), ObjectKind::Payment, "succeeded") =
-                    (account, snap.kind, snap.status.as_str())
-                    && snap.amount > 0
-                {
-                    let welcome = SideEffect {
+            Resolution::Unlinked => None,
+            Resolution::Conflict {
+                linked_account,
+                linked_ref,
+                hinted_ref,
+            } => {
+                return Err(Failure::permanent(
+                    "customer_account_conflict",
+                    AccountConflict {
+                        customer: changes.customer.clone().unwrap_or_default(),
+                        account: linked_account,
+                        linked: linked_ref,
+                        hinted: hinted_ref,
+                    },
+                ));
+            }
+        };
+        if let Some(snap) = &changes.customer_snap {
+            writes.customer(provider, snap, meta.created, &meta.event_id);
+        }
+        for snap in &changes.snaps {
+            let key = billing::order_key(snap, meta.created, &meta.event_id);
+            // The first successful payment opens the (single) welcome task.
+            let welcome = matches!(
+                (account, snap.kind, snap.status.as_str()),
+                (Some(_), ObjectKind::Payment, "succeeded")
+            ) && snap.amount > 0;
+            writes.snap(SnapWrite {
+                provider,
+                snap: snap.clone(),
+                key,
+                account,
+                customer: changes.customer.clone(),
+            });
+            if let (true, Some(id)) = (welcome, account) {
+                writes.effect(
+                    Some(id),
+                    SideEffect {
                         channel: Channel::Task,
                         kind: "welcome",
                         source_id: format!("account:{id}"),
                         due_at: None,
-                    };
-                    tx.add_effect(Some(id), &welcome)
-                        .await
-                        .map_err(Failure::from_store)?;
-                }
+                    },
+                );
             }
-            for effect in &changes.effects {
-                tx.add_effect(account, effect)
-                    .await
-                    .map_err(Failure::from_store)?;
-            }
-            Ok(())
-        })
+        }
+        for effect in &changes.effects {
+            writes.effect(account, effect.clone());
+        }
     }
+    tx.write(&writes).await.map_err(Failure::from_store)
 }

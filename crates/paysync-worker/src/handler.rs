@@ -66,6 +66,49 @@ pub trait Handler: Send + Sync {
     fn handle<'a>(&'a self, tx: &'a Tx<'a>, event: &'a Event)
     -> BoxFuture<'a, Result<(), Failure>>;
 
+    /// Applies several events of this handler's types inside `tx`, with the effect of applying
+    /// them one after the other in the given order (sorted by [`Handler::lock_key`], then
+    /// event id). An error rolls back the whole batch; the worker then applies its events one
+    /// by one, so a bad event is isolated.
+    ///
+    /// The default runs [`Handler::handle`] for each event: the events of one lock key one
+    /// after the other, those of different keys concurrently on the transaction's connection
+    /// (their statements are pipelined). A handler that can write a whole batch with a few
+    /// set-based statements overrides it.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a Tx<'a>,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let mut groups: Vec<(Option<&str>, Vec<&Event>)> = Vec::new();
+            for &event in events {
+                let key = self.lock_key(event);
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, group)) => group.push(event),
+                    None => groups.push((key, vec![event])),
+                }
+            }
+            let ran = futures::future::join_all(groups.iter().map(|(_, group)| async move {
+                for event in group {
+                    self.handle(tx, event).await?;
+                }
+                Ok::<(), Failure>(())
+            }))
+            .await;
+            ran.into_iter().collect()
+        })
+    }
+
+    /// The provider customer `event` belongs to, for a handler that links events to accounts
+    /// through provider customers (billing). The event-log row is then written with that
+    /// customer's account when the mapping already exists, instead of being updated after the
+    /// handler. `None` (the default): the row is linked to whatever account the handler finds.
+    fn customer<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        let _ = event;
+        None
+    }
+
     /// The key of the rows `event` locks first (for billing: its provider customer). A batch
     /// applies its events in key order, so concurrent batches take their locks in one order
     /// and do not deadlock each other. `None` (the default) sorts first.

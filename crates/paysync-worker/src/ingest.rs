@@ -90,9 +90,7 @@ pub(crate) async fn ingest(store: &Store, metrics: &WorkerMetrics, incoming: Inc
         .await;
     match stored {
         Ok(fresh) => {
-            if let Err(err) = incoming.ack().await {
-                tracing::warn!(error = %err, "dead letter stored but not acked; a redelivery is deduplicated");
-            }
+            incoming.ack();
             if fresh {
                 metrics.ingested.with_label_values(&[&row.error_kind]).inc();
             }

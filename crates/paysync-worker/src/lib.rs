@@ -24,13 +24,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::BackoffBuilder;
-use futures::FutureExt as _;
-use paysync_amqp::{AmqpSettings, ConsumerLink, Incoming, Publisher};
+use paysync_amqp::{AmqpSettings, ConsumerLink, Incoming, Lane, Publisher};
 use paysync_domain::retry::RetryPolicy;
 use paysync_store::{Store, StoreSettings};
 use paysync_telemetry::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use failure::{Failure, FailureClass, fingerprint};
@@ -45,16 +43,18 @@ use process::Processor;
 pub struct Settings {
     /// Metrics and health listener.
     pub metrics_addr: SocketAddr,
-    /// Unacked deliveries the broker may push to us at once. It bounds the batches in
-    /// flight: concurrency × batch size keeps every connection busy with full batches while
-    /// acks travel (RabbitMQ suggests 100-300 for throughput). Each unacked message is held
-    /// in memory and redelivered on a crash.
+    /// Unacked deliveries the broker may push to us at once, shared out between the lanes.
+    /// Each lane should be able to hold two full batches: the one it applies and the next one
+    /// arriving meanwhile (so the default is concurrency × batch size × 2). Each unacked
+    /// message is held in memory and redelivered on a crash.
     pub prefetch: u16,
-    /// Batches processed at once (a lone delivery is a batch of one). Default: the database
-    /// pool size, one transaction per connection; more only queues for a connection.
+    /// Lanes: channels each applying one batch at a time (a lone delivery is a batch of one),
+    /// so at most this many transactions at once. A few large transactions beat many small
+    /// ones: the statements of a batch cost about the same for 10 events or 100
+    /// (docs/benchmarks.md).
     pub concurrency: usize,
     /// The most deliveries applied in one transaction. A batch takes whatever has arrived
-    /// when a slot frees up, so under light load batches are single deliveries (no added
+    /// when its lane is free, so under light load batches are single deliveries (no added
     /// latency) and under heavy load they fill up. 1 turns batching off.
     pub batch_size: usize,
     /// The retry schedule.
@@ -77,9 +77,9 @@ impl Default for Settings {
         let store = StoreSettings::default();
         Self {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            prefetch: 256,
-            concurrency: store.max_connections,
-            batch_size: 32,
+            prefetch: 1024,
+            concurrency: 4,
+            batch_size: 128,
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(20),
             monitor_interval: Duration::from_secs(15),
@@ -285,11 +285,11 @@ impl App {
     }
 }
 
-/// Consumes `queue` until stopped, reconnecting with backoff after broker outages. Deliveries
-/// are handed over in batches of up to `max_batch`: a batch is the delivery that arrived plus
-/// whatever else is already waiting when a task slot is free (never a wait to fill it). Each
-/// batch runs as its own task, at most `concurrency` at once; every delivery is acked on
-/// its own.
+/// Consumes `queue` until stopped, reconnecting with backoff after broker outages. The link
+/// has `concurrency` lanes (channels with a consumer each, `prefetch` split between them), and
+/// each lane runs in its own task, one batch at a time: a batch is the delivery that arrived
+/// plus whatever else is already waiting on the lane, up to `max_batch` (never a wait to fill
+/// it). After a batch the lane acknowledges it with one `multiple` ack.
 #[allow(clippy::too_many_arguments)]
 async fn consume_loop<F, Fut>(
     settings: Arc<Settings>,
@@ -312,20 +312,23 @@ async fn consume_loop<F, Fut>(
             flag.store(v, Ordering::Relaxed);
         }
     };
+    let lanes = concurrency.max(1);
+    let per_lane = lane_prefetch(prefetch, lanes);
     let mut backoff = reconnect_backoff();
     let mut opened_before = false;
     loop {
         if stop.fired() {
             break;
         }
-        let mut link = match ConsumerLink::open(&settings.amqp, role, &queue, prefetch).await {
+        let mut link = match ConsumerLink::open(&settings.amqp, role, &queue, lanes, per_lane).await
+        {
             Ok(link) => {
                 backoff = reconnect_backoff();
                 if opened_before {
                     reconnects.inc();
                 }
                 opened_before = true;
-                tracing::info!(role, queue = %queue, prefetch, concurrency, "consuming");
+                tracing::info!(role, queue = %queue, prefetch, lanes, "consuming");
                 link
             }
             Err(err) => {
@@ -338,64 +341,29 @@ async fn consume_loop<F, Fut>(
             }
         };
         set_consuming(true);
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        // One lane that loses its channel or consumer halts the others: the whole link is
+        // reopened (their unacked deliveries go back to the queue).
+        let (halt_now, halted) = tokio::sync::oneshot::channel::<()>();
+        let halt = Shutdown::on(async move {
+            let _ = halted.await;
+        });
         let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                () = stop.wait() => {
-                    link.cancel().await;
-                    break;
-                }
-                next = link.next() => match next {
-                    Some(Ok(incoming)) => {
-                        // Invariant: the semaphore is never closed.
-                        let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                        let mut batch = vec![incoming];
-                        let mut failed = None;
-                        // What arrived while we waited for the slot joins this batch.
-                        while batch.len() < max_batch {
-                            match link.next().now_or_never() {
-                                Some(Some(Ok(more))) => batch.push(more),
-                                Some(Some(Err(err))) => {
-                                    failed = Some(Some(err));
-                                    break;
-                                }
-                                Some(None) => {
-                                    failed = Some(None);
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        let handle = handle.clone();
-                        tasks.spawn(async move {
-                            handle(batch).await;
-                            drop(permit);
-                        });
-                        match failed {
-                            Some(Some(err)) => {
-                                tracing::warn!(role, error = %err, "consumer connection failed; reconnecting");
-                                break;
-                            }
-                            Some(None) => {
-                                tracing::warn!(role, "consumer was cancelled by the broker; reconnecting");
-                                break;
-                            }
-                            None => {}
-                        }
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(role, error = %err, "consumer connection failed; reconnecting");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!(role, "consumer was cancelled by the broker; reconnecting");
-                        break;
-                    }
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
+        for lane in link.take_lanes() {
+            tasks.spawn(run_lane(
+                lane,
+                role,
+                max_batch.max(1),
+                handle.clone(),
+                stop.clone(),
+                halt.clone(),
+            ));
         }
+        tokio::select! {
+            () = stop.wait() => {}
+            Some(_) = tasks.join_next() => {}
+        }
+        // Whatever ended the wait, the other lanes stop too (a stop ends each by itself).
+        drop(halt_now);
         set_consuming(false);
         let drained = tokio::time::timeout(settings.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
@@ -409,7 +377,87 @@ async fn consume_loop<F, Fut>(
             );
             tasks.abort_all();
         }
-        link.close().await;
+        // Best effort: the broker returns whatever is unacked when the connection goes.
+        if tokio::time::timeout(BROKER_GOODBYE, link.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                role,
+                "the broker did not confirm closing the connection in time"
+            );
+        }
+    }
+}
+
+/// How long a cancel or a connection close may wait for the broker's answer at shutdown.
+const BROKER_GOODBYE: Duration = Duration::from_secs(2);
+
+/// The prefetch of each lane: the worker's `prefetch` shared out, at least one delivery.
+fn lane_prefetch(prefetch: u16, lanes: usize) -> u16 {
+    let lanes = u16::try_from(lanes.max(1)).unwrap_or(u16::MAX);
+    prefetch.div_ceil(lanes).max(1)
+}
+
+/// One lane until it is stopped, halted, or loses its consumer: take a batch, let `handle`
+/// settle each delivery, acknowledge the batch.
+async fn run_lane<F, Fut>(
+    mut lane: Lane,
+    role: &'static str,
+    max_batch: usize,
+    handle: Arc<F>,
+    stop: Shutdown,
+    halt: Shutdown,
+) where
+    F: Fn(Vec<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let first = tokio::select! {
+            // A stop wins over deliveries already waiting: the lane finishes its batch, never
+            // starts another.
+            biased;
+            () = stop.wait() => {
+                let _ = tokio::time::timeout(BROKER_GOODBYE, lane.cancel()).await;
+                return;
+            }
+            () = halt.wait() => return,
+            next = lane.next() => next,
+        };
+        let mut lost = match first {
+            Some(Ok(incoming)) => {
+                let mut batch = vec![incoming];
+                let mut lost = None;
+                // What arrived meanwhile joins this batch.
+                while batch.len() < max_batch {
+                    match lane.next_ready() {
+                        Some(Some(Ok(more))) => batch.push(more),
+                        Some(other) => {
+                            lost = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                handle(batch).await;
+                if let Err(err) = lane.flush().await {
+                    tracing::warn!(role, error = %err, "acknowledging a batch failed; the broker redelivers it (deduplicated)");
+                }
+                lost
+            }
+            other => Some(other),
+        };
+        match lost.take() {
+            None => {}
+            Some(Some(Err(err))) => {
+                tracing::warn!(role, error = %err, "consumer connection failed; reconnecting");
+                return;
+            }
+            Some(_) => {
+                tracing::warn!(role, "consumer was cancelled by the broker; reconnecting");
+                return;
+            }
+        }
     }
 }
 

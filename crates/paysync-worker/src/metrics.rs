@@ -52,8 +52,9 @@ pub struct WorkerMetrics {
     pub broker_reconnects: IntCounterVec,
     /// `paysync_worker_batch_size`: deliveries applied together in one transaction.
     pub batch_size: Histogram,
-    /// `paysync_worker_batch_fallbacks_total`: batches rolled back and applied one by one
-    /// because one of their events failed.
+    /// `paysync_worker_batch_fallbacks_total`: batch attempts rolled back because an event
+    /// failed (halves of a split batch included); their events were applied in halves or one
+    /// by one.
     pub batch_fallbacks: IntCounter,
 }
 
@@ -181,7 +182,7 @@ impl WorkerMetrics {
         )?;
         let batch_fallbacks = IntCounter::new(
             "paysync_worker_batch_fallbacks_total",
-            "Batches rolled back and applied one by one because an event failed.",
+            "Batch attempts rolled back because an event failed (halves included); their events were applied in halves or one by one.",
         )?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(batch_fallbacks.clone()))?;

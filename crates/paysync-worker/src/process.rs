@@ -18,7 +18,7 @@ use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
 use paysync_domain::message::header;
 use paysync_domain::retry::RetryPolicy;
-use paysync_store::{Conn, NewEvent, Outcome, Store, Tx};
+use paysync_store::{Conn, Inserted, NewEvent, Outcome, Store, Tx};
 
 use crate::handler::{Event, Handler, Handlers};
 use crate::metrics::WorkerMetrics;
@@ -140,26 +140,30 @@ pub(crate) async fn apply_on(
     // A replay re-runs the handler for an event already in the log (counted there); one
     // that is not in the log is processed as new.
     let replayed = event.replay && tx.mark_replayed(meta).await.map_err(Failure::from_store)?;
-    let fresh = replayed
-        || tx
-            .insert_event(NewEvent {
-                meta,
-                payload: body,
-                outcome,
-                attempt: event.attempt,
-            })
-            .await
-            .map_err(Failure::from_store)?;
-    if !fresh {
+    let logged = if replayed {
+        // The row's account is not known here: link it whatever the handler finds.
+        Inserted::New { account: None }
+    } else {
+        tx.insert_event(NewEvent {
+            meta,
+            payload: body,
+            outcome,
+            attempt: event.attempt,
+            customer: handler.and_then(|h| h.customer(event)),
+        })
+        .await
+        .map_err(Failure::from_store)?
+    };
+    let Inserted::New { account: logged } = logged else {
         let _ = tx.rollback().await;
         return Ok(Done::Duplicate);
-    }
+    };
     if let Some(handler) = handler {
         if let Err(failure) = run_handler(handler.as_ref(), &tx, event).await {
             let _ = tx.rollback().await;
             return Err(failure);
         }
-        if let Some(account) = event.account() {
+        if let Some(account) = event.account().filter(|a| Some(*a) != logged) {
             tx.set_event_account(meta, account)
                 .await
                 .map_err(Failure::from_store)?;
@@ -177,7 +181,12 @@ pub(crate) async fn apply_on(
 /// unacked forever: it becomes a permanent failure like any other (a person has to look at the
 /// code path).
 async fn run_handler(handler: &dyn Handler, tx: &Tx<'_>, event: &Event) -> Result<(), Failure> {
-    AssertUnwindSafe(handler.handle(tx, event))
+    caught(handler.handle(tx, event)).await
+}
+
+/// A handler's future with a panic turned into a permanent failure.
+async fn caught(work: BoxFuture<'_, Result<(), Failure>>) -> Result<(), Failure> {
+    AssertUnwindSafe(work)
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
@@ -189,15 +198,16 @@ async fn run_handler(handler: &dyn Handler, tx: &Tx<'_>, event: &Event) -> Resul
 }
 
 /// Applies several events in one transaction: one statement writes all event-log rows (and
-/// tells which are new), the handlers of the new ones run (pipelined, see below), one
+/// tells which are new), each handler applies its new events ([`Handler::handle_batch`]), one
 /// statement links the rows to the accounts the handlers found, one counts the duplicate
 /// deliveries, one commit. Returns what happened to each event, in the order of `events`
 /// (which it sorts). Any failure rolls the whole batch back: the caller then applies the
 /// events one by one, so a bad event is isolated and a good one is never held back by it.
 ///
-/// Lock order: event-log keys first (sorted), then the handlers' rows by lock key (sorted),
-/// the same order as the one-by-one path, so batches and single transactions queue behind
-/// each other instead of deadlocking.
+/// Lock order: event-log keys first (sorted), then the handlers' rows (the billing handler
+/// writes each table's rows in key order, tables in one fixed order), the same order as the
+/// one-by-one path, so batches and single transactions queue behind each other instead of
+/// deadlocking.
 async fn apply_batch_on(
     conn: &mut Conn,
     handlers: &Handlers,
@@ -228,15 +238,20 @@ async fn apply_batch_on(
     }
     let new_events: Vec<NewEvent<'_>> = first
         .iter()
-        .map(|&i| NewEvent {
-            meta: &events[i].event.meta,
-            payload: events[i].body,
-            outcome: if handlers.knows(&events[i].event.meta.event_type) {
-                Outcome::Applied
-            } else {
-                Outcome::Ignored
-            },
-            attempt: events[i].event.attempt,
+        .map(|&i| {
+            let event = &events[i].event;
+            let handler = handlers.get(&event.meta.event_type);
+            NewEvent {
+                meta: &event.meta,
+                payload: events[i].body,
+                outcome: if handler.is_some() {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored
+                },
+                attempt: event.attempt,
+                customer: handler.and_then(|h| h.customer(event)),
+            }
         })
         .collect();
     let tx = conn.transaction().await.map_err(Failure::from_store)?;
@@ -244,45 +259,43 @@ async fn apply_batch_on(
         .insert_events(&new_events)
         .await
         .map_err(Failure::from_store)?;
-    // Handlers of different lock keys run concurrently on the one connection: their
-    // statements are pipelined (sent without waiting for each other's answers), which is
-    // where a batch saves most of its time. Events of one key run one after the other, in
-    // order, so they never interleave on the same rows; events without a key form one group.
-    let mut groups: Vec<(Option<&str>, Vec<Job<'_>>)> = Vec::new();
-    for (&i, is_new) in first.iter().zip(fresh) {
-        if !is_new {
+    // The new events, each handler's in batch order; a handler applies all of its events at
+    // once (billing with a few set-based statements), handlers one after the other.
+    let mut jobs: Vec<(&Arc<dyn Handler>, Vec<&Event>)> = Vec::new();
+    // The account each new row was written with, by position.
+    let mut logged: Vec<Option<i64>> = vec![None; events.len()];
+    for (&i, inserted) in first.iter().zip(fresh) {
+        let Inserted::New { account } = inserted else {
             continue;
-        }
+        };
+        logged[i] = account;
         let event = &events[i].event;
         let Some(handler) = handlers.get(&event.meta.event_type) else {
             done[i] = Done::Ignored;
             continue;
         };
         done[i] = Done::Applied;
-        let lock = handler.lock_key(event);
-        match groups.iter_mut().find(|(key, _)| *key == lock) {
-            Some((_, group)) => group.push((i, handler)),
-            None => groups.push((lock, vec![(i, handler)])),
+        match jobs.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
+            Some((_, batch)) => batch.push(event),
+            None => jobs.push((handler, vec![event])),
         }
     }
-    let ran = futures::future::join_all(groups.iter().map(|(_, group)| {
-        let tx = &tx;
-        async move {
-            for (i, handler) in group {
-                run_handler(handler.as_ref(), tx, &events[*i].event).await?;
-            }
-            Ok::<(), Failure>(())
-        }
-    }))
-    .await;
-    for result in ran {
-        result?;
+    for (handler, batch) in &jobs {
+        caught(handler.handle_batch(&tx, batch)).await?;
     }
+    // Only rows written without the account the handler found (a customer mapped just now,
+    // or linked through a hint) need an update.
     let links: Vec<(&EventMeta, i64)> = events
         .iter()
         .zip(&done)
-        .filter(|(_, d)| **d == Done::Applied)
-        .filter_map(|(e, _)| e.event.account().map(|a| (&e.event.meta, a)))
+        .zip(&logged)
+        .filter(|((_, d), _)| **d == Done::Applied)
+        .filter_map(|((e, _), logged)| {
+            e.event
+                .account()
+                .filter(|a| Some(*a) != *logged)
+                .map(|a| (&e.event.meta, a))
+        })
         .collect();
     tx.set_event_accounts(&links)
         .await
@@ -299,9 +312,6 @@ async fn apply_batch_on(
     tx.commit().await.map_err(Failure::from_store)?;
     Ok(done)
 }
-
-/// An event of a batch (by position) and its handler.
-type Job<'h> = (usize, &'h Arc<dyn Handler>);
 
 /// A delivery decoded for the batch path.
 struct Decoded<'a> {
@@ -339,8 +349,9 @@ impl Processor {
     }
 
     /// Processes deliveries that arrived together: in one transaction when there are several
-    /// (see [`apply_batch_on`]), else one by one. Replays, undecodable deliveries and every
-    /// delivery of a batch that failed take the one-by-one path.
+    /// (see [`apply_batch_on`]), else one by one. Replays, undecodable deliveries, the events
+    /// a permanently failing batch is split down to, and every delivery of a batch that failed
+    /// transiently take the one-by-one path.
     pub(crate) async fn handle_batch(&self, batch: Vec<Incoming>) {
         let started = Instant::now();
         let size = batch.len() as i64;
@@ -363,31 +374,58 @@ impl Processor {
         }
         if decoded.len() > 1 {
             self.metrics.batch_size.observe(decoded.len() as f64);
-            match self.apply_batch(&mut decoded).await {
-                Ok(done) => {
-                    futures::future::join_all(
-                        decoded
-                            .iter()
-                            .zip(done)
-                            .map(|(d, done)| self.settled(d.incoming, &d.event, done, started)),
-                    )
-                    .await;
-                    decoded.clear();
+            // A batch that fails for good (a bad event in it) is split in halves, each applied
+            // as a batch of its own, down to single events: one bad event among n costs about
+            // 2·log2(n) transactions instead of n, and every good event is still applied. A
+            // transient failure (the database, a conflict) sends the batch one by one, where
+            // retries are scheduled per event.
+            let mut parts: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
+            parts.push(0..decoded.len());
+            while let Some(part) = parts.pop() {
+                if part.len() == 1 {
+                    singles.push(decoded[part.start].incoming);
+                    continue;
                 }
-                Err(failure) => {
-                    self.metrics.batch_fallbacks.inc();
-                    tracing::info!(
-                        events = decoded.len(),
-                        kind = failure.kind(),
-                        error = %failure.chain().replace('\n', ": "),
-                        "batch failed; applying its events one by one"
-                    );
+                let events = &mut decoded[part.clone()];
+                match self.apply_batch(events).await {
+                    Ok(done) => {
+                        futures::future::join_all(
+                            events
+                                .iter()
+                                .zip(done)
+                                .map(|(d, done)| self.settled(d.incoming, &d.event, done, started)),
+                        )
+                        .await;
+                    }
+                    Err(failure) => {
+                        self.metrics.batch_fallbacks.inc();
+                        let split = failure.class() == FailureClass::Permanent;
+                        tracing::info!(
+                            events = part.len(),
+                            kind = failure.kind(),
+                            error = %failure.chain().replace('\n', ": "),
+                            "{}",
+                            if split {
+                                "batch failed; applying its halves as batches"
+                            } else {
+                                "batch failed; applying its events one by one"
+                            }
+                        );
+                        if split {
+                            let middle = part.start + part.len() / 2;
+                            parts.push(middle..part.end);
+                            parts.push(part.start..middle);
+                        } else {
+                            singles.extend(events.iter().map(|d| d.incoming));
+                        }
+                    }
                 }
             }
+        } else {
+            singles.extend(decoded.iter().map(|d| d.incoming));
         }
-        // Whatever is left (a lone delivery, replays, undecodable ones, a failed batch) takes
-        // the one-by-one path, which counts itself in flight.
-        singles.extend(decoded.iter().map(|d| d.incoming));
+        // Whatever is left (a lone delivery, replays, undecodable ones, the events a failed
+        // batch came down to) takes the one-by-one path, which counts itself in flight.
         self.metrics.in_flight.sub(size);
         for incoming in singles {
             self.handle(incoming).await;
@@ -427,7 +465,7 @@ impl Processor {
             let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;
             self.metrics.lag.with_label_values(&[provider]).observe(lag);
         }
-        self.ack(incoming, meta).await;
+        incoming.ack();
         self.count(provider, &meta.event_type, done.label());
         self.metrics
             .duration
@@ -544,7 +582,7 @@ impl Processor {
                 .await
             {
                 Ok(()) => {
-                    self.ack(incoming, meta).await;
+                    incoming.ack();
                     self.count(provider, &meta.event_type, "retry_scheduled");
                     self.metrics
                         .retries
@@ -596,9 +634,7 @@ impl Processor {
         let event_id = incoming.message_id().unwrap_or_default().to_owned();
         match self.publisher.publish_dead_letter(incoming, &letter).await {
             Ok(()) => {
-                if let Err(err) = incoming.ack().await {
-                    tracing::warn!(event.id = %event_id, error = %err, "ack after dead-lettering failed; the broker will redeliver");
-                }
+                incoming.ack();
                 self.metrics
                     .processed
                     .with_label_values(&[provider, self.type_label(event_type), "dead_lettered"])
@@ -621,13 +657,6 @@ impl Processor {
                 tokio::time::sleep(HAND_BACK_PAUSE).await;
                 let _ = incoming.requeue().await;
             }
-        }
-    }
-
-    async fn ack(&self, incoming: &Incoming, meta: &EventMeta) {
-        if let Err(err) = incoming.ack().await {
-            // The work is committed; the broker will redeliver and the event log dedupes it.
-            tracing::warn!(event.id = %meta.event_id, error = %err, "ack failed after commit; a redelivery will be deduplicated");
         }
     }
 

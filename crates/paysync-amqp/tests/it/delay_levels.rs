@@ -92,9 +92,10 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
         )
         .await
         .unwrap();
-    let mut consumer = ConsumerLink::open(&broker.settings("c"), "consumer", &t.work_queue(), 4)
+    let mut link = ConsumerLink::open(&broker.settings("c"), "consumer", &t.work_queue(), 1, 4)
         .await
         .unwrap();
+    let mut consumer = link.take_lanes().remove(0);
     let first = tokio::time::timeout(Duration::from_secs(15), consumer.next())
         .await
         .unwrap()
@@ -109,7 +110,8 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
     // takes the second expiry from level 0 for a dead-letter cycle and drops the message.
     let publisher = Publisher::new(broker.settings("p"));
     publisher.publish_retry(&first, 2, 3, 0).await.unwrap();
-    first.ack().await.unwrap();
+    first.ack();
+    assert_eq!(consumer.flush().await.unwrap(), 1);
     let second = tokio::time::timeout(Duration::from_secs(15), consumer.next())
         .await
         .expect("the retried message came back")
@@ -117,7 +119,8 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
         .unwrap();
     assert_eq!(second.body(), b"again");
     assert_eq!(second.attempt_hint(), 2);
-    second.ack().await.unwrap();
-    consumer.close().await;
+    second.ack();
+    assert_eq!(consumer.flush().await.unwrap(), 1);
+    link.close().await;
     publisher.close().await;
 }

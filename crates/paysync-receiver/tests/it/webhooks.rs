@@ -36,7 +36,11 @@ async fn signed_fixture_is_accepted_and_queued_byte_identical_with_metadata() {
     assert_eq!(messages.len(), 1);
     let (data, props, routing_key) = &messages[0];
     assert_eq!(data, &body, "queued body must be the raw request bytes");
-    assert_eq!(routing_key, "stripe.charge.refunded");
+    assert_eq!(
+        routing_key,
+        &topology.work_queue(),
+        "published straight into the work queue through the default exchange"
+    );
     assert_eq!(props.delivery_mode(), &Some(2), "persistent");
     assert_eq!(
         props.message_id().as_ref().map(|s| s.as_str()),

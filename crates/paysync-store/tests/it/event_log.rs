@@ -1,5 +1,5 @@
 use paysync_domain::{EventMeta, Provider};
-use paysync_store::{EventFilter, NewEvent, Outcome};
+use paysync_store::{EventFilter, Inserted, NewEvent, Outcome, Resolution};
 use paysync_testkit::TestDb;
 
 fn meta(id: &str) -> EventMeta {
@@ -24,26 +24,28 @@ async fn an_event_is_logged_once_and_a_rolled_back_insert_is_not_a_duplicate() {
         payload: r#"{"id":"evt_store_1"}"#,
         outcome: Outcome::Applied,
         attempt: 1,
+        customer: None,
     };
 
     // A failed processing attempt rolls back: nothing is remembered.
     let mut conn = store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    assert!(tx.insert_event(new).await.unwrap());
+    assert!(tx.insert_event(new).await.unwrap().is_new());
     tx.rollback().await.unwrap();
 
     let tx = conn.transaction().await.unwrap();
     assert!(
         tx.insert_event(NewEvent { attempt: 2, ..new })
             .await
-            .unwrap(),
+            .unwrap()
+            .is_new(),
         "retry is not a duplicate"
     );
     tx.commit().await.unwrap();
 
     let tx = conn.transaction().await.unwrap();
     assert!(
-        !tx.insert_event(new).await.unwrap(),
+        tx.insert_event(new).await.unwrap() == Inserted::Duplicate,
         "second commit attempt is a duplicate"
     );
     tx.rollback().await.unwrap();
@@ -78,6 +80,7 @@ async fn invalid_json_payload_is_a_permanent_error() {
             payload: "{oops",
             outcome: Outcome::Applied,
             attempt: 1,
+            customer: None,
         })
         .await
         .unwrap_err();
@@ -102,13 +105,67 @@ async fn concurrent_inserts_of_one_event_commit_exactly_once() {
                     payload: "{}",
                     outcome: Outcome::Applied,
                     attempt: 1,
+                    customer: None,
                 })
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
-            fresh
+            fresh.is_new()
         }
     }))
     .await;
     assert_eq!(attempts.iter().filter(|f| **f).count(), 1, "{attempts:?}");
+}
+
+#[tokio::test]
+async fn a_row_is_written_with_the_account_of_its_customer_when_the_mapping_exists() {
+    let db = TestDb::new();
+    let store = db.store().await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let Resolution::Account { id: account, .. } = tx
+        .resolve_account("stripe", Some("cus_logged"), None)
+        .await
+        .unwrap()
+    else {
+        panic!("a new customer gets an account")
+    };
+    let (mapped, unmapped, none) = (meta("evt_mapped"), meta("evt_unmapped"), meta("evt_none"));
+    let new = |m, customer| NewEvent {
+        meta: m,
+        payload: "{}",
+        outcome: Outcome::Applied,
+        attempt: 1,
+        customer,
+    };
+    let written = tx
+        .insert_events(&[
+            new(&mapped, Some("cus_logged")),
+            new(&unmapped, Some("cus_unknown")),
+            new(&none, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        written,
+        [
+            Inserted::New {
+                account: Some(account)
+            },
+            Inserted::New { account: None },
+            Inserted::New { account: None },
+        ]
+    );
+    let again = meta("evt_single");
+    assert_eq!(
+        tx.insert_event(new(&again, Some("cus_logged")))
+            .await
+            .unwrap(),
+        Inserted::New {
+            account: Some(account)
+        }
+    );
+    tx.commit().await.unwrap();
+    let row = store.event("stripe", "evt_mapped").await.unwrap().unwrap();
+    assert_eq!(row.account_id, Some(account));
 }

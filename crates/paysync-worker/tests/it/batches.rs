@@ -1,13 +1,12 @@
 //! Batches: deliveries that arrive together are applied in one transaction; when one of them
-//! fails, the batch is rolled back and applied one by one, so the failing event is retried or
-//! dead-lettered alone and every good event is applied exactly once.
+//! fails, the batch is rolled back and split (a permanent failure) or applied one by one (a
+//! transient one), so the failing event is retried or dead-lettered alone and every good event
+//! is applied exactly once.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use paysync_testkit::{TestBroker, TestDb, poll_until};
-use paysync_worker::Handlers;
 
 use crate::helpers::*;
 
@@ -15,20 +14,12 @@ use crate::helpers::*;
 async fn a_failing_event_in_a_batch_is_isolated_and_the_good_ones_apply_once() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
-    let mut handlers = Handlers::new();
     // Good events change state: a rolled-back batch must leave none of it behind.
-    handlers.register(
-        "customer.updated",
-        Arc::new(paysync_worker::billing::Billing),
-    );
-    for (event_type, script) in [
+    let (handlers, _) = billing_and(vec![
         ("charge.failed", Script::FailTransiently(1)),
         ("charge.dispute.created", Script::FailPermanently),
         ("charge.refunded", Script::Panic),
-    ] {
-        let (h, _) = crate::helpers::handlers(event_type, script);
-        handlers.register(event_type, h.get(event_type).unwrap().clone());
-    }
+    ]);
     // Everything is queued before the worker starts, so deliveries arrive together.
     let publisher = publisher(&broker);
     let mut events: Vec<(String, &str)> = (0..600)
@@ -135,6 +126,52 @@ async fn a_failing_event_in_a_batch_is_isolated_and_the_good_ones_apply_once() {
     assert!(
         sample(&scrape, "paysync_worker_batch_fallbacks_total") > 0.0,
         "failing batches fell back to one by one"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_failing_event_is_cornered_by_halving_its_batch() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let (handlers, calls) = billing_and(vec![("charge.dispute.created", Script::FailPermanently)]);
+    let bad_calls = &calls[0];
+    // 255 good events with the bad one in the middle, all queued before the worker starts.
+    let publisher = publisher(&broker);
+    for i in 0..256 {
+        let t = if i == 128 {
+            "charge.dispute.created"
+        } else {
+            "customer.updated"
+        };
+        publish_event(&publisher, &format!("evt_halves_{i:03}"), t).await;
+    }
+    let mut s = settings(&broker, &db, fast_retry(3));
+    // One lane taking the whole queue at once, so the bad event's batch is large.
+    s.concurrency = 1;
+    s.batch_size = 256;
+    s.prefetch = 512;
+    let worker = spawn(paysync_worker::App::build(s, handlers).await.unwrap()).await;
+    let (applied, dead) = poll_until(
+        Duration::from_secs(60),
+        "255 events applied and the bad one dead-lettered",
+        || async {
+            let (applied, dead) = logged_and_dead(&store, 1_000).await;
+            (applied.len() >= 255 && !dead.is_empty()).then_some((applied, dead))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.len(), 255, "every good event applied once");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id.as_deref(), Some("evt_halves_128"));
+    assert!(applied.iter().all(|r| r.attempts == 1 && r.duplicates == 0));
+    // Alone after one failed batch, the bad event would have run twice (the batch, then
+    // alone); halving runs it once per smaller batch it is still in, then alone.
+    let runs = bad_calls.count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (3..=10).contains(&runs),
+        "the bad event ran {runs} times: expected one run per halving (at most log2(256) + 1), then alone"
     );
     worker.stop().await;
 }

@@ -240,7 +240,9 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
     let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
-    let s = through_proxy(&broker, &db, &proxy);
+    let mut s = through_proxy(&broker, &db, &proxy);
+    // A prefetch well below the 1,000 events, so a backlog has to form in the queue.
+    s.prefetch = 256;
     // In flight: at most `concurrency` batches of at most `batch_size`, and never more than
     // the prefetch lets the broker push.
     let concurrency = (s.concurrency * s.batch_size).min(usize::from(s.prefetch));

@@ -190,6 +190,23 @@ pub fn handlers(event_type: &str, script: Script) -> (Handlers, Arc<Calls>) {
     (h, calls)
 }
 
+/// The billing handler for `customer.updated` (good events that change state) and a scripted
+/// handler for each of `scripted`; the calls each scripted handler saw, in the same order.
+pub fn billing_and(scripted: Vec<(&str, Script)>) -> (Handlers, Vec<Arc<Calls>>) {
+    let mut all = Handlers::new();
+    all.register(
+        "customer.updated",
+        Arc::new(paysync_worker::billing::Billing),
+    );
+    let mut seen = Vec::new();
+    for (event_type, script) in scripted {
+        let (h, calls) = handlers(event_type, script);
+        all.register(event_type, h.get(event_type).unwrap().clone());
+        seen.push(calls);
+    }
+    (all, seen)
+}
+
 /// Polls the event log until `id` is there.
 pub async fn logged(db: &TestDb, id: &str) -> EventRow {
     let store = db.store().await.unwrap();

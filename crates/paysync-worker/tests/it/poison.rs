@@ -2,11 +2,9 @@
 //! ones are all applied, the poison ones all end in the dead-letter table, nothing loops.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use paysync_testkit::{TestBroker, TestDb, poll_until};
-use paysync_worker::Handlers;
 
 use crate::helpers::*;
 
@@ -14,16 +12,7 @@ use crate::helpers::*;
 async fn a_thousand_poison_events_among_ten_thousand_good_ones() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
-    let mut handlers = Handlers::new();
-    handlers.register(
-        "customer.updated",
-        Arc::new(paysync_worker::billing::Billing),
-    );
-    let (poison, _) = crate::helpers::handlers("charge.dispute.created", Script::FailPermanently);
-    handlers.register(
-        "charge.dispute.created",
-        poison.get("charge.dispute.created").unwrap().clone(),
-    );
+    let (handlers, _) = billing_and(vec![("charge.dispute.created", Script::FailPermanently)]);
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
     let publisher = publisher(&broker);
     let events: Vec<(String, &str)> = (0..11_000)
