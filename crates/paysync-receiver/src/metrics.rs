@@ -1,6 +1,8 @@
 //! Every metric the receiver exports, declared in one place.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 /// Outcome labels of `paysync_webhooks_received_total` (a closed set).
 pub const OUTCOMES: &[&str] = &[
@@ -26,6 +28,11 @@ pub struct ReceiverMetrics {
     pub confirm_duration: Histogram,
     /// `paysync_broker_reconnects_total{link="publisher"}`: connections re-opened.
     pub broker_reconnects: prometheus::IntCounterVec,
+    /// The series every accepted Stripe webhook touches, resolved once: a label lookup hashes
+    /// the values and takes a lock on each call.
+    pub(crate) stripe_accepted: IntCounter,
+    /// See `stripe_accepted`.
+    pub(crate) stripe_duration: Histogram,
 }
 
 /// Buckets from 0.5 ms to 10 s: a confirm takes a few ms; the tail shows broker trouble.
@@ -67,8 +74,9 @@ impl ReceiverMetrics {
         for outcome in OUTCOMES {
             received.with_label_values(&["stripe", outcome]);
         }
-        request_duration.with_label_values(&["stripe"]);
         Ok(Self {
+            stripe_accepted: received.with_label_values(&["stripe", "accepted"]),
+            stripe_duration: request_duration.with_label_values(&["stripe"]),
             received,
             request_duration,
             confirm_duration,

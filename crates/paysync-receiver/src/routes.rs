@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -53,20 +53,23 @@ fn plain(reason: String) -> ([(header::HeaderName, &'static str); 1], String) {
 /// `POST /webhooks/stripe`.
 pub(crate) async fn stripe_webhook(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let outcome = handle_stripe(&state, &headers, body).await;
-    state
-        .metrics
-        .received
-        .with_label_values(&["stripe", outcome.label])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&["stripe"])
+    // The request's own header map, not a copy of it (axum's `HeaderMap` extractor clones).
+    let (parts, body) = request.into_parts();
+    let outcome = handle_stripe(&state, &parts.headers, body).await;
+    let metrics = &state.metrics;
+    if outcome.label == "accepted" {
+        metrics.stripe_accepted.inc();
+    } else {
+        metrics
+            .received
+            .with_label_values(&["stripe", outcome.label])
+            .inc();
+    }
+    metrics
+        .stripe_duration
         .observe(started.elapsed().as_secs_f64());
     outcome.response
 }

@@ -152,41 +152,126 @@ pub struct Envelope {
 }
 
 #[derive(Deserialize)]
-struct RawEnvelope {
-    id: Option<serde_json::Value>,
-    #[serde(rename = "type")]
-    event_type: Option<serde_json::Value>,
-    created: Option<serde_json::Value>,
-    livemode: Option<serde_json::Value>,
-    api_version: Option<serde_json::Value>,
-    object: Option<serde_json::Value>,
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    id: Loose<'a>,
+    #[serde(rename = "type", borrow, default)]
+    event_type: Loose<'a>,
+    #[serde(borrow, default)]
+    created: Loose<'a>,
+    #[serde(borrow, default)]
+    livemode: Loose<'a>,
+    #[serde(borrow, default)]
+    api_version: Loose<'a>,
+    #[serde(borrow, default)]
+    object: Loose<'a>,
+}
+
+/// An envelope field of any JSON type, kept only when it is a scalar: a wrong type must be a
+/// "missing field" error, not a parse error, and nothing is allocated for the rest (strings
+/// are borrowed from the body unless they contain escapes).
+#[derive(Debug, Default, PartialEq)]
+enum Loose<'a> {
+    /// Absent or null.
+    #[default]
+    Nothing,
+    /// An array or an object (not kept).
+    Compound,
+    Str(std::borrow::Cow<'a, str>),
+    Int(i64),
+    /// A number that is not an `i64`.
+    OtherNumber,
+    Bool(bool),
+}
+
+impl<'a> Loose<'a> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Loose<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Loose::Str(std::borrow::Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Loose::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Loose::OtherNumber, Loose::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose::OtherNumber)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Bool(v))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Nothing)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Compound)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Loose::Compound)
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// Parses the envelope of a Stripe event body. The whole body must be valid JSON; only the
 /// envelope fields are kept.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
-    let raw: RawEnvelope =
+    // An object, not an array (which serde would also take for a struct, field by field).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(StripeWebhookError::MalformedJson);
+    }
+    let raw: RawEnvelope<'_> =
         serde_json::from_slice(body).map_err(|_| StripeWebhookError::MalformedJson)?;
-    if raw.object.as_ref().and_then(|o| o.as_str()) == Some("v2.core.event") {
+    if raw.object.as_str() == Some("v2.core.event") {
         return Err(StripeWebhookError::ThinEvent);
     }
-    let id = short_token(raw.id.as_ref()).ok_or(StripeWebhookError::MissingField("id"))?;
+    let id = short_token(&raw.id).ok_or(StripeWebhookError::MissingField("id"))?;
     let event_type =
-        short_token(raw.event_type.as_ref()).ok_or(StripeWebhookError::MissingField("type"))?;
-    let created = raw
-        .created
-        .as_ref()
-        .and_then(|c| c.as_i64())
-        .ok_or(StripeWebhookError::MissingField("created"))?;
-    let livemode = raw
-        .livemode
-        .as_ref()
-        .and_then(|l| l.as_bool())
-        .ok_or(StripeWebhookError::MissingField("livemode"))?;
+        short_token(&raw.event_type).ok_or(StripeWebhookError::MissingField("type"))?;
+    let Loose::Int(created) = raw.created else {
+        return Err(StripeWebhookError::MissingField("created"));
+    };
+    let Loose::Bool(livemode) = raw.livemode else {
+        return Err(StripeWebhookError::MissingField("livemode"));
+    };
     let api_version = match raw.api_version {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(v)) if v.len() <= MAX_ID_LEN => Some(v),
-        Some(_) => return Err(StripeWebhookError::MissingField("api_version")),
+        Loose::Nothing => None,
+        Loose::Str(v) if v.len() <= MAX_ID_LEN => Some(v.into_owned()),
+        _ => return Err(StripeWebhookError::MissingField("api_version")),
     };
     Ok(Envelope {
         id,
@@ -198,8 +283,8 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
 }
 
 /// A non-empty string of printable ASCII without spaces, short enough for AMQP short strings.
-fn short_token(value: Option<&serde_json::Value>) -> Option<String> {
-    let s = value?.as_str()?;
+fn short_token(value: &Loose<'_>) -> Option<String> {
+    let s = value.as_str()?;
     let ok = !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| s.to_owned())
 }
@@ -283,6 +368,119 @@ mod tests {
             parse_envelope(b"[]"),
             Err(StripeWebhookError::MalformedJson)
         );
+    }
+
+    /// The envelope as a `serde_json::Value` reading (the parser before it borrowed its
+    /// fields), the reference the borrowing parser must agree with.
+    fn reference_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| StripeWebhookError::MalformedJson)?;
+        let o = v.as_object().ok_or(StripeWebhookError::MalformedJson)?;
+        if o.get("object").and_then(|x| x.as_str()) == Some("v2.core.event") {
+            return Err(StripeWebhookError::ThinEvent);
+        }
+        let token = |k: &str| {
+            o.get(k)
+                .and_then(|x| x.as_str())
+                .filter(|s| {
+                    !s.is_empty()
+                        && s.len() <= MAX_ID_LEN
+                        && s.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .map(str::to_owned)
+        };
+        let id = token("id").ok_or(StripeWebhookError::MissingField("id"))?;
+        let event_type = token("type").ok_or(StripeWebhookError::MissingField("type"))?;
+        let created = o
+            .get("created")
+            .and_then(|c| c.as_i64())
+            .ok_or(StripeWebhookError::MissingField("created"))?;
+        let livemode = o
+            .get("livemode")
+            .and_then(|l| l.as_bool())
+            .ok_or(StripeWebhookError::MissingField("livemode"))?;
+        let api_version = match o.get("api_version") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(v)) if v.len() <= MAX_ID_LEN => Some(v.clone()),
+            Some(_) => return Err(StripeWebhookError::MissingField("api_version")),
+        };
+        Ok(Envelope {
+            id,
+            event_type,
+            created,
+            livemode,
+            api_version,
+        })
+    }
+
+    #[test]
+    fn escaped_strings_nested_data_and_odd_types_are_read_like_a_full_parse() {
+        for body in [
+            r#"{"id":"evt_\u0031","type":"a\/b","created":1,"livemode":false,"data":{"id":[1,{"x":null}]}}"#,
+            r#"{"id":"evt_1","type":"a","created":1.5,"livemode":false}"#,
+            r#"{"id":"evt_1","type":"a","created":18446744073709551615,"livemode":false}"#,
+            r#"{"id":"evt_1","type":"a","created":-3,"livemode":false,"api_version":{"v":1}}"#,
+            r#"{"id":"evt_1","type":"a","created":1,"livemode":false,"api_version":[]}"#,
+            r#"{"id":"evt_1","type":"a","created":1,"livemode":false,"api_version":null}"#,
+            r#"{"id":["evt_1"],"type":"a","created":1,"livemode":false}"#,
+            r#"{"id":"evt_1","id":"evt_2","type":"a","created":1,"livemode":false}"#,
+            r#"  {"id":"evt_1","type":"a","created":1,"livemode":false}  "#,
+            r#"{"id":"evt_1","type":"a","created":1,"livemode":false} trailing"#,
+            r#"["evt_1","a",1,false]"#,
+            r#""evt_1""#,
+            "",
+        ] {
+            let got = parse_envelope(body.as_bytes());
+            // Duplicate keys: the full parse keeps the last, the struct parse refuses them;
+            // both are acceptable, a success must agree.
+            if body.contains(r#""id":"evt_2""#) {
+                assert_eq!(got, Err(StripeWebhookError::MalformedJson), "{body}");
+                continue;
+            }
+            assert_eq!(got, reference_envelope(body.as_bytes()), "{body}");
+        }
+        let escaped =
+            parse_envelope(br#"{"id":"evt_1","type":"a\/b","created":1,"livemode":false}"#)
+                .unwrap();
+        assert_eq!(
+            (escaped.id.as_str(), escaped.event_type.as_str()),
+            ("evt_1", "a/b")
+        );
+    }
+
+    proptest::proptest! {
+        /// Any object with the envelope keys at any JSON type is read as a full parse reads it.
+        #[test]
+        fn the_borrowing_parser_agrees_with_a_full_parse(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["id", "type", "created", "livemode", "api_version", "object", "data"]),
+                    proptest::sample::select(vec![
+                        r#""evt_1""#, r#""""#, r#""v2.core.event""#, r#""a b""#, "7", "-7", "7.5",
+                        "true", "false", "null", "[]", r#"{"k":[1]}"#, r#""2020-03-02""#,
+                        "18446744073709551615",
+                    ]),
+                ),
+                0..8,
+            )
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let body = format!(
+                "{{{}}}",
+                fields
+                    .iter()
+                    .filter(|(k, _)| seen.insert(*k))
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            proptest::prop_assert_eq!(
+                parse_envelope(body.as_bytes()),
+                reference_envelope(body.as_bytes()),
+                "{}",
+                body
+            );
+        }
     }
 
     #[test]
