@@ -22,7 +22,7 @@ use crate::loadgen::{LoadReport, LoadgenArgs};
 use crate::pg;
 use crate::procs::{self, Proc, free_addr};
 use crate::report::{Row, Samples, num};
-use crate::run::Bench;
+use crate::run::{Bench, Group};
 
 const BROKER: &str = "broker ceiling (bare lapin, quorum)";
 const MINI: &str = "receiver ceiling (minimal receiver)";
@@ -53,74 +53,93 @@ fn e2e_lag_name(bench: &Bench) -> String {
     format!("end to end lag at {}/s", num(bench.plan.rate))
 }
 
-/// Measures every row, in the table's order.
+/// Measures every row (or the groups `--only` selected), in the table's order.
 pub async fn all(bench: &Bench) -> Vec<Row> {
     let mut rows = Vec::new();
-    rows.push(
-        broker_ceiling(bench)
-            .await
-            .unwrap_or_else(|e| failed(bench, BROKER, e)),
-    );
-    let receivers = receivers(bench).await;
-    let receiver_peak = match receivers {
-        Ok(out) => {
-            rows.extend(out.rows);
-            Some(out.peak_row)
-        }
-        Err(e) => {
-            let e = failed_note(bench, &e);
-            for name in [MINI, RECEIVER, &receiver_latency_name(bench)] {
-                rows.push(Row::failed(name, &e));
+    if bench.measures(Group::Broker) {
+        rows.push(
+            broker_ceiling(bench)
+                .await
+                .unwrap_or_else(|e| failed(bench, BROKER, e)),
+        );
+    }
+    let mut receiver_peak = None;
+    if bench.measures(Group::Receiver) {
+        match receivers(bench).await {
+            Ok(out) => {
+                rows.extend(out.rows);
+                receiver_peak = Some(out.peak_row);
             }
-            None
-        }
-    };
-    let pgbench = match pgbench(bench).await {
-        Ok(out) => {
-            rows.extend(out.rows.iter().cloned());
-            Some(out)
-        }
-        Err(e) => {
-            let e = failed_note(bench, &e);
-            for name in [PG_ONE, &pg_many_name(bench)] {
-                rows.push(Row::failed(name, &e));
-            }
-            None
-        }
-    };
-    let worker_peak = match worker(bench, pgbench.as_ref()).await {
-        Ok((row, peak)) => {
-            rows.push(row);
-            Some(peak)
-        }
-        Err(e) => {
-            rows.push(failed(bench, WORKER, e));
-            None
-        }
-    };
-    match end_to_end(bench).await {
-        Ok(out) => rows.extend(out),
-        Err(e) => {
-            let e = failed_note(bench, &e);
-            for name in [E2E, &e2e_lag_name(bench)] {
-                rows.push(Row::failed(name, &e));
+            Err(e) => {
+                let e = failed_note(bench, &e);
+                for name in [MINI, RECEIVER, &receiver_latency_name(bench)] {
+                    rows.push(Row::failed(name, &e));
+                }
+                receiver_peak = Some(Row::new(
+                    RECEIVER_PEAK,
+                    "n/a",
+                    "–",
+                    "–",
+                    "the receiver row failed",
+                ));
             }
         }
     }
-    rows.push(
-        receiver_peak
-            .unwrap_or_else(|| Row::new(RECEIVER_PEAK, "n/a", "–", "–", "the receiver row failed")),
-    );
-    rows.push(
-        worker_peak
-            .unwrap_or_else(|| Row::new(WORKER_PEAK, "n/a", "–", "–", "the worker row failed")),
-    );
-    match soak(bench).await {
-        Ok(out) => rows.extend(out),
-        Err(e) => {
-            let e = failed_note(bench, &e);
-            for name in [RECEIVER_SOAK, WORKER_SOAK] {
-                rows.push(Row::failed(name, &e));
+    let mut pgbench_out = None;
+    if bench.measures(Group::Pgbench) {
+        match pgbench(bench).await {
+            Ok(out) => {
+                rows.extend(out.rows.iter().cloned());
+                pgbench_out = Some(out);
+            }
+            Err(e) => {
+                let e = failed_note(bench, &e);
+                for name in [PG_ONE, &pg_many_name(bench)] {
+                    rows.push(Row::failed(name, &e));
+                }
+            }
+        }
+    }
+    let mut worker_peak = None;
+    if bench.measures(Group::Worker) {
+        match worker(bench, pgbench_out.as_ref()).await {
+            Ok((row, peak)) => {
+                rows.push(row);
+                worker_peak = Some(peak);
+            }
+            Err(e) => {
+                rows.push(failed(bench, WORKER, e));
+                worker_peak = Some(Row::new(
+                    WORKER_PEAK,
+                    "n/a",
+                    "–",
+                    "–",
+                    "the worker row failed",
+                ));
+            }
+        }
+    }
+    if bench.measures(Group::E2e) {
+        match end_to_end(bench).await {
+            Ok(out) => rows.extend(out),
+            Err(e) => {
+                let e = failed_note(bench, &e);
+                for name in [E2E, &e2e_lag_name(bench)] {
+                    rows.push(Row::failed(name, &e));
+                }
+            }
+        }
+    }
+    rows.extend(receiver_peak);
+    rows.extend(worker_peak);
+    if bench.measures(Group::Memory) {
+        match soak(bench).await {
+            Ok(out) => rows.extend(out),
+            Err(e) => {
+                let e = failed_note(bench, &e);
+                for name in [RECEIVER_SOAK, WORKER_SOAK] {
+                    rows.push(Row::failed(name, &e));
+                }
             }
         }
     }
@@ -465,8 +484,8 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
     let schema = bench.schema_for("pgb").await?;
     let client = pg::connect(&bench.db_url, Some(&schema)).await?;
     pg::seed_customers(&client, pg::SCRIPT_CUSTOMERS).await?;
-    let (one_script, many_script) =
-        pg::write_scripts(&bench.pgbench_dir(), plan.batch, pg::POOL_SIZE)?;
+    let (one_script, many_script) = pg::write_scripts(&bench.pgbench_dir())?;
+    let batch_size = [format!("n={}", plan.batch)];
     let (mut one, mut many) = (Vec::new(), Vec::new());
     let mut failed = 0;
     for run in 0..bench.runs {
@@ -474,6 +493,7 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
             &bench.db_url,
             &schema,
             &one_script,
+            &[],
             pg::POOL_SIZE,
             plan.pgbench_secs,
             &bench.logs().join(format!("pgbench-1-{run}.log")),
@@ -483,6 +503,7 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
             &bench.db_url,
             &schema,
             &many_script,
+            &batch_size,
             pg::POOL_SIZE,
             plan.pgbench_secs,
             &bench
@@ -511,7 +532,7 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
     };
     let (s_one, s_many) = (samples(&one), samples(&many));
     let how = format!(
-        "pgbench -n -M prepared -c {} -j 2 -T {}, a mapped customer's charge.succeeded with the worker's 6 statements (crates/paysync-bench/pgbench/event-1.sql), 1,000 customers",
+        "pgbench -n -M prepared -c {} -j 2 -T {}, a mapped customer's charge.succeeded with the worker's statements for an event alone (crates/paysync-bench/pgbench/event-1.sql: event-log insert, mapping read, payment upsert, welcome task), 1,000 customers",
         pg::POOL_SIZE,
         plan.pgbench_secs
     );
@@ -534,8 +555,8 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
             s_many.range(""),
             "–",
             format!(
-                "the same block {} times in one transaction, each client on its own customers (no lock waits between clients); events/s = {} × tps; {failures}",
-                plan.batch, plan.batch
+                "the worker's statements for a batch (crates/paysync-bench/pgbench/events-n.sql, -D n={}): one statement per kind of row for {} such events in one transaction, each client on its own customers (no lock waits between clients); events/s = {} × tps; {failures}",
+                plan.batch, plan.batch, plan.batch
             ),
         ),
     ];

@@ -34,6 +34,28 @@ pub struct RunArgs {
     /// Where the Markdown table goes.
     #[arg(long, default_value = "target/bench/report.md")]
     pub out: PathBuf,
+    /// Measure only these groups of rows (comma-separated), e.g. `--only worker,e2e` while
+    /// working on one figure. Ratios to a ceiling that was not measured show `–`. Published
+    /// figures come from a run of every row.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Group>,
+}
+
+/// The groups of rows `--only` selects.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The broker ceiling.
+    Broker,
+    /// The minimal receiver, the receiver and its latency (and the receiver's peak RSS).
+    Receiver,
+    /// The pgbench ceilings.
+    Pgbench,
+    /// The worker (and its peak RSS).
+    Worker,
+    /// End to end and its lag.
+    E2e,
+    /// The long memory run.
+    Memory,
 }
 
 /// Counts and durations of one benchmark.
@@ -230,9 +252,16 @@ pub struct Bench {
     pub amqp: Connection,
     /// What to remove at the end.
     pub cleanup: Arc<Cleanup>,
+    /// The groups of rows to measure (all when `--only` is not given).
+    only: Vec<Group>,
 }
 
 impl Bench {
+    /// Whether `group`'s rows are measured in this run.
+    pub fn measures(&self, group: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&group)
+    }
+
     async fn setup(args: &RunArgs) -> anyhow::Result<Self> {
         let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
         anyhow::ensure!(runs >= 1, "--runs must be at least 1");
@@ -273,6 +302,7 @@ impl Bench {
             db_url,
             amqp,
             cleanup,
+            only: args.only.clone(),
         })
     }
 
