@@ -11,6 +11,7 @@
 //! never a panic; amounts are integer minor units with a lowercase ISO currency.
 
 use serde_json::Value;
+use serde_json_borrow::Value as Json;
 
 /// The ordering key of a snapshot (compared lexicographically).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,6 +139,9 @@ pub enum BillingError {
     /// A field we need is missing or of the wrong type.
     #[error("unsupported payload: `{0}` missing or not the expected type")]
     Missing(&'static str),
+    /// The payload is not a JSON document.
+    #[error("unsupported payload: not JSON")]
+    NotJson,
 }
 
 /// Event types the billing handlers apply.
@@ -172,27 +176,38 @@ pub const HANDLED_TYPES: &[&str] = &[
     "charge.dispute.closed",
 ];
 
-fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key)?
+/// The member `key` of an object (`None` when `v` is not an object or has no such member; an
+/// explicit `null` is `Some`).
+fn at<'v>(v: &'v Json<'v>, key: &str) -> Option<&'v Json<'v>> {
+    v.as_object()?.get(key)
+}
+
+/// The value at `path` of nested members, as a JSON pointer would find it.
+fn at_path<'v>(v: &'v Json<'v>, path: &[&str]) -> Option<&'v Json<'v>> {
+    path.iter().try_fold(v, |v, key| at(v, key))
+}
+
+fn text(v: &Json<'_>, key: &str) -> Option<String> {
+    at(v, key)?
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
 }
 
 /// An id field that may be a string or an expanded object with `id`.
-fn id_of(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Object(o) => o.get("id")?.as_str().map(str::to_owned),
+fn id_of(v: &Json<'_>, key: &str) -> Option<String> {
+    match at(v, key)? {
+        Json::Str(s) if !s.is_empty() => Some(s.to_string()),
+        expanded @ Json::Object(_) => at(expanded, "id")?.as_str().map(str::to_owned),
         _ => None,
     }
 }
 
-fn int(v: &Value, key: &str) -> Option<i64> {
-    v.get(key)?.as_i64()
+fn int(v: &Json<'_>, key: &str) -> Option<i64> {
+    at(v, key)?.as_i64()
 }
 
-fn currency(v: &Value) -> String {
+fn currency(v: &Json<'_>) -> String {
     text(v, "currency").unwrap_or_default().to_ascii_lowercase()
 }
 
@@ -291,7 +306,7 @@ fn payment_snap(
     }
 }
 
-fn refund_snap(r: &Value, fallback_payment: Option<&str>) -> Option<Snap> {
+fn refund_snap(r: &Json<'_>, fallback_payment: Option<&str>) -> Option<Snap> {
     Some(Snap {
         kind: ObjectKind::Refund,
         id: text(r, "id")?,
@@ -309,8 +324,8 @@ fn refund_snap(r: &Value, fallback_payment: Option<&str>) -> Option<Snap> {
     })
 }
 
-fn hint_of(o: &Value) -> Option<String> {
-    o.get("metadata").and_then(|m| text(m, "account_id"))
+fn hint_of(o: &Json<'_>) -> Option<String> {
+    at(o, "metadata").and_then(|m| text(m, "account_id"))
 }
 
 fn effect(
@@ -343,27 +358,18 @@ fn payment_failed(c: &mut Changes, source_id: &str) {
     ));
 }
 
-/// The provider customer an event belongs to, read without building its [`Changes`] (the
-/// worker orders a batch by it). Agrees with [`changes`]`(..).customer` where that succeeds.
-pub fn customer_of<'a>(event_type: &str, event: &'a Value) -> Option<&'a str> {
-    let o = event.get("data")?.get("object")?;
-    let family = event_type.rsplit_once('.').map_or(event_type, |(f, _)| f);
-    let found = match family {
-        "customer" => o.get("id")?,
-        "charge.refund" | "refund" | "charge.dispute" => return None,
-        _ => match o.get("customer")? {
-            Value::Object(expanded) => expanded.get("id")?,
-            plain => plain,
-        },
-    };
-    found.as_str().filter(|s| !s.is_empty())
+/// What the event `event_type` with the raw body `body` means: [`changes`] of the body parsed
+/// into a borrowed tree, which lives only for this call.
+pub fn changes_of_body(event_type: &str, body: &str) -> Result<Changes, BillingError> {
+    let event: Json<'_> = serde_json::from_str(body).map_err(|_| BillingError::NotJson)?;
+    changes(event_type, &event)
 }
 
-/// What the event `event_type` with payload `event` (the whole Stripe event) means.
-pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError> {
-    let o = event
-        .get("data")
-        .and_then(|d| d.get("object"))
+/// What the event `event_type` with payload `event` (the whole Stripe event, parsed into a
+/// borrowed JSON tree: strings are not copied, objects are vectors) means. Where a member
+/// appears twice in an object, the first one counts.
+pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingError> {
+    let o = at_path(event, &["data", "object"])
         .filter(|o| o.is_object())
         .ok_or(BillingError::Missing("data.object"))?;
     let id = || text(o, "id").ok_or(BillingError::Missing("data.object.id"));
@@ -381,17 +387,19 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
                 email: text(o, "email"),
                 name: text(o, "name"),
                 deleted: event_type == "customer.deleted"
-                    || o.get("deleted") == Some(&Value::Bool(true)),
+                    || at(o, "deleted").and_then(Json::as_bool) == Some(true),
             });
         }
         "customer.subscription" => {
             let id = id()?;
             c.customer = id_of(o, "customer");
-            let item = o.pointer("/items/data/0");
+            let item = at_path(o, &["items", "data"])
+                .and_then(Json::as_array)
+                .and_then(|items| items.first());
             let plan = item
-                .and_then(|i| i.pointer("/price/id").or_else(|| i.pointer("/plan/id")))
-                .or_else(|| o.pointer("/plan/id"))
-                .and_then(Value::as_str)
+                .and_then(|i| at_path(i, &["price", "id"]).or_else(|| at_path(i, &["plan", "id"])))
+                .or_else(|| at_path(o, &["plan", "id"]))
+                .and_then(Json::as_str)
                 .map(str::to_owned);
             let period_end = int(o, "current_period_end")
                 .or_else(|| item.and_then(|i| int(i, "current_period_end")));
@@ -476,9 +484,8 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
                 .filter(|a| *a > 0)
                 .or_else(|| int(o, "amount"))
                 .unwrap_or(0);
-            let failure = o
-                .pointer("/last_payment_error/code")
-                .and_then(Value::as_str)
+            let failure = at_path(o, &["last_payment_error", "code"])
+                .and_then(Json::as_str)
                 .map(str::to_owned);
             c.snaps.push(payment_snap(
                 id.clone(),
@@ -517,7 +524,7 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
                 text(o, "failure_code"),
                 refunded,
             ));
-            if let Some(refunds) = o.pointer("/refunds/data").and_then(Value::as_array) {
+            if let Some(refunds) = at_path(o, &["refunds", "data"]).and_then(Json::as_array) {
                 for r in refunds {
                     if let Some(snap) = refund_snap(r, Some(&key)) {
                         if snap.status == "succeeded" {
@@ -551,9 +558,7 @@ pub fn changes(event_type: &str, event: &Value) -> Result<Changes, BillingError>
         }
         "charge.dispute" => {
             let id = id()?;
-            let due = o
-                .pointer("/evidence_details/due_by")
-                .and_then(Value::as_i64);
+            let due = at_path(o, &["evidence_details", "due_by"]).and_then(Json::as_i64);
             c.snaps.push(Snap {
                 kind: ObjectKind::Dispute,
                 id: id.clone(),
@@ -752,9 +757,15 @@ pub fn account_view(f: &AccountFacts) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json_borrow::OwnedValue;
 
-    fn ev(t: &str, o: Value) -> Value {
-        json!({"id": "evt_1", "type": t, "created": 1, "data": {"object": o}})
+    /// The borrowed tree of `v`, as the worker parses a body.
+    fn owned(v: Value) -> OwnedValue {
+        OwnedValue::from_string(v.to_string()).unwrap()
+    }
+
+    fn ev(t: &str, o: Value) -> OwnedValue {
+        owned(json!({"id": "evt_1", "type": t, "created": 1, "data": {"object": o}}))
     }
 
     #[test]
@@ -784,22 +795,79 @@ mod tests {
     }
 
     #[test]
-    fn customer_of_agrees_with_changes() {
+    fn the_customer_is_the_id_of_a_customer_event_or_the_object_customer_plain_or_expanded() {
         let objects = [
-            json!({"id": "cus_9", "object": "customer", "status": "active", "customer": "cus_1"}),
-            json!({"id": "obj_1", "status": "succeeded", "customer": "cus_1", "payment_intent": "pi_1"}),
-            json!({"id": "obj_1", "status": "succeeded", "customer": {"id": "cus_2", "object": "customer"}}),
-            json!({"id": "obj_1", "status": "succeeded", "customer": ""}),
-            json!({"id": "obj_1", "status": "succeeded"}),
+            (
+                json!({"id": "cus_9", "object": "customer", "status": "active", "customer": "cus_1"}),
+                "cus_9",
+                "cus_1",
+            ),
+            (
+                json!({"id": "obj_1", "status": "succeeded", "customer": "cus_1", "payment_intent": "pi_1"}),
+                "obj_1",
+                "cus_1",
+            ),
+            (
+                json!({"id": "obj_1", "status": "succeeded", "customer": {"id": "cus_2", "object": "customer"}}),
+                "obj_1",
+                "cus_2",
+            ),
         ];
-        for t in HANDLED_TYPES {
-            for o in &objects {
-                let event = json!({"id": "evt_1", "type": t, "data": {"object": o}});
-                if let Ok(c) = changes(t, &event) {
-                    assert_eq!(customer_of(t, &event), c.customer.as_deref(), "{t} {o}");
-                }
+        for (o, as_customer, otherwise) in &objects {
+            for t in [
+                "customer.updated",
+                "invoice.paid",
+                "charge.succeeded",
+                "checkout.session.completed",
+            ] {
+                let expected = if t.starts_with("customer.") {
+                    as_customer
+                } else {
+                    otherwise
+                };
+                let c = changes(t, &ev(t, o.clone())).unwrap();
+                assert_eq!(c.customer.as_deref(), Some(*expected), "{t} {o}");
             }
         }
+        for o in [
+            json!({"id": "obj_1", "status": "succeeded", "customer": ""}),
+            json!({"id": "obj_1", "status": "succeeded"}),
+        ] {
+            assert_eq!(
+                changes("charge.succeeded", &ev("charge.succeeded", o.clone()))
+                    .unwrap()
+                    .customer,
+                None,
+                "{o}"
+            );
+        }
+        // Refunds and disputes name no customer.
+        let refund =
+            json!({"id": "re_1", "status": "succeeded", "customer": "cus_1", "charge": "ch_1"});
+        assert_eq!(
+            changes(
+                "charge.refund.updated",
+                &ev("charge.refund.updated", refund)
+            )
+            .unwrap()
+            .customer,
+            None
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_unsupported_not_a_panic() {
+        assert_eq!(
+            changes_of_body("invoice.paid", "{oops"),
+            Err(BillingError::NotJson)
+        );
+        assert!(
+            changes_of_body(
+                "invoice.paid",
+                r#"{"data":{"object":{"id":"in_1","customer":"cus_1"}}}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -815,7 +883,7 @@ mod tests {
             Err(BillingError::Missing("a supported event type"))
         );
         assert_eq!(
-            changes("invoice.paid", &json!({"data": {}})),
+            changes("invoice.paid", &owned(json!({"data": {}}))),
             Err(BillingError::Missing("data.object"))
         );
     }

@@ -5,6 +5,7 @@
 //! arguments, so every function here is deterministic and tested exhaustively.
 
 pub mod billing;
+mod json;
 pub mod message;
 pub mod retry;
 pub mod stripe;

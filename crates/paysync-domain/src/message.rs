@@ -78,6 +78,52 @@ pub enum MessageError {
     UnknownProvider(#[from] crate::webhook::UnknownProvider),
 }
 
+/// Why a message's body is not what its headers promise.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is not UTF-8.
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    /// The body is not JSON.
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The body's `id` is not the message's event id.
+    #[error("body id {body:?} does not match message id {message:?}")]
+    IdMismatch {
+        /// The body's `id` (at most 80 characters; empty when it has none).
+        body: String,
+        /// The message's event id.
+        message: String,
+    },
+}
+
+/// Checks that `body` is a JSON document whose `id` is `event_id`, and returns it as text. The
+/// whole document is parsed, but only its `id` is kept (no tree is built).
+pub fn check_body<'b>(body: &'b [u8], event_id: &str) -> Result<&'b str, BodyError> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow, default)]
+        id: crate::json::Loose<'a>,
+    }
+    let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
+    let id = if crate::json::is_object(body) {
+        serde_json::from_str::<IdOnly<'_>>(text)
+            .map_err(BodyError::NotJson)?
+            .id
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(BodyError::NotJson)?;
+        crate::json::Loose::Nothing
+    };
+    let id = id.as_str().unwrap_or_default();
+    if id != event_id {
+        return Err(BodyError::IdMismatch {
+            body: id.chars().take(80).collect(),
+            message: event_id.to_owned(),
+        });
+    }
+    Ok(text)
+}
+
 /// The headers for an event message at `attempt` (1 for the first delivery).
 pub fn headers(meta: &EventMeta, attempt: u32) -> Vec<(&'static str, HeaderValue)> {
     let mut out = vec![
@@ -172,6 +218,29 @@ mod tests {
     fn headers_round_trip_with_and_without_api_version() {
         for m in [meta(Some("2020-03-02")), meta(None)] {
             assert_eq!(round_trip(&m, 3), Ok((m.clone(), 3)));
+        }
+    }
+
+    #[test]
+    fn a_body_is_json_with_the_message_id() {
+        let ok = br#"{"object":"event","data":{"id":"obj_1"},"id":"evt_\u0031"}"#;
+        assert_eq!(
+            check_body(ok, "evt_1").unwrap(),
+            std::str::from_utf8(ok).unwrap()
+        );
+        for (body, expected) in [
+            (&b"{not json"[..], "not JSON"),
+            (
+                b"[1, 2]",
+                "body id \"\" does not match message id \"evt_1\"",
+            ),
+            (br#"{"id": 7}"#, "body id \"\" does not match"),
+            (br#"{"id": "evt_2"}"#, "body id \"evt_2\" does not match"),
+            (br#"{"id": "evt_1"} trailing"#, "not JSON"),
+            (b"\xff", "not UTF-8"),
+        ] {
+            let err = check_body(body, "evt_1").unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
         }
     }
 

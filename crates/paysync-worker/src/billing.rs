@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use paysync_domain::Provider;
-use paysync_domain::billing::{self, Channel, ObjectKind, SideEffect};
+use paysync_domain::billing::{self, BillingError, Changes, Channel, ObjectKind, SideEffect};
 use paysync_domain::writes::{SnapWrite, Writes};
 use paysync_store::{Resolution, Tx};
 
@@ -40,11 +40,11 @@ pub fn handlers() -> Handlers {
 
 impl Handler for Billing {
     fn lock_key<'a>(&self, event: &'a Event) -> Option<&'a str> {
-        billing::customer_of(&event.meta.event_type, &event.payload)
+        parsed(event).ok()?.customer.as_deref()
     }
 
     fn customer<'a>(&self, event: &'a Event) -> Option<&'a str> {
-        billing::customer_of(&event.meta.event_type, &event.payload)
+        parsed(event).ok()?.customer.as_deref()
     }
 
     fn handle<'a>(
@@ -64,6 +64,15 @@ impl Handler for Billing {
     }
 }
 
+/// The event's changes, parsed from its body once (the lock key, the customer and the writes
+/// all read them).
+fn parsed(event: &Event) -> Result<&Changes, &BillingError> {
+    event
+        .derived(|e| billing::changes_of_body(&e.meta.event_type, e.body()))
+        .unwrap_or(&Err(BillingError::NotJson))
+        .as_ref()
+}
+
 /// Applies `events` in order: each event's changes (pure), its account (existing mappings in
 /// one read; creating or changing a mapping one event at a time under the customer's lock),
 /// then every state write of the batch folded one per row and written with one statement per
@@ -71,10 +80,7 @@ impl Handler for Billing {
 async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
     let changes = events
         .iter()
-        .map(|e| {
-            billing::changes(&e.meta.event_type, &e.payload)
-                .map_err(|err| Failure::permanent("unsupported_payload", err))
-        })
+        .map(|e| parsed(e).map_err(|err| Failure::permanent("unsupported_payload", err.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     let mut links: HashMap<(Provider, String), (i64, Option<String>)> = HashMap::new();
     for provider in events

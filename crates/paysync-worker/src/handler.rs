@@ -1,9 +1,10 @@
 //! The handler registry: one handler per event type, each given the open transaction in which
 //! the event-log row was just inserted, so its state changes commit or roll back with it.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use paysync_domain::EventMeta;
@@ -18,27 +19,46 @@ pub struct Event {
     pub meta: EventMeta,
     /// Which attempt this is (1 for the first delivery).
     pub attempt: u32,
-    /// The parsed body.
-    pub payload: serde_json::Value,
+    /// The body, exactly as received: JSON whose `id` is the event id (checked before any
+    /// handler sees it).
+    body: Box<str>,
     /// An operator replay from the event log: the handler runs again on purpose.
     pub replay: bool,
     /// The account a handler linked the event to; [`NO_ACCOUNT`] for none.
     account: AtomicI64,
+    /// What the handler derived from the body, kept so it is parsed once (see
+    /// [`Event::derived`]).
+    derived: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// "No account linked" in [`Event::account`]'s cell (account ids are positive).
 const NO_ACCOUNT: i64 = i64::MIN;
 
 impl Event {
-    /// An event as decoded from a delivery.
-    pub fn new(meta: EventMeta, attempt: u32, payload: serde_json::Value, replay: bool) -> Self {
+    /// An event as decoded from a delivery; `body` must be JSON whose `id` is the event id.
+    pub fn new(meta: EventMeta, attempt: u32, body: impl Into<Box<str>>, replay: bool) -> Self {
         Self {
             meta,
             attempt,
-            payload,
+            body: body.into(),
             replay,
             account: AtomicI64::new(NO_ACCOUNT),
+            derived: OnceLock::new(),
         }
+    }
+
+    /// The body, exactly as received.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// What `derive` makes of this event, computed on the first call and kept: the lock key,
+    /// the customer and the writes of a handler all come from one parse of the body. `None`
+    /// when another type was derived first (an event has one handler, so that is a bug).
+    pub fn derived<T: Any + Send + Sync>(&self, derive: impl FnOnce(&Event) -> T) -> Option<&T> {
+        self.derived
+            .get_or_init(|| Box::new(derive(self)))
+            .downcast_ref()
     }
 
     /// Records the account the handler linked the event to (for the processed-event log line).

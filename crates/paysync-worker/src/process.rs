@@ -16,7 +16,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
-use paysync_domain::message::header;
+use paysync_domain::message::{self, header};
 use paysync_domain::retry::RetryPolicy;
 use paysync_store::{Conn, Inserted, NewEvent, Outcome, Store, Tx};
 
@@ -82,41 +82,17 @@ impl From<Box<dyn std::any::Any + Send>> for HandlerPanic {
     }
 }
 
-/// Why a body is not what its headers promise.
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("body is not UTF-8")]
-    NotUtf8,
-    #[error("body is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
-    #[error("body id {body:?} does not match message id {message:?}")]
-    IdMismatch { body: String, message: String },
-}
-
-fn decode(incoming: &Incoming) -> Result<(Event, &str), Failure> {
+fn decode(incoming: &Incoming) -> Result<Event, Failure> {
     let (meta, attempt) = incoming
         .event()
         .map_err(|e| Failure::permanent("malformed_message", e))?;
-    let text = std::str::from_utf8(incoming.body())
-        .map_err(|_| Failure::permanent("malformed_body", BodyError::NotUtf8))?;
-    let payload: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Failure::permanent("malformed_body", BodyError::NotJson(e)))?;
-    let body_id = payload
-        .get("id")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    if body_id != meta.event_id {
-        return Err(Failure::permanent(
-            "malformed_body",
-            BodyError::IdMismatch {
-                body: body_id.chars().take(80).collect(),
-                message: meta.event_id.clone(),
-            },
-        ));
-    }
-    Ok((
-        Event::new(meta, attempt, payload, incoming.header_bool(header::REPLAY)),
+    let text = message::check_body(incoming.body(), &meta.event_id)
+        .map_err(|e| Failure::permanent("malformed_body", e))?;
+    Ok(Event::new(
+        meta,
+        attempt,
         text,
+        incoming.header_bool(header::REPLAY),
     ))
 }
 
@@ -126,7 +102,6 @@ pub(crate) async fn apply_on(
     conn: &mut Conn,
     handlers: &Handlers,
     event: &Event,
-    body: &str,
 ) -> Result<Done, Failure> {
     let meta = &event.meta;
     event.forget_account();
@@ -146,7 +121,7 @@ pub(crate) async fn apply_on(
     } else {
         tx.insert_event(NewEvent {
             meta,
-            payload: body,
+            payload: event.body(),
             outcome,
             attempt: event.attempt,
             customer: handler.and_then(|h| h.customer(event)),
@@ -243,7 +218,7 @@ async fn apply_batch_on(
             let handler = handlers.get(&event.meta.event_type);
             NewEvent {
                 meta: &event.meta,
-                payload: events[i].body,
+                payload: event.body(),
                 outcome: if handler.is_some() {
                     Outcome::Applied
                 } else {
@@ -317,7 +292,6 @@ async fn apply_batch_on(
 struct Decoded<'a> {
     incoming: &'a Incoming,
     event: Event,
-    body: &'a str,
 }
 
 /// Applies one event outside the broker path (tests, tools): the same transaction the worker
@@ -326,10 +300,9 @@ pub async fn apply_event(
     store: &Store,
     handlers: &Handlers,
     event: &Event,
-    body: &str,
 ) -> Result<Done, Failure> {
     let mut conn = store.conn().await.map_err(Failure::from_store)?;
-    apply_on(&mut conn, handlers, event, body).await
+    apply_on(&mut conn, handlers, event).await
 }
 
 impl Processor {
@@ -361,11 +334,7 @@ impl Processor {
         if batch.len() > 1 {
             for incoming in &batch {
                 match decode(incoming) {
-                    Ok((event, body)) if !event.replay => decoded.push(Decoded {
-                        incoming,
-                        event,
-                        body,
-                    }),
+                    Ok(event) if !event.replay => decoded.push(Decoded { incoming, event }),
                     _ => singles.push(incoming),
                 }
             }
@@ -487,7 +456,7 @@ impl Processor {
     pub(crate) async fn handle(&self, incoming: &Incoming) {
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let (event, body) = match decode(incoming) {
+        let event = match decode(incoming) {
             Ok(decoded) => decoded,
             Err(failure) => {
                 let provider = incoming
@@ -506,7 +475,7 @@ impl Processor {
                 return;
             }
         };
-        match self.apply(&event, body).await {
+        match self.apply(&event).await {
             Ok(done) => {
                 if done == Done::Duplicate
                     && let Err(err) = self.store.record_duplicate(&event.meta).await
@@ -527,7 +496,7 @@ impl Processor {
     }
 
     /// The transaction: event-log row, then the handler; commit only if both succeed.
-    async fn apply(&self, event: &Event, body: &str) -> Result<Done, Failure> {
+    async fn apply(&self, event: &Event) -> Result<Done, Failure> {
         let mut conn = self.conn().await?;
         // A deadlock or serialization conflict with a concurrent transaction is retried here
         // a few times before it becomes a broker retry: the other transaction has finished by
@@ -539,7 +508,7 @@ impl Processor {
             .with_max_times(CONFLICT_RETRIES)
             .build();
         let done = loop {
-            match apply_on(&mut conn, &self.handlers, event, body).await {
+            match apply_on(&mut conn, &self.handlers, event).await {
                 Err(failure) if failure.is_conflict() => match pauses.next() {
                     Some(pause) => {
                         tracing::debug!(event.id = %event.meta.event_id, error = %failure.chain().replace('\n', ": "), "conflict with a concurrent transaction; trying again");

@@ -18,8 +18,8 @@ pub async fn apply(store: &Store, handlers: &Handlers, body: &Value) -> Result<D
         api_version: None,
         received_at_ms: 1_700_000_000_000,
     };
-    let event = Event::new(meta, 1, body.clone(), false);
-    apply_event(store, handlers, &event, &body.to_string()).await
+    let event = Event::new(meta, 1, body.to_string(), false);
+    apply_event(store, handlers, &event).await
 }
 
 pub async fn view_of(store: &Store, external_ref: &str) -> Value {
