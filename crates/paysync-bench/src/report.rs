@@ -146,6 +146,8 @@ pub struct Header {
     pub mode: String,
     /// Wall time of the whole benchmark, once known.
     pub wall: Option<String>,
+    /// The machine's CPU over the whole benchmark (busy and stolen shares), once known.
+    pub cpu: Option<String>,
 }
 
 const COLUMNS: [&str; 5] = ["row", "figure (median)", "min–max", "ratio", "notes"];
@@ -166,6 +168,9 @@ fn header_lines(header: &Header) -> Vec<(String, String)> {
     ];
     if let Some(wall) = &header.wall {
         lines.push(("wall time".to_owned(), wall.clone()));
+    }
+    if let Some(cpu) = &header.cpu {
+        lines.push(("CPU".to_owned(), cpu.clone()));
     }
     lines
 }
@@ -261,9 +266,13 @@ mod tests {
             command: "c".into(),
             mode: "quick".into(),
             wall: None,
+            cpu: Some("busy 90.0 %, stolen by the host 2.0 %".into()),
         };
         let rows = vec![Row::new("a", "1 msg/s", "–", "–", "x | y")];
         assert!(text(&header, &rows).contains("a    1 msg/s"));
+        assert!(
+            text(&header, &rows).contains("CPU         busy 90.0 %, stolen by the host 2.0 %\n")
+        );
         assert!(markdown(&header, &rows).contains("| a | 1 msg/s | – | – | x \\| y |"));
     }
 }

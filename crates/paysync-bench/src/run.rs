@@ -374,7 +374,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             bench.runs
         ),
         wall: None,
+        cpu: None,
     };
+    let cpu_start = CpuTimes::now();
     bench.progress(format!(
         "prefix {}, schemas {}_*, logs in {}",
         bench.prefix,
@@ -393,6 +395,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let rows = outcome?;
     header.wall = Some(format!("{:.0} s", started.elapsed().as_secs_f64()));
+    header.cpu = cpu_start
+        .zip(CpuTimes::now())
+        .and_then(|(start, end)| end.since(&start))
+        .map(|share| {
+            format!(
+                "busy {:.1} %, stolen by the host {:.1} % (all cores, /proc/stat over the run)",
+                share.busy * 100.0,
+                share.steal * 100.0
+            )
+        });
     let text = report::text(&header, &rows);
     println!("\n{text}");
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -409,6 +421,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The machine's CPU time counters, from the `cpu` line of `/proc/stat` (clock ticks, all
+/// cores together). A VM's `steal` is the time its CPUs were ready to run but the host ran
+/// something else: a benchmark's absolute figures fall with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuTimes {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+/// Shares of the elapsed CPU time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuShare {
+    busy: f64,
+    steal: f64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Reads the aggregate `cpu` line: user nice system idle iowait irq softirq steal
+    /// (guest time is already counted in user and nice).
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let field = |i: usize| fields.get(i).copied();
+        Some(Self {
+            busy: field(0)? + field(1)? + field(2)? + field(5)? + field(6)?,
+            idle: field(3)? + field(4)?,
+            steal: field(7).unwrap_or(0),
+        })
+    }
+
+    fn since(&self, start: &Self) -> Option<CpuShare> {
+        let busy = self.busy.checked_sub(start.busy)?;
+        let idle = self.idle.checked_sub(start.idle)?;
+        let steal = self.steal.checked_sub(start.steal)?;
+        let total = busy + idle + steal;
+        (total > 0).then(|| CpuShare {
+            busy: busy as f64 / total as f64,
+            steal: steal as f64 / total as f64,
+        })
+    }
 }
 
 fn total_memory() -> String {
@@ -440,4 +504,33 @@ fn command_line() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_shares_come_from_the_aggregate_line() {
+        let before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n";
+        let after = "cpu  400 0 150 900 50 10 10 80 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        let start = CpuTimes::parse(before).unwrap();
+        let end = CpuTimes::parse(after).unwrap();
+        assert_eq!(
+            start,
+            CpuTimes {
+                busy: 150,
+                idle: 850,
+                steal: 0
+            }
+        );
+        // 420 busy, 100 idle, 80 stolen ticks of 600.
+        let share = end.since(&start).unwrap();
+        assert!((share.busy - 0.7).abs() < 1e-9, "{share:?}");
+        assert!((share.steal - 80.0 / 600.0).abs() < 1e-9, "{share:?}");
+        // Counters never go back; a reset (or swapped arguments) gives no figure.
+        assert_eq!(start.since(&end), None);
+        assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
 }
