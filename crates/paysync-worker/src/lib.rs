@@ -50,8 +50,10 @@ pub struct Settings {
     pub prefetch: u16,
     /// Lanes: channels each applying one batch at a time (a lone delivery is a batch of one),
     /// so at most this many transactions at once. A few large transactions beat many small
-    /// ones: the statements of a batch cost about the same for 10 events or 100
-    /// (docs/benchmarks.md).
+    /// ones: the statements of a batch cost about the same for 10 events or 100. A lane's
+    /// batch is what arrived for it while it applied the previous one, so every extra lane
+    /// splits the arrivals into smaller batches; the default of 2 gave the best end-to-end
+    /// figure on the reference machine (docs/benchmarks.md).
     pub concurrency: usize,
     /// The most deliveries applied in one transaction. A batch takes whatever has arrived
     /// when its lane is free, so under light load batches are single deliveries (no added
@@ -77,8 +79,8 @@ impl Default for Settings {
         let store = StoreSettings::default();
         Self {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            prefetch: 1024,
-            concurrency: 4,
+            prefetch: 512,
+            concurrency: 2,
             batch_size: 128,
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(20),
