@@ -466,8 +466,8 @@ mod tests {
         assert_eq!(w.store.schema, "public");
         assert_eq!(w.retry, RetryPolicy::default());
         assert_eq!(w.concurrency, 2);
-        assert_eq!(w.prefetch, 512);
-        assert_eq!(w.batch_size, 128);
+        assert_eq!(w.prefetch, 1024);
+        assert_eq!(w.batch_size, 256);
         assert_eq!(w.amqp.connection_name, "paysync-worker");
     }
 

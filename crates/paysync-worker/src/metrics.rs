@@ -178,7 +178,7 @@ impl WorkerMetrics {
                 "paysync_worker_batch_size",
                 "Deliveries applied together in one transaction.",
             )
-            .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let batch_fallbacks = IntCounter::new(
             "paysync_worker_batch_fallbacks_total",
