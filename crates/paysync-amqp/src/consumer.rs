@@ -18,11 +18,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use paysync_domain::EventMeta;
-use paysync_domain::message::{MessageError, header};
+use paysync_domain::message::{ReadError, ReadMessage, header};
 
 use crate::AmqpSettings;
-use crate::headers::read_event_properties;
+use crate::headers::read_event;
 use crate::topology::{Topology, declare_topology};
 
 /// Where a delivery handed out by a lane stands.
@@ -122,9 +121,9 @@ impl Incoming {
         self.delivery.redelivered
     }
 
-    /// The event metadata and attempt from our headers.
-    pub fn event(&self) -> Result<(EventMeta, u32), MessageError> {
-        read_event_properties(&self.delivery.properties)
+    /// The event: metadata and attempt from the properties, headers and body (either format).
+    pub fn event(&self) -> Result<ReadMessage<'_>, ReadError> {
+        read_event(&self.delivery.properties, &self.delivery.data)
     }
 
     pub(crate) fn properties(&self) -> &BasicProperties {
@@ -174,19 +173,38 @@ impl Incoming {
     }
 
     /// The event's routing key, `<provider>.<type>`, whichever way it reached the queue: the
-    /// header a retry or redrive carries, else the provider and type headers (events are
-    /// published straight to the work queue, so the delivery's own key is the queue's name),
-    /// else the key it arrived with (a message without our headers).
+    /// header a retry or redrive carries, else the `type` property (format 2), else the
+    /// provider and type headers (format 1; events are published straight to the work queue,
+    /// so the delivery's own key is the queue's name), else the key it arrived with (a message
+    /// without our properties).
     pub fn original_routing_key(&self) -> String {
+        match self.event_key() {
+            Some(key) => key,
+            None => self.routing_key().to_owned(),
+        }
+    }
+
+    /// The provider and event type the message names (without parsing the body), for dead
+    /// letters and metrics of messages that could not be read.
+    pub fn provider_and_type(&self) -> Option<(String, String)> {
+        let key = self.event_key()?;
+        let (provider, event_type) = key.split_once('.')?;
+        Some((provider.to_owned(), event_type.to_owned()))
+    }
+
+    fn event_key(&self) -> Option<String> {
         if let Some(key) = self.header_str(header::ROUTING_KEY) {
-            return key;
+            return Some(key);
+        }
+        if let Some(kind) = self.delivery.properties.kind() {
+            return Some(kind.as_str().to_owned());
         }
         match (
             self.header_str(header::PROVIDER),
             self.header_str(header::EVENT_TYPE),
         ) {
-            (Some(provider), Some(event_type)) => format!("{provider}.{event_type}"),
-            _ => self.routing_key().to_owned(),
+            (Some(provider), Some(event_type)) => Some(format!("{provider}.{event_type}")),
+            _ => None,
         }
     }
 

@@ -13,7 +13,7 @@ mod topology;
 
 pub use config::{AmqpSettings, redact_url};
 pub use consumer::{ConsumerLink, Incoming, Lane};
-pub use headers::{event_properties, read_event_properties};
+pub use headers::{event_properties, read_event};
 pub use monitor::BrokerMonitor;
 pub use publisher::{ConnectHook, DeadLetter, PublishError, Publisher};
 pub use topology::{

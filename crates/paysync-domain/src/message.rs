@@ -1,14 +1,25 @@
 //! The queue message contract between receiver and worker, defined once.
 //!
 //! The message body is the provider's raw request body, byte for byte (so it can be re-verified
-//! and replayed); everything else travels in AMQP properties and in these headers. The header
-//! set is versioned by [`header::FORMAT`]; a reader refuses a version it does not know rather
-//! than guessing. Attempts are counted in our own header, never from `x-death` (whose meaning
-//! changed across RabbitMQ versions).
+//! and replayed). Two formats are read:
+//!
+//! - **Format 2** (written by this build): the event's own fields (type, `created`, mode, API
+//!   version) are read from the body, which the worker parses anyway. The standard AMQP
+//!   properties carry the event id (`message_id`) and the routing key `<provider>.<type>`
+//!   (`type`); one header carries the receive time in milliseconds, and `paysync-attempt`
+//!   appears from the second attempt on. A message of this format has no `paysync-format`
+//!   header. Every header costs the broker CPU on every publish (RabbitMQ decodes the table),
+//!   which is why the set is this small (docs/benchmarks.md, change 8).
+//! - **Format 1** (earlier releases): the same fields in `paysync-*` headers, marked by
+//!   `paysync-format: 1`. Any other `paysync-format` is refused rather than guessed at.
+//!
+//! Attempts are counted in our own header, never from `x-death` (whose meaning changed across
+//! RabbitMQ versions).
 
 use crate::webhook::{EventMeta, Provider};
 
-/// The version of the header set written by this build.
+/// The `paysync-format` of the earlier, header-carrying format, which this build still reads.
+/// This build writes format 2, which has no `paysync-format` header.
 pub const FORMAT_VERSION: i64 = 1;
 
 /// Content type of every event message (the raw provider JSON).
@@ -16,7 +27,7 @@ pub const CONTENT_TYPE: &str = "application/json";
 
 /// Header names. None starts with `x-`: those belong to the broker.
 pub mod header {
-    /// Version of this header set.
+    /// Version of the header set; present on format 1 messages only.
     pub const FORMAT: &str = "paysync-format";
     /// Provider name (`stripe`).
     pub const PROVIDER: &str = "paysync-provider";
@@ -71,8 +82,14 @@ pub enum MessageError {
     #[error("message header `{0}` is missing or has the wrong type")]
     MissingHeader(&'static str),
     /// The header set is of a version this build does not read.
-    #[error("message format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "message format version {0} is not supported (this build reads 1, and 2 without the header)"
+    )]
     UnsupportedFormat(i64),
+    /// The AMQP `type` property (and the routing-key header) is absent or not
+    /// `<provider>.<event type>`.
+    #[error("message has no `type` property of the form <provider>.<event type>")]
+    MissingType,
     /// The provider header names no provider we know.
     #[error(transparent)]
     UnknownProvider(#[from] crate::webhook::UnknownProvider),
@@ -87,6 +104,22 @@ pub enum BodyError {
     /// The body is not JSON.
     #[error("body is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The body is not an event envelope of its provider.
+    #[error("body is not a valid {provider} event: {reason}")]
+    BadEnvelope {
+        /// The provider the message names.
+        provider: Provider,
+        /// What is wrong with the envelope.
+        reason: String,
+    },
+    /// The body's `type` is not the event type the message names.
+    #[error("body type {body:?} does not match message type {message:?}")]
+    TypeMismatch {
+        /// The body's event type.
+        body: String,
+        /// The event type of the message's `type` property.
+        message: String,
+    },
     /// The body's `id` is not the message's event id.
     #[error("body id {body:?} does not match message id {message:?}")]
     IdMismatch {
@@ -99,7 +132,7 @@ pub enum BodyError {
 
 /// Checks that `body` is a JSON document whose `id` is `event_id`, and returns it as text. The
 /// whole document is parsed, but only its `id` is kept (no tree is built).
-pub fn check_body<'b>(body: &'b [u8], event_id: &str) -> Result<&'b str, BodyError> {
+fn check_body<'b>(body: &'b [u8], event_id: &str) -> Result<&'b str, BodyError> {
     #[derive(serde::Deserialize)]
     struct IdOnly<'a> {
         #[serde(borrow, default)]
@@ -124,35 +157,130 @@ pub fn check_body<'b>(body: &'b [u8], event_id: &str) -> Result<&'b str, BodyErr
     Ok(text)
 }
 
-/// The headers for an event message at `attempt` (1 for the first delivery).
+/// The AMQP `type` property of an event message (format 2): `<provider>.<event type>`, the
+/// event's routing key.
+pub fn message_type(meta: &EventMeta) -> String {
+    meta.routing_key()
+}
+
+/// The headers of an event message (format 2) at `attempt` (1 for the first delivery): the
+/// receive time, and the attempt from the second one on. Everything else is in the body or in
+/// standard properties ([`message_type`], `message_id`).
 pub fn headers(meta: &EventMeta, attempt: u32) -> Vec<(&'static str, HeaderValue)> {
-    let mut out = vec![
-        (header::FORMAT, HeaderValue::Int(FORMAT_VERSION)),
-        (
-            header::PROVIDER,
-            HeaderValue::Str(meta.provider.as_str().to_owned()),
-        ),
-        (
-            header::EVENT_TYPE,
-            HeaderValue::Str(meta.event_type.clone()),
-        ),
-        (header::EVENT_CREATED, HeaderValue::Int(meta.created)),
-        (header::LIVEMODE, HeaderValue::Bool(meta.livemode)),
-        (
-            header::RECEIVED_AT_MS,
-            HeaderValue::Int(meta.received_at_ms),
-        ),
-        (header::ATTEMPT, HeaderValue::Int(i64::from(attempt))),
-    ];
-    if let Some(v) = &meta.api_version {
-        out.push((header::API_VERSION, HeaderValue::Str(v.clone())));
+    let mut out = vec![(
+        header::RECEIVED_AT_MS,
+        HeaderValue::Int(meta.received_at_ms),
+    )];
+    if attempt != 1 {
+        out.push((header::ATTEMPT, HeaderValue::Int(i64::from(attempt))));
     }
     out
 }
 
-/// Reads [`EventMeta`] and the attempt back from a message: `event_id` comes from the AMQP
-/// `message_id` property, the rest from headers looked up with `get`.
-pub fn read_headers<'a>(
+/// Why a message could not be read: its properties and headers, or its body.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Properties or headers are missing or wrong.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The body is not what the message claims.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}
+
+/// A message as read by the worker: its metadata, its attempt and its body as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMessage<'b> {
+    /// The event's metadata.
+    pub meta: EventMeta,
+    /// Which attempt this delivery is, starting at 1.
+    pub attempt: u32,
+    /// The body, checked to be the event the message names.
+    pub body: &'b str,
+}
+
+/// Reads an event message of either format. `event_id` is the AMQP `message_id`, `kind` the
+/// AMQP `type`, `get` looks up a header, `body` is the message body.
+pub fn read_message<'a, 'b>(
+    event_id: Option<&str>,
+    kind: Option<&str>,
+    get: impl Fn(&str) -> Option<&'a HeaderValue>,
+    body: &'b [u8],
+) -> Result<ReadMessage<'b>, ReadError> {
+    if get(header::FORMAT).is_some() {
+        let (meta, attempt) = read_headers(event_id, &get)?;
+        let body = check_body(body, &meta.event_id)?;
+        return Ok(ReadMessage {
+            meta,
+            attempt,
+            body,
+        });
+    }
+    let event_id = event_id
+        .filter(|id| !id.is_empty())
+        .ok_or(MessageError::MissingHeader("message_id"))?;
+    // A redrive carries the key in a header (it has no `type`); a first publish in `type`.
+    let key = match get(header::ROUTING_KEY) {
+        Some(HeaderValue::Str(key)) => Some(key.as_str()),
+        _ => kind,
+    };
+    let (provider, event_type) = key
+        .and_then(|k| k.split_once('.'))
+        .filter(|(p, t)| !p.is_empty() && !t.is_empty())
+        .ok_or(MessageError::MissingType)?;
+    let provider: Provider = provider.parse().map_err(MessageError::from)?;
+    let received_at_ms = match get(header::RECEIVED_AT_MS) {
+        Some(HeaderValue::Int(v)) => *v,
+        _ => return Err(MessageError::MissingHeader(header::RECEIVED_AT_MS).into()),
+    };
+    let attempt = match get(header::ATTEMPT) {
+        None => 1,
+        Some(HeaderValue::Int(a)) => u32::try_from(*a)
+            .ok()
+            .filter(|a| *a >= 1)
+            .ok_or(MessageError::MissingHeader(header::ATTEMPT))?,
+        Some(_) => return Err(MessageError::MissingHeader(header::ATTEMPT).into()),
+    };
+    let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
+    let envelope = match provider {
+        Provider::Stripe => crate::stripe::parse_envelope(body),
+    }
+    .map_err(|e| BodyError::BadEnvelope {
+        provider,
+        reason: e.to_string(),
+    })?;
+    if envelope.id != event_id {
+        return Err(BodyError::IdMismatch {
+            body: envelope.id.chars().take(80).collect(),
+            message: event_id.to_owned(),
+        }
+        .into());
+    }
+    if envelope.event_type != event_type {
+        return Err(BodyError::TypeMismatch {
+            body: envelope.event_type.chars().take(80).collect(),
+            message: event_type.chars().take(80).collect(),
+        }
+        .into());
+    }
+    Ok(ReadMessage {
+        meta: EventMeta {
+            provider,
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            created: envelope.created,
+            livemode: envelope.livemode,
+            api_version: envelope.api_version,
+            received_at_ms,
+        },
+        attempt,
+        body: text,
+    })
+}
+
+/// Reads [`EventMeta`] and the attempt back from a format 1 message: `event_id` comes from the
+/// AMQP `message_id` property, the rest from headers looked up with `get`.
+fn read_headers<'a>(
     event_id: Option<&str>,
     get: impl Fn(&str) -> Option<&'a HeaderValue>,
 ) -> Result<(EventMeta, u32), MessageError> {
@@ -209,20 +337,195 @@ mod tests {
         }
     }
 
-    fn round_trip(m: &EventMeta, attempt: u32) -> Result<(EventMeta, u32), MessageError> {
-        let map: HashMap<&str, HeaderValue> = headers(m, attempt).into_iter().collect();
-        read_headers(Some(&m.event_id), |k| map.get(k))
+    /// A Stripe event body carrying `m`'s fields.
+    fn body(m: &EventMeta) -> Vec<u8> {
+        let api = m
+            .api_version
+            .as_ref()
+            .map_or("null".to_owned(), |v| format!("\"{v}\""));
+        format!(
+            r#"{{"id":"{}","object":"event","type":"{}","created":{},"livemode":{},"api_version":{api},"data":{{"object":{{"id":"in_1","type":"not the event's"}}}}}}"#,
+            m.event_id, m.event_type, m.created, m.livemode
+        )
+        .into_bytes()
+    }
+
+    /// The headers an earlier release wrote (format 1).
+    fn v1_headers(m: &EventMeta, attempt: u32) -> HashMap<&'static str, HeaderValue> {
+        let mut h = HashMap::from([
+            (header::FORMAT, HeaderValue::Int(1)),
+            (header::PROVIDER, HeaderValue::Str("stripe".into())),
+            (header::EVENT_TYPE, HeaderValue::Str(m.event_type.clone())),
+            (header::EVENT_CREATED, HeaderValue::Int(m.created)),
+            (header::LIVEMODE, HeaderValue::Bool(m.livemode)),
+            (header::RECEIVED_AT_MS, HeaderValue::Int(m.received_at_ms)),
+            (header::ATTEMPT, HeaderValue::Int(i64::from(attempt))),
+        ]);
+        if let Some(v) = &m.api_version {
+            h.insert(header::API_VERSION, HeaderValue::Str(v.clone()));
+        }
+        h
+    }
+
+    fn read<'b>(
+        id: Option<&str>,
+        kind: Option<&str>,
+        map: &HashMap<&'static str, HeaderValue>,
+        body: &'b [u8],
+    ) -> Result<ReadMessage<'b>, ReadError> {
+        read_message(id, kind, |k| map.get(k), body)
+    }
+
+    fn v2(m: &EventMeta, attempt: u32) -> HashMap<&'static str, HeaderValue> {
+        headers(m, attempt).into_iter().collect()
     }
 
     #[test]
-    fn headers_round_trip_with_and_without_api_version() {
+    fn format_2_round_trips_through_properties_headers_and_body() {
         for m in [meta(Some("2020-03-02")), meta(None)] {
-            assert_eq!(round_trip(&m, 3), Ok((m.clone(), 3)));
+            for attempt in [1, 3] {
+                let b = body(&m);
+                let read = read(Some("evt_1"), Some(&message_type(&m)), &v2(&m, attempt), &b);
+                let read = read.unwrap();
+                assert_eq!((&read.meta, read.attempt), (&m, attempt));
+                assert_eq!(read.body.as_bytes(), &b[..]);
+            }
         }
     }
 
     #[test]
-    fn a_body_is_json_with_the_message_id() {
+    fn format_2_carries_one_header_on_a_first_attempt() {
+        let names: Vec<&str> = headers(&meta(None), 1).iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, [header::RECEIVED_AT_MS]);
+        let names: Vec<&str> = headers(&meta(None), 2).iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, [header::RECEIVED_AT_MS, header::ATTEMPT]);
+        assert_eq!(message_type(&meta(None)), "stripe.invoice.paid");
+    }
+
+    #[test]
+    fn a_redrive_names_its_event_in_the_routing_key_header() {
+        let m = meta(None);
+        let mut map = v2(&m, 1);
+        map.insert(
+            header::ROUTING_KEY,
+            HeaderValue::Str("stripe.invoice.paid".into()),
+        );
+        let b = body(&m);
+        assert_eq!(read(Some("evt_1"), None, &map, &b).unwrap().meta, m);
+    }
+
+    #[test]
+    fn format_1_of_earlier_releases_is_still_read() {
+        for m in [meta(Some("2020-03-02")), meta(None)] {
+            let b = body(&m);
+            // Its headers, not a `type` property, name the event.
+            let read = read(Some("evt_1"), None, &v1_headers(&m, 4), &b).unwrap();
+            assert_eq!((read.meta, read.attempt), (m, 4));
+        }
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let m = meta(None);
+        let mut map = v1_headers(&m, 1);
+        map.insert(header::FORMAT, HeaderValue::Int(3));
+        let err = read(Some("evt_1"), Some("stripe.invoice.paid"), &map, &body(&m)).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Message(MessageError::UnsupportedFormat(3))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_or_wrong_properties_and_headers_are_refused() {
+        let m = meta(None);
+        let b = body(&m);
+        let ok = v2(&m, 1);
+        let kind = Some("stripe.invoice.paid");
+        let message_err = |id, kind, map: &HashMap<_, _>| match read(id, kind, map, &b) {
+            Err(ReadError::Message(e)) => e,
+            other => panic!("expected a message error, got {other:?}"),
+        };
+        assert_eq!(
+            message_err(None, kind, &ok),
+            MessageError::MissingHeader("message_id")
+        );
+        for bad_kind in [None, Some("stripe"), Some(".invoice.paid"), Some("stripe.")] {
+            assert_eq!(
+                message_err(Some("evt_1"), bad_kind, &ok),
+                MessageError::MissingType
+            );
+        }
+        assert!(matches!(
+            message_err(Some("evt_1"), Some("paddle.invoice.paid"), &ok),
+            MessageError::UnknownProvider(_)
+        ));
+        let mut no_time = ok.clone();
+        no_time.remove(header::RECEIVED_AT_MS);
+        assert_eq!(
+            message_err(Some("evt_1"), kind, &no_time),
+            MessageError::MissingHeader(header::RECEIVED_AT_MS)
+        );
+        for bad_attempt in [HeaderValue::Int(0), HeaderValue::Str("2".into())] {
+            let mut map = ok.clone();
+            map.insert(header::ATTEMPT, bad_attempt);
+            assert_eq!(
+                message_err(Some("evt_1"), kind, &map),
+                MessageError::MissingHeader(header::ATTEMPT)
+            );
+        }
+        assert_eq!(
+            message_err(None, None, &v1_headers(&m, 1)),
+            MessageError::MissingHeader("message_id")
+        );
+        assert_eq!(
+            message_err(Some("evt_1"), None, &v1_headers(&m, 0)),
+            MessageError::MissingHeader(header::ATTEMPT)
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_the_named_event_is_refused() {
+        let m = meta(None);
+        let map = v2(&m, 1);
+        let other_type = body(&EventMeta {
+            event_type: "invoice.voided".into(),
+            ..m.clone()
+        });
+        for (b, expected) in [
+            (
+                &b"{not json"[..],
+                "body is not a valid stripe event: malformed JSON",
+            ),
+            (b"\xff", "body is not UTF-8"),
+            (
+                br#"{"id":"evt_1","type":"invoice.paid","livemode":false}"#,
+                "missing a valid `created`",
+            ),
+            (
+                &body(&EventMeta {
+                    event_id: "evt_2".into(),
+                    ..m.clone()
+                }),
+                "body id \"evt_2\" does not match message id \"evt_1\"",
+            ),
+            (
+                &other_type,
+                "body type \"invoice.voided\" does not match message type \"invoice.paid\"",
+            ),
+        ] {
+            match read(Some("evt_1"), Some("stripe.invoice.paid"), &map, b) {
+                Err(ReadError::Body(e)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(expected), "{text}");
+                }
+                other => panic!("expected a body error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_format_1_body_is_json_with_the_message_id() {
         let ok = br#"{"object":"event","data":{"id":"obj_1"},"id":"evt_\u0031"}"#;
         assert_eq!(
             check_body(ok, "evt_1").unwrap(),
@@ -242,29 +545,5 @@ mod tests {
             let err = check_body(body, "evt_1").unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
-    }
-
-    #[test]
-    fn unknown_format_version_is_refused() {
-        let mut map: HashMap<&str, HeaderValue> = headers(&meta(None), 1).into_iter().collect();
-        map.insert(header::FORMAT, HeaderValue::Int(2));
-        assert_eq!(
-            read_headers(Some("evt_1"), |k| map.get(k)),
-            Err(MessageError::UnsupportedFormat(2))
-        );
-    }
-
-    #[test]
-    fn missing_message_id_or_attempt_zero_is_refused() {
-        let map: HashMap<&str, HeaderValue> = headers(&meta(None), 1).into_iter().collect();
-        assert_eq!(
-            read_headers(None, |k| map.get(k)),
-            Err(MessageError::MissingHeader("message_id"))
-        );
-        let map: HashMap<&str, HeaderValue> = headers(&meta(None), 0).into_iter().collect();
-        assert_eq!(
-            read_headers(Some("evt_1"), |k| map.get(k)),
-            Err(MessageError::MissingHeader(header::ATTEMPT))
-        );
     }
 }

@@ -53,11 +53,12 @@ pub(crate) fn dead_letter_row(incoming: &Incoming) -> NewDeadLetter {
             (key, kind, chain, print)
         }
     };
+    let (provider, event_type) = incoming.provider_and_type().unzip();
     NewDeadLetter {
         message_key: key,
-        provider: incoming.header_str(header::PROVIDER),
+        provider,
         event_id: incoming.message_id().map(str::to_owned),
-        event_type: incoming.header_str(header::EVENT_TYPE),
+        event_type,
         routing_key: incoming.original_routing_key(),
         headers,
         body: incoming.body().to_vec(),

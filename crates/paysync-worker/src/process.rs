@@ -16,7 +16,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS, Publisher};
 use paysync_domain::EventMeta;
-use paysync_domain::message::{self, header};
+use paysync_domain::message::{ReadError, header};
 use paysync_domain::retry::RetryPolicy;
 use paysync_store::{Conn, Inserted, NewEvent, Outcome, Store, Tx};
 
@@ -83,15 +83,14 @@ impl From<Box<dyn std::any::Any + Send>> for HandlerPanic {
 }
 
 fn decode(incoming: &Incoming) -> Result<Event, Failure> {
-    let (meta, attempt) = incoming
-        .event()
-        .map_err(|e| Failure::permanent("malformed_message", e))?;
-    let text = message::check_body(incoming.body(), &meta.event_id)
-        .map_err(|e| Failure::permanent("malformed_body", e))?;
+    let read = incoming.event().map_err(|e| match e {
+        ReadError::Message(e) => Failure::permanent("malformed_message", e),
+        ReadError::Body(e) => Failure::permanent("malformed_body", e),
+    })?;
     Ok(Event::new(
-        meta,
-        attempt,
-        text,
+        read.meta,
+        read.attempt,
+        read.body,
         incoming.header_bool(header::REPLAY),
     ))
 }
@@ -459,10 +458,9 @@ impl Processor {
         let event = match decode(incoming) {
             Ok(decoded) => decoded,
             Err(failure) => {
-                let provider = incoming
-                    .header_str(header::PROVIDER)
-                    .unwrap_or_else(|| "unknown".into());
-                let event_type = incoming.header_str(header::EVENT_TYPE).unwrap_or_default();
+                let (provider, event_type) = incoming
+                    .provider_and_type()
+                    .unwrap_or_else(|| ("unknown".into(), String::new()));
                 self.dead_letter(
                     incoming,
                     incoming.attempt_hint(),

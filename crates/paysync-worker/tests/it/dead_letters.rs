@@ -54,7 +54,11 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_err
         d.body,
         stripe_event("evt_permanent", "charge.dispute.created", false)
     );
-    assert_eq!(d.headers["paysync-event-type"], "charge.dispute.created");
+    assert!(
+        d.headers["paysync-received-at-ms"].is_i64(),
+        "headers kept: {}",
+        d.headers
+    );
     assert!(d.first_failed_at <= d.last_failed_at);
     assert_eq!(calls.count.load(Ordering::SeqCst), 1);
     // Rolled back: not in the event log, so a fixed handler can apply it on redrive.
@@ -104,6 +108,7 @@ async fn exhausting_the_attempts_dead_letters_with_attempts_equal_to_the_maximum
     worker.stop().await;
 }
 
+/// The properties an earlier release (message format 1) published with.
 fn event_headers(id: &str) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert("paysync-format".into(), AMQPValue::LongLongInt(1));
@@ -152,6 +157,21 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
         )
         .await
         .unwrap();
+    // Format 2: the type property and the body disagree on the event type.
+    let mut received = FieldTable::default();
+    received.insert("paysync-received-at-ms".into(), AMQPValue::LongLongInt(1));
+    broker
+        .publish_raw(
+            "",
+            &t.work_queue(),
+            &stripe_event("evt_typed", "charge.refunded", false),
+            BasicProperties::default()
+                .with_message_id("evt_typed".into())
+                .with_type("stripe.invoice.paid".into())
+                .with_headers(received),
+        )
+        .await
+        .unwrap();
     // Headers and body disagree on the id.
     broker
         .publish_raw(
@@ -163,13 +183,28 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
         .await
         .unwrap();
 
-    let rows = dead_letters(&db, 3).await;
+    let rows = dead_letters(&db, 4).await;
     let mut kinds: Vec<&str> = rows.iter().map(|d| d.error_kind.as_str()).collect();
     kinds.sort();
     assert_eq!(
         kinds,
-        ["malformed_body", "malformed_body", "malformed_message"]
+        [
+            "malformed_body",
+            "malformed_body",
+            "malformed_body",
+            "malformed_message"
+        ]
     );
+    let typed = rows
+        .iter()
+        .find(|d| d.event_id.as_deref() == Some("evt_typed"))
+        .unwrap();
+    assert!(
+        typed.error_chain.contains("does not match message type"),
+        "{}",
+        typed.error_chain
+    );
+    assert_eq!(typed.event_type.as_deref(), Some("invoice.paid"));
     assert!(rows.iter().all(|d| d.attempts == 1));
     assert_eq!(calls.count.load(Ordering::SeqCst), 0);
     // Nothing left to loop on.
@@ -192,8 +227,37 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
             .await
             .unwrap()
             .len(),
-        3
+        4
     );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_of_an_earlier_release_is_applied() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    let t = broker.topology();
+    broker.declare().await.unwrap();
+    // Format 1 through the events exchange, as receivers before the lean format published.
+    broker
+        .publish_raw(
+            &t.events_exchange(),
+            "stripe.invoice.paid",
+            &stripe_event("evt_format_1", "invoice.paid", false),
+            event_headers("evt_format_1"),
+        )
+        .await
+        .unwrap();
+    let store = db.store().await.unwrap();
+    let logged = poll_until(Duration::from_secs(20), "the event logged", || async {
+        store.event("stripe", "evt_format_1").await.unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(logged.event_type, "invoice.paid");
+    assert_eq!(calls.count.load(Ordering::SeqCst), 1);
+    assert!(store.dead_letters(None, 10).await.unwrap().is_empty());
     worker.stop().await;
 }
 

@@ -284,9 +284,13 @@ async fn export_then_import_replays_the_exact_bodies() {
     let bodies: HashSet<Vec<u8>> = queued.iter().map(|(b, _, _)| b.clone()).collect();
     let originals: HashSet<Vec<u8>> = files.iter().map(|f| stripe_fixture(f)).collect();
     assert_eq!(bodies, originals, "byte for byte");
-    for (_, props, _) in &queued {
-        let (meta, attempt) = paysync_amqp::read_event_properties(props).unwrap();
-        assert_eq!(attempt, 1, "fresh attempt budget for {}", meta.event_id);
+    for (body, props, _) in &queued {
+        let read = paysync_amqp::read_event(props, body).unwrap();
+        assert_eq!(
+            read.attempt, 1,
+            "fresh attempt budget for {}",
+            read.meta.event_id
+        );
     }
     let history = ops.history(10).await.unwrap();
     let actions: Vec<&str> = history
