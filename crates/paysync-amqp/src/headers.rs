@@ -75,17 +75,21 @@ mod tests {
     use super::*;
     use paysync_domain::Provider;
 
-    #[test]
-    fn event_properties_round_trip_through_amqp_types() {
-        let meta = EventMeta {
+    fn meta(api_version: Option<&str>) -> EventMeta {
+        EventMeta {
             provider: Provider::Stripe,
             event_id: "evt_42".into(),
             event_type: "charge.refunded".into(),
             created: 1_619_701_111,
             livemode: false,
-            api_version: Some("2020-03-02".into()),
+            api_version: api_version.map(str::to_owned),
             received_at_ms: 1_700_000_000_999,
-        };
+        }
+    }
+
+    #[test]
+    fn event_properties_round_trip_through_amqp_types() {
+        let meta = meta(Some("2020-03-02"));
         let props = event_properties(&meta, 4);
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(props.timestamp(), &Some(1_700_000_000));
@@ -101,16 +105,7 @@ mod tests {
 
     #[test]
     fn a_first_attempt_carries_the_receive_time_as_its_only_header() {
-        let meta = EventMeta {
-            provider: Provider::Stripe,
-            event_id: "evt_42".into(),
-            event_type: "charge.refunded".into(),
-            created: 1_619_701_111,
-            livemode: false,
-            api_version: None,
-            received_at_ms: 1_700_000_000_999,
-        };
-        let props = event_properties(&meta, 1);
+        let props = event_properties(&meta(None), 1);
         let table = props.headers().clone().unwrap();
         let names: Vec<&str> = table.inner().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["paysync-received-at-ms"]);

@@ -264,15 +264,7 @@ pub fn read_message<'a, 'b>(
         .into());
     }
     Ok(ReadMessage {
-        meta: EventMeta {
-            provider,
-            event_id: envelope.id,
-            event_type: envelope.event_type,
-            created: envelope.created,
-            livemode: envelope.livemode,
-            api_version: envelope.api_version,
-            received_at_ms,
-        },
+        meta: envelope.into_meta(received_at_ms),
         attempt,
         body: text,
     })

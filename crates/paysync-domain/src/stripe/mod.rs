@@ -124,16 +124,10 @@ impl StripeVerifier {
                 got,
             });
         }
-        let meta = EventMeta {
-            provider: Provider::Stripe,
-            event_id: envelope.id,
-            event_type: envelope.event_type,
-            created: envelope.created,
-            livemode: envelope.livemode,
-            api_version: envelope.api_version,
-            received_at_ms,
-        };
-        Ok(VerifiedWebhook::new(meta, body))
+        Ok(VerifiedWebhook::new(
+            envelope.into_meta(received_at_ms),
+            body,
+        ))
     }
 }
 
@@ -150,6 +144,21 @@ pub struct Envelope {
     pub livemode: bool,
     /// The API version that rendered `data` (null for some events).
     pub api_version: Option<String>,
+}
+
+impl Envelope {
+    /// The event's metadata, stamped with the time our receiver accepted it.
+    pub fn into_meta(self, received_at_ms: i64) -> EventMeta {
+        EventMeta {
+            provider: Provider::Stripe,
+            event_id: self.id,
+            event_type: self.event_type,
+            created: self.created,
+            livemode: self.livemode,
+            api_version: self.api_version,
+            received_at_ms,
+        }
+    }
 }
 
 #[derive(Deserialize)]
