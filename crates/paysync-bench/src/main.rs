@@ -15,6 +15,7 @@
 
 mod broker;
 mod events;
+mod host;
 mod http;
 mod loadgen;
 mod mini_receiver;

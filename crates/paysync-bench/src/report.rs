@@ -148,6 +148,8 @@ pub struct Header {
     pub wall: Option<String>,
     /// The machine's CPU over the whole benchmark (busy and stolen shares), once known.
     pub cpu: Option<String>,
+    /// What was done before each load to start it on a settled broker and machine.
+    pub between_loads: Option<String>,
 }
 
 const COLUMNS: [&str; 5] = ["row", "figure (median)", "min–max", "ratio", "notes"];
@@ -171,6 +173,9 @@ fn header_lines(header: &Header) -> Vec<(String, String)> {
     }
     if let Some(cpu) = &header.cpu {
         lines.push(("CPU".to_owned(), cpu.clone()));
+    }
+    if let Some(rest) = &header.between_loads {
+        lines.push(("loads".to_owned(), rest.clone()));
     }
     lines
 }
@@ -267,6 +272,7 @@ mod tests {
             mode: "quick".into(),
             wall: None,
             cpu: Some("busy 90.0 %, stolen by the host 2.0 %".into()),
+            between_loads: None,
         };
         let rows = vec![Row::new("a", "1 msg/s", "–", "–", "x | y")];
         assert!(text(&header, &rows).contains("a    1 msg/s"));

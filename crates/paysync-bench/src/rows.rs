@@ -38,6 +38,9 @@ const WORKER_SOAK: &str = "worker RSS over a long run";
 /// How long a process may take to answer its readiness probe.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a receiver row's queue count may take to settle after its load.
+const RECEIVER_SETTLE: Duration = Duration::from_secs(15);
+
 /// How long a process may take to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -208,6 +211,9 @@ async fn broker_ceiling(bench: &Bench) -> anyhow::Result<Row> {
     let _ = setup.close(200, "declared".into()).await;
     let mut rates = Samples::new();
     for run in 0..bench.runs {
+        bench
+            .quiesce(&format!("broker ceiling, run {}", run + 1))
+            .await;
         let rate = broker::publish_ceiling(&bench.amqp, &queue, plan).await?;
         // Purged at once: a quorum queue holding hundreds of MB slows the rows after it.
         broker::purge(&bench.amqp, &queue).await?;
@@ -219,7 +225,7 @@ async fn broker_ceiling(bench: &Bench) -> anyhow::Result<Row> {
         ));
         rates.push(rate);
     }
-    let failures = broker::delete(&bench.amqp, std::slice::from_ref(&queue), &[]).await;
+    let failures = broker::delete_queues(&bench.amqp, std::slice::from_ref(&queue)).await;
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(Row::new(
         BROKER,
@@ -277,6 +283,72 @@ fn check_answers(checks: &mut Checks, what: &str, report: &LoadReport) {
     });
 }
 
+/// Answers and seconds over several loads of one receiver.
+#[derive(Debug, Default)]
+struct Throughput {
+    answers: f64,
+    secs: f64,
+}
+
+impl Throughput {
+    fn add(&mut self, report: &LoadReport) {
+        self.answers += report.rps * report.elapsed_secs;
+        self.secs += report.elapsed_secs;
+    }
+
+    fn rps(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.answers / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One full-speed load of a receiver (minimal or real) into its queue.
+struct FullSpeed<'a> {
+    name: String,
+    url: &'a str,
+    queue: &'a str,
+    tag: String,
+    count: u64,
+    /// What the queue holds, for the check's message.
+    what: &'static str,
+}
+
+/// Runs `load` on an empty queue and a quiet machine, checks every answer and that the queue
+/// holds every accepted message, and empties the queue again.
+async fn full_speed(
+    bench: &Bench,
+    run: usize,
+    load: FullSpeed<'_>,
+    checks: &mut Checks,
+) -> anyhow::Result<LoadReport> {
+    broker::purge(&bench.amqp, load.queue).await?;
+    bench.quiesce(&load.name).await;
+    let report = procs::loadgen(
+        &bench.exe,
+        bench.logs(),
+        &load.name,
+        &LoadgenArgs {
+            count: Some(load.count),
+            ..loadgen_args(bench, load.url, load.tag)
+        },
+    )
+    .await?;
+    check_answers(checks, &format!("run {run}"), &report);
+    let held = broker::settled_count(&bench.amqp, load.queue, report.ok(), RECEIVER_SETTLE).await?;
+    checks.expect(held == report.ok(), || {
+        format!(
+            "run {run}: the queue holds {held} of {} accepted {}",
+            report.ok(),
+            load.what
+        )
+    });
+    broker::purge(&bench.amqp, load.queue).await?;
+    Ok(report)
+}
+
 /// Rows b and c: the minimal receiver and the real one, paired per run.
 async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
     let plan = &bench.plan;
@@ -322,7 +394,6 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
 
     let mini_url = format!("http://{mini_addr}/webhooks/stripe");
     let url = format!("http://{http}/webhooks/stripe");
-    let settle = Duration::from_secs(15);
     let (mut mini_rps, mut rps, mut ratios) = (Samples::new(), Samples::new(), Samples::new());
     let (mut p50, mut p99, mut max) = (Samples::new(), Samples::new(), Samples::new());
     let (mut mini_checks, mut checks, mut rate_checks) =
@@ -335,6 +406,7 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
     for run in 0..bench.runs {
         let tag = |row: &str| bench.tag(row, run);
         broker::purge(&bench.amqp, &work_queue).await?;
+        bench.quiesce(&format!("loadgen-receiver-rate-{run}")).await;
         let fixed = procs::loadgen(
             &bench.exe,
             logs,
@@ -348,7 +420,8 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         .await?;
         check_answers(&mut rate_checks, &format!("run {run}"), &fixed);
         let expected = fixed.ok();
-        let held = broker::settled_count(&bench.amqp, &work_queue, expected, settle).await?;
+        let held =
+            broker::settled_count(&bench.amqp, &work_queue, expected, RECEIVER_SETTLE).await?;
         rate_checks.expect(
             held == expected && fixed.sent == expected_count(plan.rate, plan.rate_secs),
             || format!("run {run}: the work queue holds {held} of {expected} accepted events"),
@@ -359,55 +432,62 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         broker::purge(&bench.amqp, &work_queue).await?;
         fixed_runs.push(fixed);
     }
+    // Each run measures the two receivers in four blocks of half the count, in the order
+    // ABBA (BAAB in the next run): a drift of the host's speed over the run then costs both
+    // the same, and neither always meets what the other left behind.
+    let block_count = (plan.http_count / 2).max(1);
     for (run, fixed) in fixed_runs.iter().enumerate() {
-        let tag = |row: &str| bench.tag(row, run);
-        broker::purge(&bench.amqp, &mini_queue).await?;
-        let ceiling = procs::loadgen(
-            &bench.exe,
-            logs,
-            &format!("loadgen-mini-{run}"),
-            &loadgen_args(bench, &mini_url, tag("b")),
-        )
-        .await?;
-        check_answers(&mut mini_checks, &format!("run {run}"), &ceiling);
-        let held = broker::settled_count(&bench.amqp, &mini_queue, ceiling.ok(), settle).await?;
-        mini_checks.expect(held == ceiling.ok(), || {
-            format!(
-                "run {run}: the queue holds {held} of {} accepted messages",
-                ceiling.ok()
-            )
-        });
-        broker::purge(&bench.amqp, &mini_queue).await?;
-        mini_rps.push(ceiling.rps);
-        body_bytes = ceiling.body_bytes_mean;
-
-        broker::purge(&bench.amqp, &work_queue).await?;
-        let full = procs::loadgen(
-            &bench.exe,
-            logs,
-            &format!("loadgen-receiver-{run}"),
-            &loadgen_args(bench, &url, tag("c")),
-        )
-        .await?;
-        check_answers(&mut checks, &format!("run {run}"), &full);
-        let held = broker::settled_count(&bench.amqp, &work_queue, full.ok(), settle).await?;
-        checks.expect(held == full.ok(), || {
-            format!(
-                "run {run}: the work queue holds {held} of {} accepted events",
-                full.ok()
-            )
-        });
-        rps.push(full.rps);
-        ratios.push(full.rps / ceiling.rps);
-
-        broker::purge(&bench.amqp, &work_queue).await?;
+        let (mut mini_total, mut real_total) = (Throughput::default(), Throughput::default());
+        for block in 0..4 {
+            let mini_turn = (block == 0 || block == 3) == (run % 2 == 0);
+            let (url, queue, letter, what, checks, total) = if mini_turn {
+                let url = mini_url.as_str();
+                (
+                    url,
+                    &mini_queue,
+                    "b",
+                    "messages",
+                    &mut mini_checks,
+                    &mut mini_total,
+                )
+            } else {
+                (
+                    url.as_str(),
+                    &work_queue,
+                    "c",
+                    "events",
+                    &mut checks,
+                    &mut real_total,
+                )
+            };
+            let load = FullSpeed {
+                name: format!(
+                    "loadgen-{}-{run}-{block}",
+                    if mini_turn { "mini" } else { "receiver" }
+                ),
+                url,
+                queue,
+                tag: bench.tag(&format!("{letter}{block}"), run),
+                count: block_count,
+                what,
+            };
+            let report = full_speed(bench, run, load, checks).await?;
+            total.add(&report);
+            if mini_turn {
+                body_bytes = report.body_bytes_mean;
+            }
+        }
+        let (ceiling, full) = (mini_total.rps(), real_total.rps());
+        mini_rps.push(ceiling);
+        rps.push(full);
+        ratios.push(full / ceiling);
         bench.progress(format!(
             "receivers, run {}/{}: minimal {} req/s, receiver {} req/s (×{:.2}), at {}/s p50 {} ms p99 {} ms max {} ms",
             run + 1,
             bench.runs,
-            num(ceiling.rps),
-            num(full.rps),
-            full.rps / ceiling.rps,
+            num(ceiling),
+            num(full),
+            full / ceiling,
             num(plan.rate),
             num(fixed.p50_ms),
             num(fixed.p99_ms),
@@ -419,8 +499,8 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
     receiver.terminate(STOP_GRACE).await?;
     mini.terminate(STOP_GRACE).await?;
     let load = format!(
-        "{} signed events (mean {} B) per run, {} keep-alive connections",
-        num(plan.http_count as f64),
+        "{} signed events (mean {} B) per run in two blocks, the two receivers' blocks in the order ABBA (BAAB in the next run), {} keep-alive connections",
+        num((2 * block_count) as f64),
         num(body_bytes),
         plan.connections
     );
@@ -489,6 +569,7 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
     let (mut one, mut many) = (Vec::new(), Vec::new());
     let mut failed = 0;
     for run in 0..bench.runs {
+        bench.quiesce(&format!("pgbench-1-{run}")).await;
         let single = pg::pgbench(
             &bench.db_url,
             &schema,
@@ -499,6 +580,9 @@ async fn pgbench(bench: &Bench) -> anyhow::Result<PgbenchOut> {
             &bench.logs().join(format!("pgbench-1-{run}.log")),
         )
         .await?;
+        bench
+            .quiesce(&format!("pgbench-{}-{run}", plan.batch))
+            .await;
         let batched = pg::pgbench(
             &bench.db_url,
             &schema,
@@ -687,6 +771,8 @@ async fn worker(bench: &Bench, pgbench: Option<&PgbenchOut>) -> anyhow::Result<(
             format!("run {run}: the work queue holds {held} of {total} before the worker starts")
         });
 
+        // The broker is still writing the pre-fill when the count settles.
+        bench.quiesce(&format!("worker-{run}")).await;
         let metrics = free_addr()?;
         let mut env = bench.paysync_env(&prefix);
         env.push(("PAYSYNC_DATABASE_URL".into(), bench.db_url.clone()));
@@ -825,6 +911,7 @@ async fn end_to_end(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         // is busy with that run's backlog for a while.
         let tag = bench.tag("l", run);
         let pattern = EventFactory::new(&tag, DEFAULT_CUSTOMERS)?.id_pattern();
+        bench.quiesce(&format!("loadgen-e2e-rate-{run}")).await;
         let fixed = procs::loadgen(
             &bench.exe,
             bench.logs(),
@@ -846,6 +933,7 @@ async fn end_to_end(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         let pattern = EventFactory::new(&tag, DEFAULT_CUSTOMERS)?.id_pattern();
         let mut args = loadgen_args(bench, &url, tag);
         args.count = Some(plan.e2e_count);
+        bench.quiesce(&format!("loadgen-e2e-{run}")).await;
         let sustained = procs::loadgen(
             &bench.exe,
             bench.logs(),
@@ -955,6 +1043,7 @@ async fn soak(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         plan.soak_secs,
         plan.sample_every.as_secs()
     ));
+    bench.quiesce("loadgen-soak").await;
     let exe = bench.exe.clone();
     let logs = bench.logs().to_path_buf();
     let load =

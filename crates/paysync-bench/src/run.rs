@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use paysync_amqp::lapin::Connection;
 
 use crate::broker::{self, CeilingPlan};
+use crate::host::{self, CpuTimes, QuietRule};
 use crate::pg;
 use crate::report::{self, Header};
 
@@ -102,7 +103,7 @@ impl Plan {
             http_count: if quick { 20_000 } else { 100_000 },
             connections: 64,
             rate: 2000.0,
-            rate_secs: if quick { 5.0 } else { 10.0 },
+            rate_secs: if quick { 5.0 } else { 30.0 },
             pgbench_secs: if quick { 5 } else { 15 },
             batch: 50,
             worker_messages: if quick { 20_000 } else { 100_000 },
@@ -114,6 +115,12 @@ impl Plan {
         }
     }
 }
+
+/// How often the cleanup tries to delete what is left on the broker.
+const CLEANUP_ATTEMPTS: u32 = 3;
+
+/// The pause between two cleanup attempts, for a broker component to restart.
+const CLEANUP_PAUSE: Duration = Duration::from_secs(2);
 
 /// What must be removed at the end: queues, exchanges and schemas the bench created.
 pub struct Cleanup {
@@ -169,6 +176,47 @@ impl Cleanup {
         std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Deletes `objects`, each on a channel of its own. A deletion can fail with a broker error
+    /// that closes the whole connection (RabbitMQ 3.10's segment writer can crash when a
+    /// quorum queue is deleted right after a purge; it restarts): what is left is tried again
+    /// on a new connection, up to [`CLEANUP_ATTEMPTS`] times. Returns the last failures.
+    async fn delete_objects(&self, mut left: Vec<broker::Object>) -> Vec<String> {
+        let mut failures = Vec::new();
+        for attempt in 0..CLEANUP_ATTEMPTS {
+            if left.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(CLEANUP_PAUSE).await;
+            }
+            failures.clear();
+            let connection = match broker::connect(&self.amqp_url, "paysync-bench-cleanup").await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    failures.push(format!("broker: {err:#}"));
+                    continue;
+                }
+            };
+            let mut still = Vec::new();
+            for object in left {
+                if !connection.status().connected() {
+                    still.push(object);
+                    continue;
+                }
+                if let Err(err) = object.delete(&connection).await {
+                    failures.push(format!("{object}: {err:#}"));
+                    still.push(object);
+                }
+            }
+            left = still;
+            let _ = connection.close(200, "cleaned up".into()).await;
+        }
+        if !left.is_empty() && failures.is_empty() {
+            failures.extend(left.iter().map(|o| format!("{o}: not deleted")));
+        }
+        failures
+    }
+
     /// Deletes everything registered; returns what could not be deleted.
     pub async fn run(&self) -> Vec<String> {
         self.done.store(true, Ordering::SeqCst);
@@ -176,15 +224,12 @@ impl Cleanup {
         let exchanges = Self::take(&self.exchanges);
         let schemas = Self::take(&self.schemas);
         let mut failures = Vec::new();
-        if !queues.is_empty() || !exchanges.is_empty() {
-            match broker::connect(&self.amqp_url, "paysync-bench-cleanup").await {
-                Ok(connection) => {
-                    failures.extend(broker::delete(&connection, &queues, &exchanges).await);
-                    let _ = connection.close(200, "cleaned up".into()).await;
-                }
-                Err(err) => failures.push(format!("broker: {err:#}")),
-            }
-        }
+        let objects = queues
+            .into_iter()
+            .map(broker::Object::Queue)
+            .chain(exchanges.into_iter().map(broker::Object::Exchange))
+            .collect();
+        failures.extend(self.delete_objects(objects).await);
         for schema in schemas {
             if let Err(err) = pg::drop_schema(&self.db_url, &schema).await {
                 failures.push(format!("{err:#}"));
@@ -254,6 +299,18 @@ pub struct Bench {
     pub cleanup: Arc<Cleanup>,
     /// The groups of rows to measure (all when `--only` is not given).
     only: Vec<Group>,
+    /// What was done between loads.
+    rest: Mutex<Rest>,
+}
+
+/// What [`Bench::quiesce`] did over the run.
+#[derive(Debug, Default)]
+struct Rest {
+    loads: u32,
+    /// Why the WAL could not be rolled over (then it is not tried again).
+    wal_error: Option<String>,
+    longest_wait: Duration,
+    timeouts: u32,
 }
 
 impl Bench {
@@ -303,6 +360,7 @@ impl Bench {
             amqp,
             cleanup,
             only: args.only.clone(),
+            rest: Mutex::new(Rest::default()),
         })
     }
 
@@ -340,6 +398,78 @@ impl Bench {
         eprintln!("paysync-bench: {}", line.as_ref());
     }
 
+    /// Brings the broker and the machine to rest before the load `what`: rolls the broker's
+    /// WAL over (see [`broker::roll_over_wal`]; given up for the whole run after its first
+    /// failure), then waits for a quiet machine (see [`host::wait_quiet`]). Says so when the
+    /// wait took a while or ran out.
+    pub async fn quiesce(&self, what: &str) {
+        let roll = self.lock_rest().wal_error.is_none();
+        let rolled = if roll {
+            broker::roll_over_wal().await.map_err(|e| format!("{e:#}"))
+        } else {
+            Err(String::new())
+        };
+        let quiet = host::wait_quiet(QuietRule::BETWEEN_LOADS).await;
+        {
+            let mut rest = self.lock_rest();
+            rest.loads += 1;
+            match rolled {
+                Ok(()) => {}
+                Err(e) if roll => {
+                    self.progress(format!(
+                        "the broker's WAL cannot be rolled over before each load ({e}); loads may include a rollover"
+                    ));
+                    rest.wal_error = Some(e);
+                }
+                Err(_) => {}
+            }
+            rest.longest_wait = rest.longest_wait.max(quiet.waited);
+            rest.timeouts += u32::from(quiet.timed_out);
+        }
+        let busy = quiet
+            .last_busy
+            .map_or_else(|| "unknown".to_owned(), |b| format!("{:.0} %", b * 100.0));
+        if quiet.timed_out {
+            self.progress(format!(
+                "{what}: the machine was still busy ({busy} of all cores) after {:.0} s; measuring anyway",
+                quiet.waited.as_secs_f64()
+            ));
+        } else if quiet.waited >= Duration::from_secs(3) {
+            self.progress(format!(
+                "{what}: waited {:.1} s for a quiet machine",
+                quiet.waited.as_secs_f64()
+            ));
+        }
+    }
+
+    fn lock_rest(&self) -> std::sync::MutexGuard<'_, Rest> {
+        self.rest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What [`Bench::quiesce`] did over the run, for the header.
+    fn rest_summary(&self) -> Option<String> {
+        let rest = self.lock_rest();
+        if rest.loads == 0 {
+            return None;
+        }
+        let wal = match &rest.wal_error {
+            None => "broker WAL rolled over".to_owned(),
+            Some(e) => format!("broker WAL not rolled over ({e})"),
+        };
+        let rule = QuietRule::BETWEEN_LOADS;
+        let timeouts = match rest.timeouts {
+            0 => String::new(),
+            n => format!(", {n} still busy after {} s", rule.deadline.as_secs()),
+        };
+        Some(format!(
+            "before each of {} loads: {wal}, then the machine under {:.0} % busy for {:.0} s (longest wait {:.1} s{timeouts})",
+            rest.loads,
+            rule.max_busy * 100.0,
+            (rule.window * rule.windows).as_secs_f64(),
+            rest.longest_wait.as_secs_f64()
+        ))
+    }
+
     /// The scripts directory for pgbench.
     pub fn pgbench_dir(&self) -> PathBuf {
         self.dir.join("pgbench")
@@ -375,6 +505,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         wall: None,
         cpu: None,
+        between_loads: None,
     };
     let cpu_start = CpuTimes::now();
     bench.progress(format!(
@@ -387,6 +518,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         rows = crate::rows::all(&bench) => Ok(rows),
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    if outcome.is_ok() {
+        // Deleting a quorum queue while the broker still truncates its log after a purge
+        // is what crashes RabbitMQ 3.10's segment writer (see `Cleanup::delete_objects`).
+        bench.quiesce("cleanup").await;
+    }
     let failures = bench.cleanup.run().await;
     drop(guard);
     let _ = bench.amqp.close(200, "done".into()).await;
@@ -394,6 +530,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("paysync-bench: cleanup: {failure}");
     }
     let rows = outcome?;
+    header.between_loads = bench.rest_summary();
     header.wall = Some(format!("{:.0} s", started.elapsed().as_secs_f64()));
     header.cpu = cpu_start
         .zip(CpuTimes::now())
@@ -421,58 +558,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The machine's CPU time counters, from the `cpu` line of `/proc/stat` (clock ticks, all
-/// cores together). A VM's `steal` is the time its CPUs were ready to run but the host ran
-/// something else: a benchmark's absolute figures fall with it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct CpuTimes {
-    busy: u64,
-    idle: u64,
-    steal: u64,
-}
-
-/// Shares of the elapsed CPU time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct CpuShare {
-    busy: f64,
-    steal: f64,
-}
-
-impl CpuTimes {
-    fn now() -> Option<Self> {
-        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
-    }
-
-    /// Reads the aggregate `cpu` line: user nice system idle iowait irq softirq steal
-    /// (guest time is already counted in user and nice).
-    fn parse(stat: &str) -> Option<Self> {
-        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let field = |i: usize| fields.get(i).copied();
-        Some(Self {
-            busy: field(0)? + field(1)? + field(2)? + field(5)? + field(6)?,
-            idle: field(3)? + field(4)?,
-            steal: field(7).unwrap_or(0),
-        })
-    }
-
-    fn since(&self, start: &Self) -> Option<CpuShare> {
-        let busy = self.busy.checked_sub(start.busy)?;
-        let idle = self.idle.checked_sub(start.idle)?;
-        let steal = self.steal.checked_sub(start.steal)?;
-        let total = busy + idle + steal;
-        (total > 0).then(|| CpuShare {
-            busy: busy as f64 / total as f64,
-            steal: steal as f64 / total as f64,
-        })
-    }
 }
 
 fn total_memory() -> String {
@@ -504,33 +589,4 @@ fn command_line() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_shares_come_from_the_aggregate_line() {
-        let before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n";
-        let after = "cpu  400 0 150 900 50 10 10 80 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
-        let start = CpuTimes::parse(before).unwrap();
-        let end = CpuTimes::parse(after).unwrap();
-        assert_eq!(
-            start,
-            CpuTimes {
-                busy: 150,
-                idle: 850,
-                steal: 0
-            }
-        );
-        // 420 busy, 100 idle, 80 stolen ticks of 600.
-        let share = end.since(&start).unwrap();
-        assert!((share.busy - 0.7).abs() < 1e-9, "{share:?}");
-        assert!((share.steal - 80.0 / 600.0).abs() < 1e-9, "{share:?}");
-        // Counters never go back; a reset (or swapped arguments) gives no figure.
-        assert_eq!(start.since(&end), None);
-        assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
-        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
-    }
 }
