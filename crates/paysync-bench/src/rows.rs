@@ -305,42 +305,55 @@ impl Throughput {
     }
 }
 
-/// One full-speed load of a receiver (minimal or real) into its queue.
-struct FullSpeed<'a> {
+/// How a receiver load sends its requests.
+#[derive(Debug, Clone, Copy)]
+enum LoadMode {
+    /// This many at full speed.
+    Count(u64),
+    /// An open loop at `rate` per second for `secs`.
+    Rate { rate: f64, secs: f64 },
+}
+
+/// One load of a receiver (minimal or real) into its queue.
+struct ReceiverLoad<'a> {
     name: String,
     url: &'a str,
     queue: &'a str,
     tag: String,
-    count: u64,
+    mode: LoadMode,
     /// What the queue holds, for the check's message.
     what: &'static str,
 }
 
-/// Runs `load` on an empty queue and a quiet machine, checks every answer and that the queue
-/// holds every accepted message, and empties the queue again.
-async fn full_speed(
+/// Runs `load` on an empty queue and a quiet machine, checks every answer (and, at a fixed
+/// rate, that every due request was sent) and that the queue holds every accepted message,
+/// and empties the queue again.
+async fn receiver_load(
     bench: &Bench,
     run: usize,
-    load: FullSpeed<'_>,
+    load: ReceiverLoad<'_>,
     checks: &mut Checks,
 ) -> anyhow::Result<LoadReport> {
     broker::purge(&bench.amqp, load.queue).await?;
     bench.quiesce(&load.name).await;
-    let report = procs::loadgen(
-        &bench.exe,
-        bench.logs(),
-        &load.name,
-        &LoadgenArgs {
-            count: Some(load.count),
-            ..loadgen_args(bench, load.url, load.tag)
-        },
-    )
-    .await?;
+    let args = loadgen_args(bench, load.url, load.tag);
+    let (args, due) = match load.mode {
+        LoadMode::Count(count) => (
+            LoadgenArgs {
+                count: Some(count),
+                ..args
+            },
+            count,
+        ),
+        LoadMode::Rate { rate, secs } => (fixed_rate(args, rate, secs), expected_count(rate, secs)),
+    };
+    let report = procs::loadgen(&bench.exe, bench.logs(), &load.name, &args).await?;
     check_answers(checks, &format!("run {run}"), &report);
     let held = broker::settled_count(&bench.amqp, load.queue, report.ok(), RECEIVER_SETTLE).await?;
-    checks.expect(held == report.ok(), || {
+    checks.expect(held == report.ok() && report.sent == due, || {
         format!(
-            "run {run}: the queue holds {held} of {} accepted {}",
+            "run {run}: {} of {due} requests sent, the queue holds {held} of {} accepted {}",
+            report.sent,
             report.ok(),
             load.what
         )
@@ -402,48 +415,60 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
     // The fixed-rate runs first, on an empty queue and a settled broker: after a full-speed
     // run the broker is still digesting its backlog for a while, and the latency would time
     // that instead.
+    // The minimal receiver takes the same fixed rate, in turn with paysync's (first in one run,
+    // second in the next), as the reference for what the broker and the host cost at that rate.
     let mut fixed_runs = Vec::with_capacity(bench.runs);
+    let mut mini_p99 = Samples::new();
+    let mut mini_rate_checks = Checks::default();
+    let fixed = LoadMode::Rate {
+        rate: plan.rate,
+        secs: plan.rate_secs,
+    };
     for run in 0..bench.runs {
-        let tag = |row: &str| bench.tag(row, run);
-        broker::purge(&bench.amqp, &work_queue).await?;
-        bench.quiesce(&format!("loadgen-receiver-rate-{run}")).await;
-        let fixed = procs::loadgen(
-            &bench.exe,
-            logs,
-            &format!("loadgen-receiver-rate-{run}"),
-            &fixed_rate(
-                loadgen_args(bench, &url, tag("d")),
-                plan.rate,
-                plan.rate_secs,
-            ),
-        )
-        .await?;
-        check_answers(&mut rate_checks, &format!("run {run}"), &fixed);
-        let expected = fixed.ok();
-        let held =
-            broker::settled_count(&bench.amqp, &work_queue, expected, RECEIVER_SETTLE).await?;
-        rate_checks.expect(
-            held == expected && fixed.sent == expected_count(plan.rate, plan.rate_secs),
-            || format!("run {run}: the work queue holds {held} of {expected} accepted events"),
-        );
-        p50.push(fixed.p50_ms);
-        p99.push(fixed.p99_ms);
-        max.push(fixed.max_ms);
-        broker::purge(&bench.amqp, &work_queue).await?;
-        fixed_runs.push(fixed);
+        let real_load = ReceiverLoad {
+            name: format!("loadgen-receiver-rate-{run}"),
+            url: &url,
+            queue: &work_queue,
+            tag: bench.tag("d", run),
+            mode: fixed,
+            what: "events",
+        };
+        let mini_load = ReceiverLoad {
+            name: format!("loadgen-mini-rate-{run}"),
+            url: &mini_url,
+            queue: &mini_queue,
+            tag: bench.tag("e", run),
+            mode: fixed,
+            what: "messages",
+        };
+        let (real, mini) = if run % 2 == 0 {
+            let real = receiver_load(bench, run, real_load, &mut rate_checks).await?;
+            let mini = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
+            (real, mini)
+        } else {
+            let mini = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
+            (
+                receiver_load(bench, run, real_load, &mut rate_checks).await?,
+                mini,
+            )
+        };
+        p50.push(real.p50_ms);
+        p99.push(real.p99_ms);
+        max.push(real.max_ms);
+        mini_p99.push(mini.p99_ms);
+        fixed_runs.push((real, mini));
     }
     // Each run measures the two receivers in four blocks of half the count, in the order
     // ABBA (BAAB in the next run): a drift of the host's speed over the run then costs both
     // the same, and neither always meets what the other left behind.
     let block_count = (plan.http_count / 2).max(1);
-    for (run, fixed) in fixed_runs.iter().enumerate() {
+    for (run, (fixed, mini_fixed)) in fixed_runs.iter().enumerate() {
         let (mut mini_total, mut real_total) = (Throughput::default(), Throughput::default());
         for block in 0..4 {
             let mini_turn = (block == 0 || block == 3) == (run % 2 == 0);
             let (url, queue, letter, what, checks, total) = if mini_turn {
-                let url = mini_url.as_str();
                 (
-                    url,
+                    mini_url.as_str(),
                     &mini_queue,
                     "b",
                     "messages",
@@ -460,7 +485,7 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
                     &mut real_total,
                 )
             };
-            let load = FullSpeed {
+            let load = ReceiverLoad {
                 name: format!(
                     "loadgen-{}-{run}-{block}",
                     if mini_turn { "mini" } else { "receiver" }
@@ -468,10 +493,10 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
                 url,
                 queue,
                 tag: bench.tag(&format!("{letter}{block}"), run),
-                count: block_count,
+                mode: LoadMode::Count(block_count),
                 what,
             };
-            let report = full_speed(bench, run, load, checks).await?;
+            let report = receiver_load(bench, run, load, checks).await?;
             total.add(&report);
             if mini_turn {
                 body_bytes = report.body_bytes_mean;
@@ -482,7 +507,7 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         rps.push(full);
         ratios.push(full / ceiling);
         bench.progress(format!(
-            "receivers, run {}/{}: minimal {} req/s, receiver {} req/s (×{:.2}), at {}/s p50 {} ms p99 {} ms max {} ms",
+            "receivers, run {}/{}: minimal {} req/s, receiver {} req/s (×{:.2}), at {}/s p50 {} ms p99 {} ms max {} ms (minimal receiver p99 {} ms)",
             run + 1,
             bench.runs,
             num(ceiling),
@@ -491,7 +516,8 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
             num(plan.rate),
             num(fixed.p50_ms),
             num(fixed.p99_ms),
-            num(fixed.max_ms)
+            num(fixed.max_ms),
+            num(mini_fixed.p99_ms)
         ));
     }
     let receiver_peak = receiver.peak_rss_kib()?;
@@ -531,9 +557,16 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
             &p99,
             &max,
             format!(
-                "open loop for {} s, latency from each request's scheduled time; {}",
+                "open loop for {} s, latency from each request's scheduled time; {}; the minimal receiver at the same rate, in turn with it: p99 {} ms{}, {}",
                 plan.rate_secs,
-                rate_checks.note("all 2xx, the work queue held every event")
+                rate_checks.note("all 2xx, the work queue held every event"),
+                num(mini_p99.median()),
+                if mini_p99.len() < 2 {
+                    String::new()
+                } else {
+                    format!(" (runs {})", mini_p99.range(" ms"))
+                },
+                mini_rate_checks.note("all 2xx, the queue held every message")
             ),
         ),
     ];
