@@ -314,15 +314,34 @@ enum LoadMode {
     Rate { rate: f64, secs: f64 },
 }
 
-/// One load of a receiver (minimal or real) into its queue.
-struct ReceiverLoad<'a> {
-    name: String,
+/// One of the two receivers under test, and the queue it publishes into.
+struct Target<'a> {
+    /// In the load generator's process name: `loadgen-<label>-…`.
+    label: &'static str,
     url: &'a str,
     queue: &'a str,
-    tag: String,
-    mode: LoadMode,
     /// What the queue holds, for the check's message.
     what: &'static str,
+}
+
+impl<'a> Target<'a> {
+    /// A load of this receiver, its process named `loadgen-<label>-<suffix>`.
+    fn load(&'a self, suffix: String, tag: String, mode: LoadMode) -> ReceiverLoad<'a> {
+        ReceiverLoad {
+            target: self,
+            name: format!("loadgen-{}-{suffix}", self.label),
+            tag,
+            mode,
+        }
+    }
+}
+
+/// One load of a receiver (minimal or real) into its queue.
+struct ReceiverLoad<'a> {
+    target: &'a Target<'a>,
+    name: String,
+    tag: String,
+    mode: LoadMode,
 }
 
 /// Runs `load` on an empty queue and a quiet machine, checks every answer (and, at a fixed
@@ -334,9 +353,10 @@ async fn receiver_load(
     load: ReceiverLoad<'_>,
     checks: &mut Checks,
 ) -> anyhow::Result<LoadReport> {
-    broker::purge(&bench.amqp, load.queue).await?;
+    let target = load.target;
+    broker::purge(&bench.amqp, target.queue).await?;
     bench.quiesce(&load.name).await;
-    let args = loadgen_args(bench, load.url, load.tag);
+    let args = loadgen_args(bench, target.url, load.tag);
     let (args, due) = match load.mode {
         LoadMode::Count(count) => (
             LoadgenArgs {
@@ -349,16 +369,17 @@ async fn receiver_load(
     };
     let report = procs::loadgen(&bench.exe, bench.logs(), &load.name, &args).await?;
     check_answers(checks, &format!("run {run}"), &report);
-    let held = broker::settled_count(&bench.amqp, load.queue, report.ok(), RECEIVER_SETTLE).await?;
+    let held =
+        broker::settled_count(&bench.amqp, target.queue, report.ok(), RECEIVER_SETTLE).await?;
     checks.expect(held == report.ok() && report.sent == due, || {
         format!(
             "run {run}: {} of {due} requests sent, the queue holds {held} of {} accepted {}",
             report.sent,
             report.ok(),
-            load.what
+            target.what
         )
     });
-    broker::purge(&bench.amqp, load.queue).await?;
+    broker::purge(&bench.amqp, target.queue).await?;
     Ok(report)
 }
 
@@ -412,11 +433,23 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
     let (mut mini_checks, mut checks, mut rate_checks) =
         (Checks::default(), Checks::default(), Checks::default());
     let mut body_bytes = 0.0;
+    let mini_target = Target {
+        label: "mini",
+        url: &mini_url,
+        queue: &mini_queue,
+        what: "messages",
+    };
+    let real_target = Target {
+        label: "receiver",
+        url: &url,
+        queue: &work_queue,
+        what: "events",
+    };
     // The fixed-rate runs first, on an empty queue and a settled broker: after a full-speed
     // run the broker is still digesting its backlog for a while, and the latency would time
-    // that instead.
-    // The minimal receiver takes the same fixed rate, in turn with paysync's (first in one run,
-    // second in the next), as the reference for what the broker and the host cost at that rate.
+    // that instead. The minimal receiver takes the same rate, in turn with paysync's (first
+    // in one run, second in the next), as the reference for what the broker and the host
+    // cost at that rate.
     let mut fixed_runs = Vec::with_capacity(bench.runs);
     let mut mini_p99 = Samples::new();
     let mut mini_rate_checks = Checks::default();
@@ -425,38 +458,22 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         secs: plan.rate_secs,
     };
     for run in 0..bench.runs {
-        let real_load = ReceiverLoad {
-            name: format!("loadgen-receiver-rate-{run}"),
-            url: &url,
-            queue: &work_queue,
-            tag: bench.tag("d", run),
-            mode: fixed,
-            what: "events",
-        };
-        let mini_load = ReceiverLoad {
-            name: format!("loadgen-mini-rate-{run}"),
-            url: &mini_url,
-            queue: &mini_queue,
-            tag: bench.tag("e", run),
-            mode: fixed,
-            what: "messages",
-        };
-        let (real, mini) = if run % 2 == 0 {
-            let real = receiver_load(bench, run, real_load, &mut rate_checks).await?;
-            let mini = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
-            (real, mini)
+        let real_load = real_target.load(format!("rate-{run}"), bench.tag("d", run), fixed);
+        let mini_load = mini_target.load(format!("rate-{run}"), bench.tag("e", run), fixed);
+        let (real_report, mini_report) = if run % 2 == 0 {
+            let real_report = receiver_load(bench, run, real_load, &mut rate_checks).await?;
+            let mini_report = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
+            (real_report, mini_report)
         } else {
-            let mini = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
-            (
-                receiver_load(bench, run, real_load, &mut rate_checks).await?,
-                mini,
-            )
+            let mini_report = receiver_load(bench, run, mini_load, &mut mini_rate_checks).await?;
+            let real_report = receiver_load(bench, run, real_load, &mut rate_checks).await?;
+            (real_report, mini_report)
         };
-        p50.push(real.p50_ms);
-        p99.push(real.p99_ms);
-        max.push(real.max_ms);
-        mini_p99.push(mini.p99_ms);
-        fixed_runs.push((real, mini));
+        p50.push(real_report.p50_ms);
+        p99.push(real_report.p99_ms);
+        max.push(real_report.max_ms);
+        mini_p99.push(mini_report.p99_ms);
+        fixed_runs.push((real_report, mini_report));
     }
     // Each run measures the two receivers in four blocks of half the count, in the order
     // ABBA (BAAB in the next run): a drift of the host's speed over the run then costs both
@@ -466,36 +483,16 @@ async fn receivers(bench: &Bench) -> anyhow::Result<ReceiverOut> {
         let (mut mini_total, mut real_total) = (Throughput::default(), Throughput::default());
         for block in 0..4 {
             let mini_turn = (block == 0 || block == 3) == (run % 2 == 0);
-            let (url, queue, letter, what, checks, total) = if mini_turn {
-                (
-                    mini_url.as_str(),
-                    &mini_queue,
-                    "b",
-                    "messages",
-                    &mut mini_checks,
-                    &mut mini_total,
-                )
+            let (target, letter, checks, total) = if mini_turn {
+                (&mini_target, "b", &mut mini_checks, &mut mini_total)
             } else {
-                (
-                    url.as_str(),
-                    &work_queue,
-                    "c",
-                    "events",
-                    &mut checks,
-                    &mut real_total,
-                )
+                (&real_target, "c", &mut checks, &mut real_total)
             };
-            let load = ReceiverLoad {
-                name: format!(
-                    "loadgen-{}-{run}-{block}",
-                    if mini_turn { "mini" } else { "receiver" }
-                ),
-                url,
-                queue,
-                tag: bench.tag(&format!("{letter}{block}"), run),
-                mode: LoadMode::Count(block_count),
-                what,
-            };
+            let load = target.load(
+                format!("{run}-{block}"),
+                bench.tag(&format!("{letter}{block}"), run),
+                LoadMode::Count(block_count),
+            );
             let report = receiver_load(bench, run, load, checks).await?;
             total.add(&report);
             if mini_turn {

@@ -404,24 +404,23 @@ impl Bench {
     /// wait took a while or ran out.
     pub async fn quiesce(&self, what: &str) {
         let roll = self.lock_rest().wal_error.is_none();
-        let rolled = if roll {
-            broker::roll_over_wal().await.map_err(|e| format!("{e:#}"))
+        let wal_failure = if roll {
+            broker::roll_over_wal()
+                .await
+                .err()
+                .map(|e| format!("{e:#}"))
         } else {
-            Err(String::new())
+            None
         };
         let quiet = host::wait_quiet(QuietRule::BETWEEN_LOADS).await;
         {
             let mut rest = self.lock_rest();
             rest.loads += 1;
-            match rolled {
-                Ok(()) => {}
-                Err(e) if roll => {
-                    self.progress(format!(
-                        "the broker's WAL cannot be rolled over before each load ({e}); loads may include a rollover"
-                    ));
-                    rest.wal_error = Some(e);
-                }
-                Err(_) => {}
+            if let Some(e) = wal_failure {
+                self.progress(format!(
+                    "the broker's WAL cannot be rolled over before each load ({e}); loads may include a rollover"
+                ));
+                rest.wal_error = Some(e);
             }
             rest.longest_wait = rest.longest_wait.max(quiet.waited);
             rest.timeouts += u32::from(quiet.timed_out);
