@@ -276,7 +276,7 @@ pub fn order_key(snap: &Snap, created: i64, event_id: &str) -> OrderKey {
     }
 }
 
-/// Entitlement from a subscription status (design §3).
+/// Entitlement from a subscription status (the table is in `docs/billing.md`).
 pub fn entitlement(status: &str) -> &'static str {
     match status {
         "trialing" | "active" => "granted",

@@ -81,8 +81,11 @@ impl FromStr for Mode {
     }
 }
 
-/// The metadata of an event, extracted once at the edge and carried in message headers so
-/// nobody downstream has to re-parse the body to route or dedupe it.
+/// The metadata of an event: what routing, deduplication and the event log need. The
+/// receiver's verifier reads it from the envelope; the worker reads it again from the body
+/// ([`crate::message::read_message`], message format 2), taking only the event id, the routing
+/// key and the receive time from the message's properties and headers. (Format 1, still read,
+/// carried every field in headers.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     /// Who sent it.
