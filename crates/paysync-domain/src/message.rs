@@ -9,7 +9,7 @@
 //!   (`type`); one header carries the receive time in milliseconds, and `paysync-attempt`
 //!   appears from the second attempt on. A message of this format has no `paysync-format`
 //!   header. Every header costs the broker CPU on every publish (RabbitMQ decodes the table),
-//!   which is why the set is this small (docs/benchmarks.md, change 8).
+//!   which is why the set is this small (docs/decisions.md, message format 2).
 //! - **Format 1** (earlier releases): the same fields in `paysync-*` headers, marked by
 //!   `paysync-format: 1`. Any other `paysync-format` is refused rather than guessed at.
 //!
