@@ -118,8 +118,7 @@ pub(crate) async fn ingest(store: &Store, metrics: &WorkerMetrics, incoming: Inc
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot store a dead letter yet; handing it back to the queue");
-            tokio::time::sleep(HAND_BACK_PAUSE).await;
-            let _ = incoming.requeue().await;
+            crate::process::hand_back(&incoming, HAND_BACK_PAUSE).await;
         }
     }
 }
