@@ -18,7 +18,7 @@ pub use consumer::{ConsumeError, ConsumerLink, Incoming, Lane, Next};
 pub use headers::{event_properties, read_event};
 pub use monitor::BrokerMonitor;
 pub use publisher::{ConnectHook, DeadLetter, PublishError, Publisher};
-pub use runtime::{ConsumeLoop, ConsumerConfig, OnReopen};
+pub use runtime::{ConsumeLoop, ConsumerConfig};
 pub use topology::{
     DELAY_LEVELS, MAX_DELAY_SECS, Topology, declare, declare_topology, delay_routing_key,
 };

@@ -53,7 +53,7 @@ impl ConsumerConfig {
 }
 
 /// Called each time the link is opened again after its first opening (a reconnect).
-pub type OnReopen = Box<dyn Fn() + Send + Sync>;
+type OnReopen = Box<dyn Fn() + Send + Sync>;
 
 /// How long a cancel or a connection close may wait for the broker's answer at shutdown.
 const BROKER_GOODBYE: Duration = Duration::from_secs(2);
