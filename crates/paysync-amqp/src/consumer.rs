@@ -4,9 +4,10 @@
 //!
 //! Rule of thumb: a lane processes its deliveries one batch at a time, so when a batch is
 //! finished every delivery the lane has handed out is settled, and one `multiple` ack covers
-//! them all ([`Lane::flush`]). Acking every message on its own costs the broker about three
-//! times as much CPU per message (docs/benchmarks.md). Concurrency comes from several lanes,
-//! never from two batches of one lane, so a `multiple` ack never covers work in progress.
+//! them all ([`Lane::flush`]); acking each message on its own costs the broker far more (see
+//! docs/decisions.md). Concurrency comes from several lanes, never from two batches of one
+//! lane, so a `multiple` ack never covers work in progress. The loop that drives the lanes is
+//! in `runtime.rs`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,27 @@ use paysync_domain::message::{ReadError, ReadMessage, header};
 
 use crate::AmqpSettings;
 use crate::headers::read_event;
+use crate::runtime::ConsumerConfig;
 use crate::topology::{Topology, declare_topology};
+
+/// The broker connection or channel of a consumer failed (or opening it took too long); the
+/// source chain is the client's.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ConsumeError(#[from] lapin::Error);
+
+/// What a lane has next.
+#[derive(Debug)]
+pub enum Next<D = Incoming> {
+    /// A delivery, handed out to be settled.
+    Delivery(D),
+    /// Nothing has arrived yet ([`Lane::next_ready`] only; [`Lane::next`] waits instead).
+    Idle,
+    /// The broker cancelled the consumer (e.g. its queue was deleted): reopen the link.
+    Cancelled,
+    /// The connection or the channel failed: reopen the link.
+    Failed(ConsumeError),
+}
 
 /// Where a delivery handed out by a lane stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +265,7 @@ impl Incoming {
 
     /// Hands it back to the queue for another delivery (counts toward `x-delivery-limit`),
     /// right away and on its own.
-    pub async fn requeue(&self) -> lapin::Result<()> {
+    pub async fn requeue(&self) -> Result<(), ConsumeError> {
         let sent = self
             .delivery
             .nack(BasicNackOptions {
@@ -257,7 +278,7 @@ impl Incoming {
             self.ledger
                 .settle(self.delivery.delivery_tag, Slot::Settled);
         }
-        sent
+        Ok(sent?)
     }
 }
 
@@ -305,19 +326,25 @@ pub struct Lane {
 }
 
 impl ConsumerLink {
-    /// Connects (named `<connection_name>-<role>`), declares the topology and opens `lanes`
-    /// channels, each consuming `queue` with manual acks and a prefetch of `prefetch`
-    /// deliveries, all within the connect timeout.
+    /// Connects (named `<connection_name>-<role>`), declares the topology and opens
+    /// `config.lanes` channels (at least one), each consuming `queue` with manual acks and its
+    /// share of `config.prefetch` ([`ConsumerConfig::lane_prefetch`]), all within the connect
+    /// timeout.
     pub async fn open(
         settings: &AmqpSettings,
         role: &str,
         queue: &str,
-        lanes: usize,
-        prefetch: u16,
-    ) -> lapin::Result<Self> {
-        tokio::time::timeout(
+        config: &ConsumerConfig,
+    ) -> Result<Self, ConsumeError> {
+        let opened = tokio::time::timeout(
             settings.connect_timeout,
-            Self::open_now(settings, role, queue, lanes.max(1), prefetch),
+            Self::open_now(
+                settings,
+                role,
+                queue,
+                config.lane_count(),
+                config.lane_prefetch(),
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -328,7 +355,8 @@ impl ConsumerLink {
                 )))
                 .into(),
             )
-        })
+        });
+        Ok(opened?)
     }
 
     async fn open_now(
@@ -394,36 +422,39 @@ impl ConsumerLink {
 }
 
 impl Lane {
-    /// The next delivery; `None` when the consumer was cancelled, `Some(Err)` when the
-    /// connection or channel failed (reconnect).
-    pub async fn next(&mut self) -> Option<lapin::Result<Incoming>> {
+    /// Waits for the next delivery (never [`Next::Idle`]).
+    pub async fn next(&mut self) -> Next {
         let next = self.consumer.next().await;
         self.wrap(next)
     }
 
-    /// The next delivery if one has already arrived (`None`: nothing waiting right now).
-    pub fn next_ready(&mut self) -> Option<Option<lapin::Result<Incoming>>> {
-        let next = self.consumer.next().now_or_never()?;
-        Some(self.wrap(next))
+    /// The next delivery if one has already arrived, else [`Next::Idle`] at once.
+    pub fn next_ready(&mut self) -> Next {
+        match self.consumer.next().now_or_never() {
+            Some(next) => self.wrap(next),
+            None => Next::Idle,
+        }
     }
 
-    fn wrap(&self, next: Option<lapin::Result<Delivery>>) -> Option<lapin::Result<Incoming>> {
-        next.map(|r| {
-            r.map(|delivery| {
+    fn wrap(&self, next: Option<lapin::Result<Delivery>>) -> Next {
+        match next {
+            Some(Ok(delivery)) => {
                 self.ledger.handed_out(delivery.delivery_tag);
-                Incoming {
+                Next::Delivery(Incoming {
                     delivery,
                     ledger: self.ledger.clone(),
-                }
-            })
-        })
+                })
+            }
+            Some(Err(err)) => Next::Failed(err.into()),
+            None => Next::Cancelled,
+        }
     }
 
     /// Settles the lane's batch with the broker: one `multiple` ack for every delivery marked
     /// done (up to the first one still waiting). Called after a batch, when every delivery
     /// the lane handed out should be settled; one that is not (a bug) is handed back to the
     /// queue rather than left unacked or acked unseen. Returns how many were acked.
-    pub async fn flush(&self) -> lapin::Result<usize> {
+    pub async fn flush(&self) -> Result<usize, ConsumeError> {
         for tag in self.ledger.waiting() {
             tracing::warn!(
                 delivery_tag = tag,

@@ -92,6 +92,11 @@ impl Failure {
         out
     }
 
+    /// The error and all its causes on one line, separated by `: ` (for log lines).
+    pub fn chain_line(&self) -> String {
+        one_line(&self.chain())
+    }
+
     /// What groups this failure with its kind: a digest of the kind and the code site
     /// (`file:line` where it was raised), never of the variable message text.
     pub fn fingerprint(&self) -> String {
@@ -100,6 +105,11 @@ impl Failure {
             &format!("{}:{}", self.site.file(), self.site.line()),
         )
     }
+}
+
+/// A multi-line error chain (as [`Failure::chain`] writes it) on one line, for log lines.
+pub(crate) fn one_line(chain: &str) -> String {
+    chain.replace('\n', ": ")
 }
 
 /// The fingerprint of `kind` raised at `site`.
@@ -157,5 +167,12 @@ mod tests {
         let f = Failure::retryable("io", Outer(std::io::Error::other("disk on fire")));
         assert_eq!(f.chain(), "outer\ndisk on fire");
         assert_eq!(f.class(), FailureClass::Retryable);
+    }
+
+    #[test]
+    fn chain_line_puts_every_cause_on_one_line() {
+        let f = Failure::retryable("io", Outer(std::io::Error::other("disk on fire")));
+        assert_eq!(f.chain_line(), "outer: disk on fire");
+        assert_eq!(one_line("a\nb\nc"), "a: b: c");
     }
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use paysync_amqp::Incoming;
+use paysync_amqp::{ConsumerConfig, Incoming};
 use paysync_domain::message::header;
 use paysync_store::{NewDeadLetter, Store};
 use sha2::{Digest, Sha256};
@@ -16,6 +16,19 @@ use sha2::{Digest, Sha256};
 use crate::failure::fingerprint;
 use crate::metrics::WorkerMetrics;
 use crate::process::now_ms;
+
+/// How the ingester consumes the dead-letter queue.
+pub(crate) const CONSUMER: ConsumerConfig = ConsumerConfig {
+    // Enough in hand to keep every lane busy (4 each) without holding many dead letters.
+    prefetch: 16,
+    // Dead letters are independent rows: a few are stored at once.
+    lanes: 4,
+    // Each dead letter is stored (with its own in-process retries) and acked on its own.
+    max_batch: 1,
+};
+
+/// How long a dead letter waits before going back to the queue when the database stays away.
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(2);
 
 /// Builds the row for a dead-letter message: ours carry the error headers; one the broker
 /// dead-lettered itself (delivery limit exceeded) is described from its newest `x-death` entry.
@@ -75,6 +88,13 @@ pub(crate) fn dead_letter_row(incoming: &Incoming) -> NewDeadLetter {
     }
 }
 
+/// Stores each dead letter of a batch in turn ([`ingest`]).
+pub(crate) async fn ingest_batch(store: &Store, metrics: &WorkerMetrics, batch: Vec<Incoming>) {
+    for incoming in batch {
+        ingest(store, metrics, incoming).await;
+    }
+}
+
 /// Stores one dead letter, then acks it. Transient database errors are retried in process
 /// for a while; if the database stays away the message goes back to the queue (never lost).
 pub(crate) async fn ingest(store: &Store, metrics: &WorkerMetrics, incoming: Incoming) {
@@ -98,8 +118,7 @@ pub(crate) async fn ingest(store: &Store, metrics: &WorkerMetrics, incoming: Inc
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot store a dead letter yet; handing it back to the queue");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = incoming.requeue().await;
+            crate::process::hand_back(&incoming, HAND_BACK_PAUSE).await;
         }
     }
 }

@@ -77,7 +77,7 @@ async fn delayed_messages_come_back_after_their_own_delay_with_no_consumer_on_th
 
 #[tokio::test]
 async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
-    use paysync_amqp::{ConsumerLink, Publisher};
+    use paysync_amqp::{ConsumerConfig, ConsumerLink, Next, Publisher};
 
     let broker = TestBroker::new();
     broker.declare().await.unwrap();
@@ -92,15 +92,21 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
         )
         .await
         .unwrap();
-    let mut link = ConsumerLink::open(&broker.settings("c"), "consumer", &t.work_queue(), 1, 4)
+    let config = ConsumerConfig {
+        prefetch: 4,
+        lanes: 1,
+        max_batch: 1,
+    };
+    let mut link = ConsumerLink::open(&broker.settings("c"), "consumer", &t.work_queue(), &config)
         .await
         .unwrap();
     let mut consumer = link.take_lanes().remove(0);
-    let first = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+    let Next::Delivery(first) = tokio::time::timeout(Duration::from_secs(15), consumer.next())
         .await
         .unwrap()
-        .unwrap()
-        .unwrap();
+    else {
+        panic!("the consumer was lost");
+    };
     assert!(
         first.headers_json().get("x-death").is_some(),
         "the broker stamped x-death"
@@ -112,11 +118,12 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
     publisher.publish_retry(&first, 2, 3, 0).await.unwrap();
     first.ack();
     assert_eq!(consumer.flush().await.unwrap(), 1);
-    let second = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+    let Next::Delivery(second) = tokio::time::timeout(Duration::from_secs(15), consumer.next())
         .await
         .expect("the retried message came back")
-        .unwrap()
-        .unwrap();
+    else {
+        panic!("the consumer was lost");
+    };
     assert_eq!(second.body(), b"again");
     assert_eq!(second.attempt_hint(), 2);
     second.ack();

@@ -1,0 +1,85 @@
+//! The worker's background upkeep besides consuming: the monitor, which refreshes the gauges
+//! read from outside the worker's code path (queue depths, dead-letter counts, pool usage,
+//! unlinked events), and the database ping behind readiness.
+//!
+//! Rule of thumb: each pass is best effort; a source that is down leaves its gauges as they
+//! were and is logged at `debug`, never fails the worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use paysync_amqp::{AmqpSettings, BrokerMonitor};
+use paysync_store::Store;
+use paysync_telemetry::Shutdown;
+
+use crate::metrics;
+use crate::process::Processor;
+
+/// How often readiness re-checks the database (and how long one check may take).
+const DATABASE_PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Refreshes the gauges that are read from outside every `every` until `stop`: queue depths
+/// from the broker, dead-letter counts and pool usage from the database.
+pub(crate) async fn run(
+    processor: Arc<Processor>,
+    amqp: AmqpSettings,
+    every: Duration,
+    stop: Shutdown,
+) {
+    let mut broker = BrokerMonitor::new(amqp);
+    let m = &processor.metrics;
+    loop {
+        let pool = processor.store.pool_status();
+        m.pool_max.set(pool.max_size as i64);
+        m.pool_waiting.set(pool.waiting as i64);
+        m.pool_connections
+            .with_label_values(&["idle"])
+            .set(pool.available as i64);
+        m.pool_connections
+            .with_label_values(&["in_use"])
+            .set(pool.size.saturating_sub(pool.available) as i64);
+        match broker.depths().await {
+            Ok(depths) => {
+                for (queue, ready) in depths {
+                    m.queue_messages
+                        .with_label_values(&[&queue])
+                        .set(i64::from(ready));
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "queue depths unavailable"),
+        }
+        match processor.store.dead_letter_counts().await {
+            Ok(counts) => {
+                for state in metrics::DEAD_LETTER_STATES {
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| s == state)
+                        .map_or(0, |(_, n)| *n);
+                    m.dead_letters.with_label_values(&[state]).set(n);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "dead-letter counts unavailable"),
+        }
+        if let Ok(n) = processor.store.unlinked_event_count().await {
+            m.unlinked.set(n);
+        }
+        tokio::select! {
+            () = stop.wait() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Pings the database every [`DATABASE_PING_EVERY`] (each ping bounded by it) until `stop`,
+/// keeping `ok` true exactly while the last ping succeeded.
+pub(crate) async fn ping_database(store: Store, ok: Arc<AtomicBool>, stop: Shutdown) {
+    loop {
+        let pinged = tokio::time::timeout(DATABASE_PING_EVERY, store.ping()).await;
+        ok.store(matches!(pinged, Ok(Ok(()))), Ordering::Relaxed);
+        tokio::select! {
+            () = stop.wait() => break,
+            () = tokio::time::sleep(DATABASE_PING_EVERY) => {}
+        }
+    }
+}
