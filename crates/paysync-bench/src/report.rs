@@ -61,6 +61,13 @@ impl Samples {
     }
 }
 
+impl From<&[f64]> for Samples {
+    /// The figures of the runs, in order.
+    fn from(values: &[f64]) -> Self {
+        Self(values.to_vec())
+    }
+}
+
 /// A number for the table: thousands separators above 100, two significant decimals below.
 pub fn num(x: f64) -> String {
     if !x.is_finite() {
