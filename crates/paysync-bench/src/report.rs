@@ -127,6 +127,19 @@ impl Row {
         }
     }
 
+    /// A row of a figure measured over the runs: the median of `samples` with its `unit`,
+    /// their min–max beside it.
+    pub fn median(
+        name: impl Into<String>,
+        samples: &Samples,
+        unit: &str,
+        ratio: impl Into<String>,
+        notes: impl Into<String>,
+    ) -> Self {
+        let figure = format!("{} {unit}", num(samples.median()));
+        Self::new(name, figure, samples.range(""), ratio, notes)
+    }
+
     /// A row whose measurement failed.
     pub fn failed(name: impl Into<String>, error: &anyhow::Error) -> Self {
         let error = format!("{error:#}").replace('\n', " ");
@@ -265,6 +278,24 @@ mod tests {
         assert_eq!(num(123.0), "123");
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
+    }
+
+    #[test]
+    fn a_measured_row_shows_the_median_with_its_unit_and_the_range() {
+        let mut s = Samples::new();
+        for v in [1200.0, 1000.0, 1100.0] {
+            s.push(v);
+        }
+        let row = Row::median("r", &s, "msg/s", "–", "n");
+        assert_eq!(
+            (row.figure.as_str(), row.range.as_str()),
+            ("1,100 msg/s", "1,000–1,200")
+        );
+        let one = Row::median("r", &Samples::from(&[5.0][..]), "req/s", "×0.50", "n");
+        assert_eq!(
+            (one.figure.as_str(), one.range.as_str()),
+            ("5.00 req/s", "–")
+        );
     }
 
     #[test]

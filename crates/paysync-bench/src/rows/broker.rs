@@ -34,10 +34,10 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Row> {
     }
     let failures = broker::delete_queues(&bench.amqp, std::slice::from_ref(&queue)).await;
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
-    Ok(Row::new(
+    Ok(Row::median(
         BROKER,
-        format!("{} msg/s", num(rates.median())),
-        rates.range(""),
+        &rates,
+        "msg/s",
         "–",
         format!(
             "{} persistent {} B messages per run to the default exchange, {} channels, {} confirms in flight; every confirm an ack",

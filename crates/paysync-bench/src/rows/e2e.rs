@@ -109,10 +109,10 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         ));
     }
     Ok(vec![
-        Row::new(
+        Row::median(
             E2E,
-            format!("{} events/s", num(rates.median())),
-            rates.range(""),
+            &rates,
+            "events/s",
             "–",
             format!(
                 "{} events per run at full speed ({} connections), from the load generator's start to the last commit (SQL); max(processed_at) − min(received_at): {} events/s; {}",

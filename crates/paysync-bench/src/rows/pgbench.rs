@@ -90,17 +90,17 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<PgbenchOut> {
         format!("CHECK FAILED: {failed} failed transactions")
     };
     let rows = vec![
-        Row::new(
+        Row::median(
             PG_ONE,
-            format!("{} events/s", num(s_one.median())),
-            s_one.range(""),
+            &s_one,
+            "events/s",
             "–",
             format!("{how}; events/s = tps; {failures}"),
         ),
-        Row::new(
+        Row::median(
             many_name(bench),
-            format!("{} events/s", num(s_many.median())),
-            s_many.range(""),
+            &s_many,
+            "events/s",
             "–",
             format!(
                 "the worker's statements for a batch (crates/paysync-bench/pgbench/events-n.sql, -D n={}): one statement per kind of row for {} such events in one transaction, each client on its own customers (no lock waits between clients); events/s = {} × tps; {failures}",

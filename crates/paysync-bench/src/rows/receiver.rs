@@ -287,20 +287,20 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<WithPeak> {
         plan.connections
     );
     let rows = vec![
-        Row::new(
+        Row::median(
             MINI,
-            format!("{} req/s", num(mini_rps.median())),
-            mini_rps.range(""),
+            &mini_rps,
+            "req/s",
             "–",
             format!(
                 "{load}; axum + HMAC check + confirmed publish (2 channels) into a quorum queue; {}",
                 mini_checks.note("all 2xx, the queue held every message")
             ),
         ),
-        Row::new(
+        Row::median(
             RECEIVER,
-            format!("{} req/s", num(rps.median())),
-            rps.range(""),
+            &rps,
+            "req/s",
             format!("{} of the minimal receiver", ratio(&ratios)),
             format!(
                 "{load}; ratio per run, to the minimal receiver of the same run; {}",

@@ -185,10 +185,10 @@ pub(super) async fn measure(
             plan.batch
         )
     };
-    let row = Row::new(
+    let row = Row::median(
         WORKER,
-        format!("{} deliveries/s", num(rates.median())),
-        rates.range(""),
+        &rates,
+        "deliveries/s",
         ratio_text,
         format!(
             "{} deliveries per run ({} distinct events of {} fixture types, 1,000 customers, {} duplicates) pre-filled at {} msg/s with paysync's publisher; clock from /readyz 200 to the last commit seen; first-to-last commit in SQL: {} deliveries/s; ratios per run, to pgbench of the same run; {}",
