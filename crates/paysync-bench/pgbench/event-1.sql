@@ -18,6 +18,11 @@
 -- Event ids are unique across the run: the client id and a random 63-bit number. Customers
 -- are cus_bench0 .. cus_bench999, seeded before the run (accounts + provider_customers).
 --
+-- The four statements are the store's (paysync_store::statements), whitespace aside, each `$n`
+-- written as one pgbench expression; the test in paysync-bench src/pg/tie.rs fails when they
+-- part, except where it lists a difference (here: received_at is now(), and the mapping read
+-- names its account `acct` for \gset).
+--
 -- paysync-bench runs it with: pgbench -n -M prepared -c 8 -j 2 -T <secs> -f event-1.sql
 -- (search_path through PGOPTIONS). events-n.sql is the same work for n events at once.
 BEGIN;

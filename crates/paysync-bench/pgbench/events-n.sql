@@ -16,6 +16,10 @@
 -- would: with random customers, concurrent transactions of 50 events would mostly measure
 -- each other's row-lock waits. The worker sends 3 and 4 together; pgbench one at a time.
 --
+-- Apart from those rows (and their order by position), the statements are the store's
+-- (paysync_store::statements), whitespace aside; the test in paysync-bench src/pg/tie.rs fails
+-- when they part, except where it lists a difference.
+--
 -- paysync-bench runs it with: pgbench -n -M prepared -c 8 -j 2 -T <secs> -D n=<n> -f events-n.sql
 \set ev random(1, 9223372036854775806)
 \set base random(0, 124)

@@ -1,5 +1,8 @@
 //! PostgreSQL: schemas migrated with the real migrations, the pgbench ceilings with the
 //! worker's own statements, and the SQL checks of the worker and end-to-end rows.
+//!
+//! The pgbench scripts (`pgbench/*.sql`) write out the store's statements; the test in `tie`
+//! fails when they no longer match the store's text.
 
 use std::path::{Path, PathBuf};
 
@@ -144,11 +147,7 @@ pub async fn spans(client: &Client, pattern: &str) -> anyhow::Result<(f64, f64, 
         )
         .await
         .context("reading event times")?;
-    Ok((
-        row.get::<_, Option<f64>>(0).unwrap_or_default(),
-        row.get::<_, Option<f64>>(1).unwrap_or_default(),
-        row.get::<_, Option<f64>>(2).unwrap_or_default(),
-    ))
+    Ok(three_floats(&row))
 }
 
 /// Lag from receipt to commit of the events matching `pattern`, in milliseconds:
@@ -165,11 +164,13 @@ pub async fn lag_ms(client: &Client, pattern: &str) -> anyhow::Result<(f64, f64,
         )
         .await
         .context("computing the lag percentiles")?;
-    Ok((
-        row.get::<_, Option<f64>>(0).unwrap_or_default(),
-        row.get::<_, Option<f64>>(1).unwrap_or_default(),
-        row.get::<_, Option<f64>>(2).unwrap_or_default(),
-    ))
+    Ok(three_floats(&row))
+}
+
+/// The first three columns of `row`, nullable `float8`s, a null as 0.
+fn three_floats(row: &tokio_postgres::Row) -> (f64, f64, f64) {
+    let float = |i| row.get::<_, Option<f64>>(i).unwrap_or_default();
+    (float(0), float(1), float(2))
 }
 
 /// Rows in `dead_letters`.
@@ -269,6 +270,9 @@ fn parse_pgbench(text: &str) -> anyhow::Result<PgbenchResult> {
         .unwrap_or(0);
     Ok(PgbenchResult { tps, failed })
 }
+
+#[cfg(test)]
+mod tie;
 
 #[cfg(test)]
 mod tests {

@@ -61,6 +61,13 @@ impl Samples {
     }
 }
 
+impl From<&[f64]> for Samples {
+    /// The figures of the runs, in order.
+    fn from(values: &[f64]) -> Self {
+        Self(values.to_vec())
+    }
+}
+
 /// A number for the table: thousands separators above 100, two significant decimals below.
 pub fn num(x: f64) -> String {
     if !x.is_finite() {
@@ -118,6 +125,19 @@ impl Row {
             ratio: ratio.into(),
             notes: notes.into(),
         }
+    }
+
+    /// A row of a figure measured over the runs: the median of `samples` with its `unit`,
+    /// their min–max beside it.
+    pub fn median(
+        name: impl Into<String>,
+        samples: &Samples,
+        unit: &str,
+        ratio: impl Into<String>,
+        notes: impl Into<String>,
+    ) -> Self {
+        let figure = format!("{} {unit}", num(samples.median()));
+        Self::new(name, figure, samples.range(""), ratio, notes)
     }
 
     /// A row whose measurement failed.
@@ -258,6 +278,24 @@ mod tests {
         assert_eq!(num(123.0), "123");
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
+    }
+
+    #[test]
+    fn a_measured_row_shows_the_median_with_its_unit_and_the_range() {
+        let mut s = Samples::new();
+        for v in [1200.0, 1000.0, 1100.0] {
+            s.push(v);
+        }
+        let row = Row::median("r", &s, "msg/s", "–", "n");
+        assert_eq!(
+            (row.figure.as_str(), row.range.as_str()),
+            ("1,100 msg/s", "1,000–1,200")
+        );
+        let one = Row::median("r", &Samples::from(&[5.0][..]), "req/s", "×0.50", "n");
+        assert_eq!(
+            (one.figure.as_str(), one.range.as_str()),
+            ("5.00 req/s", "–")
+        );
     }
 
     #[test]

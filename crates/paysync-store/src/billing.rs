@@ -89,7 +89,7 @@ const KINDS: [ObjectKind; 6] = [
 /// key says (so links never depend on order); for payments the refunded amount only grows. A
 /// row is only rewritten when one of these changes something. Rows go in in key order; the
 /// caller passes at most one write per row (a statement cannot update a row twice).
-fn upsert_sql(kind: ObjectKind) -> &'static str {
+pub fn upsert_sql(kind: ObjectKind) -> &'static str {
     static BUILT: [std::sync::OnceLock<String>; 6] = [const { std::sync::OnceLock::new() }; 6];
     let slot = KINDS.iter().position(|k| *k == kind).unwrap_or_default();
     BUILT[slot].get_or_init(|| {
@@ -177,7 +177,7 @@ const UPDATE_CUSTOMERS: &str = "update provider_customers pc set \
       and ((u.d and not pc.deleted) or (u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id)))";
 
 /// Tasks, once per kind and source: a later write only fills in a missing account or due date.
-const INSERT_TASKS: &str = "insert into tasks (account_id, kind, source_id, due_at) \
+pub const INSERT_TASKS: &str = "insert into tasks (account_id, kind, source_id, due_at) \
     select a, k, s, d from unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) as u(a, k, s, d) \
     order by k, s \
     on conflict (kind, source_id) do update set \
@@ -198,7 +198,7 @@ const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id) \
 /// primary-key lookup per customer. (Written as a lateral lookup on purpose: with `= any()`
 /// or a plain join, a table without statistics yet got a plan that scanned every customer of
 /// the provider for each batch.)
-const CUSTOMER_LINKS: &str = "select u.c, m.account_id, a.external_ref \
+pub const CUSTOMER_LINKS: &str = "select u.c, m.account_id, a.external_ref \
     from unnest($2::text[]) as u(c) \
     cross join lateral (select pc.account_id from provider_customers pc \
                         where pc.provider = $1 and pc.customer_id = u.c limit 1) as m \

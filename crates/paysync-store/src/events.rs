@@ -106,7 +106,7 @@ pub struct EventFilter {
 
 /// The body goes into `body` as `json`, the exact text received (migration 0007); `payload`
 /// (jsonb) only holds rows of earlier releases. The account is the customer's, when mapped.
-const INSERT_EVENT: &str = "insert into event_log \
+pub const INSERT_EVENT: &str = "insert into event_log \
     (provider, event_id, event_type, created, livemode, api_version, body, received_at, outcome, attempts, account_id) \
     values ($1, $2, $3, $4, $5, $6, ($7::text)::json, to_timestamp($8::bigint / 1000.0), $9, $10, \
             (select pc.account_id from provider_customers pc where pc.provider = $1 and pc.customer_id = $11)) \
@@ -116,7 +116,7 @@ const INSERT_EVENT: &str = "insert into event_log \
 /// The batch form of [`INSERT_EVENT`]: one row per array element, inserted in key order (so
 /// concurrent batches wait on each other's rows in one order, never in a cycle). Returns the
 /// keys that were new. The caller removes repeats within the batch first.
-const INSERT_EVENTS: &str = "insert into event_log \
+pub const INSERT_EVENTS: &str = "insert into event_log \
     (provider, event_id, event_type, created, livemode, api_version, body, received_at, outcome, attempts, account_id) \
     select p, e, t, c, l, v, j::json, to_timestamp(r / 1000.0), o, a, \
            (select pc.account_id from provider_customers pc where pc.provider = u.p and pc.customer_id = u.cu) \

@@ -25,6 +25,13 @@ pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEve
 pub use paysync_domain::billing::AccountFacts;
 pub use settings::{StoreSettings, valid_schema};
 
+/// The text of the statements the worker runs for an event, for the bench's pgbench scripts
+/// (a test in `paysync-bench` fails when a script no longer matches them).
+pub mod statements {
+    pub use crate::billing::{CUSTOMER_LINKS, INSERT_TASKS, upsert_sql};
+    pub use crate::events::{INSERT_EVENT, INSERT_EVENTS};
+}
+
 /// The database: a pool plus the schema it works in. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
