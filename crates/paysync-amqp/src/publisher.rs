@@ -211,8 +211,8 @@ impl Publisher {
     /// has made the message durable in the work queue.
     ///
     /// Events go straight to the work queue through the default exchange: routing through the
-    /// `<p>.events` topic exchange cost the broker about a third more CPU per message
-    /// (docs/benchmarks.md), and the work queue is its only destination. The event's own
+    /// `<p>.events` topic exchange costs the broker more CPU per message (docs/decisions.md),
+    /// and the work queue is its only destination. The event's own
     /// routing key (`<provider>.<type>`) is derived from its headers where it is needed
     /// ([`Incoming::original_routing_key`]).
     pub async fn publish(&self, hook: &VerifiedWebhook) -> Result<(), PublishError> {

@@ -10,8 +10,8 @@
 //! - `loadgen`: the HTTP load generator (full speed or a fixed open-loop rate), one JSON line
 //!   on standard output. See [`loadgen`].
 //!
-//! Its table, with the command and the machine, is what `docs/benchmarks.md` publishes (design
-//! brief §6); the tool prints figures only, not what limits them.
+//! Its table, with the command and the machine, is what `docs/benchmarks.md` publishes; the tool
+//! prints figures only, not what limits them.
 
 mod broker;
 mod events;
