@@ -5,9 +5,17 @@
 //! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
 //! and poll the real ones.
 
+mod message;
+mod metrics;
 mod proxy;
+mod running;
+mod webhook;
 
+pub use message::{RawProperties, TakenMessage};
+pub use metrics::{sample, scrape};
 pub use proxy::{Fault, FaultProxy};
+pub use running::{RunningApp, STOP_DEADLINE, Shutdown};
+pub use webhook::{signature_now, verified_event};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,7 +28,7 @@ use paysync_amqp::lapin::options::{
     QueueDeleteOptions,
 };
 use paysync_amqp::lapin::types::FieldTable;
-use paysync_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use paysync_amqp::lapin::{Connection, ConnectionProperties};
 use paysync_amqp::{AmqpSettings, Topology};
 
 /// The local broker the tests use (`PAYSYNC_TEST_AMQP_URL` overrides).
@@ -140,7 +148,7 @@ impl TestBroker {
     }
 
     /// A fresh connection for the test's own inspection.
-    pub async fn connect(&self) -> anyhow::Result<Connection> {
+    async fn connect(&self) -> anyhow::Result<Connection> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{}-inspector", self.prefix).into());
         Connection::connect(&amqp_url(), props).await.context(
@@ -174,7 +182,7 @@ impl TestBroker {
         queue: &str,
         max: usize,
         deadline: Duration,
-    ) -> anyhow::Result<Vec<(Vec<u8>, BasicProperties, String)>> {
+    ) -> anyhow::Result<Vec<TakenMessage>> {
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let mut out = Vec::new();
@@ -189,7 +197,7 @@ impl TestBroker {
                     let props = msg.delivery.properties.clone();
                     let data = msg.delivery.data.clone();
                     msg.delivery.ack(BasicAckOptions::default()).await?;
-                    out.push((data, props, routing_key));
+                    out.push(TakenMessage::new(data, routing_key, props));
                 }
                 None if start.elapsed() > deadline => break,
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -206,7 +214,7 @@ impl TestBroker {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        props: BasicProperties,
+        props: &RawProperties,
     ) -> anyhow::Result<()> {
         use paysync_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let conn = self.connect().await?;
@@ -223,7 +231,7 @@ impl TestBroker {
                     ..BasicPublishOptions::default()
                 },
                 body,
-                props,
+                props.to_amqp(),
             )
             .await?
             .await?;
@@ -271,19 +279,46 @@ impl Default for TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        let limit = self.delivery_limit;
-        // Drop cannot be async: tear down on a helper thread with its own runtime.
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(Self::teardown(prefix, limit))
-        });
-        if let Ok(Err(err)) = handle.join() {
-            eprintln!("testkit: broker teardown failed: {err:#}");
-        }
+        teardown_on_helper_thread(
+            "broker",
+            Self::teardown(self.prefix.clone(), self.delivery_limit),
+        );
     }
+}
+
+/// The newest `limit` rows of the event log, of every type.
+pub async fn logged_events(
+    store: &paysync_store::Store,
+    limit: i64,
+) -> anyhow::Result<Vec<paysync_store::EventRow>> {
+    let filter = paysync_store::EventFilter {
+        limit,
+        ..Default::default()
+    };
+    Ok(store.events(&filter).await?)
+}
+
+/// Up to `limit` open dead letters, as an operator lists them.
+pub async fn open_dead_letters(
+    store: &paysync_store::Store,
+    limit: i64,
+) -> anyhow::Result<Vec<paysync_store::DeadLetterRow>> {
+    let filter = paysync_store::DeadLetterFilter {
+        limit,
+        ..Default::default()
+    };
+    Ok(store.dead_letter_list(&filter).await?)
+}
+
+/// The environment that points a `paysync` process at this test's broker prefix and schema
+/// (`Command::envs`).
+pub fn paysync_env(broker: &TestBroker, db: &TestDb) -> [(&'static str, String); 4] {
+    [
+        ("PAYSYNC_DATABASE_URL", database_url()),
+        ("PAYSYNC_DATABASE_SCHEMA", db.schema().to_owned()),
+        ("PAYSYNC_AMQP_URL", amqp_url()),
+        ("PAYSYNC_AMQP_PREFIX", broker.prefix().to_owned()),
+    ]
 }
 
 /// The local PostgreSQL the tests use (`PAYSYNC_TEST_DATABASE_URL` overrides).
@@ -368,16 +403,25 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let schema = self.schema.clone();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(Self::drop_schema(schema))
-        });
-        if let Ok(Err(err)) = handle.join() {
-            eprintln!("testkit: schema teardown failed: {err:#}");
-        }
+        teardown_on_helper_thread("schema", Self::drop_schema(self.schema.clone()));
+    }
+}
+
+/// Runs a guard's async teardown to completion from its `Drop`, which cannot be async (and
+/// may run inside the test's runtime): on a helper thread with a runtime of its own. A failed
+/// teardown is reported, not raised: the test's own outcome matters more.
+fn teardown_on_helper_thread(
+    what: &str,
+    teardown: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(teardown)
+    });
+    if let Ok(Err(err)) = handle.join() {
+        eprintln!("testkit: {what} teardown failed: {err:#}");
     }
 }
 

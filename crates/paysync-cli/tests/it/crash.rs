@@ -6,19 +6,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use paysync_amqp::Publisher;
-use paysync_domain::Mode;
-use paysync_domain::stripe::StripeVerifier;
-use paysync_domain::stripe::signature::sign_header;
-use paysync_store::EventFilter;
-use paysync_testkit::{TestBroker, TestDb, now_secs, poll_until, stripe_event};
+use paysync_testkit::{
+    TestBroker, TestDb, logged_events, paysync_env, poll_until, stripe_event, verified_event,
+};
 
 fn worker(broker: &TestBroker, db: &TestDb) -> Child {
     Command::new(env!("CARGO_BIN_EXE_paysync"))
         .arg("worker")
-        .env("PAYSYNC_DATABASE_URL", paysync_testkit::database_url())
-        .env("PAYSYNC_DATABASE_SCHEMA", db.schema())
-        .env("PAYSYNC_AMQP_URL", paysync_testkit::amqp_url())
-        .env("PAYSYNC_AMQP_PREFIX", broker.prefix())
+        .envs(paysync_env(broker, db))
         .env("PAYSYNC_METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -32,29 +27,16 @@ async fn a_worker_killed_with_sigkill_mid_stream_loses_and_doubles_nothing() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
     let publisher = Publisher::new(broker.settings("test-publisher"));
-    let verifier = StripeVerifier::new(vec!["whsec_k".into()], Mode::Test, 300);
     let ids: Vec<String> = (0..3000).map(|i| format!("evt_kill_{i:05}")).collect();
     for chunk in ids.chunks(250) {
         futures::future::join_all(chunk.iter().map(|id| {
-            let body = stripe_event(id, "customer.updated", false);
-            let header = sign_header("whsec_k", now_secs(), &body);
-            let hook = verifier
-                .verify(Some(&header), body.into(), now_secs(), now_secs() * 1000)
-                .unwrap();
+            let hook = verified_event(stripe_event(id, "customer.updated", false));
             let publisher = &publisher;
             async move { publisher.publish(&hook).await.unwrap() }
         }))
         .await;
     }
-    let count = || async {
-        store
-            .events(&EventFilter {
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-    };
+    let count = || async { logged_events(&store, 10_000).await.unwrap() };
 
     let mut first = worker(&broker, &db);
     poll_until(Duration::from_secs(60), "the worker under way", || async {

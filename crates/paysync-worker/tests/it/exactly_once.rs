@@ -30,13 +30,8 @@ async fn the_same_event_delivered_five_times_is_applied_once_and_four_duplicates
     assert_eq!(row.outcome, "applied");
     assert_eq!(calls.count.load(Ordering::SeqCst), 1, "handler ran once");
     let scrape = worker.scrape().await;
-    let series = |o: &str| {
-        format!(
-            r#"paysync_events_processed_total{{event_type="invoice.paid",outcome="{o}",provider="stripe"}}"#
-        )
-    };
-    assert_eq!(sample(&scrape, &series("applied")), 1.0);
-    assert_eq!(sample(&scrape, &series("duplicate")), 4.0);
+    assert_eq!(processed(&scrape, "invoice.paid", "applied"), 1.0);
+    assert_eq!(processed(&scrape, "invoice.paid", "duplicate"), 4.0);
     worker.stop().await;
 }
 
@@ -60,13 +55,7 @@ async fn an_event_without_a_handler_is_recorded_as_ignored_and_acked() {
     .await
     .unwrap();
     let scrape = worker.scrape().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"paysync_events_processed_total{event_type="other",outcome="ignored",provider="stripe"}"#
-        ),
-        1.0
-    );
+    assert_eq!(processed(&scrape, "other", "ignored"), 1.0);
     worker.stop().await;
 }
 
@@ -91,17 +80,14 @@ async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_
         .await
         .unwrap()
         .with_after_commit_hook(hook);
-    let mut crashing = spawn(app).await;
+    let crashing = spawn(app).await;
     publish_event(&publisher(&broker), "evt_commit_then_crash", "invoice.paid").await;
     tokio::time::timeout(Duration::from_secs(20), committed_rx)
         .await
         .unwrap()
         .unwrap();
     // Abort the worker mid-flight: committed, not acked.
-    let task = crashing.task.take().unwrap();
-    task.abort();
-    let _ = task.await;
-    drop(crashing);
+    crashing.abort().await;
 
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
     let store = db.store().await.unwrap();

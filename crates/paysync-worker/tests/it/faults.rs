@@ -3,49 +3,24 @@
 //! applied exactly once; nothing is lost, nothing dead-lettered. Each test prints its counts.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use paysync_amqp::AmqpSettings;
-use paysync_domain::stripe::signature::sign_header;
-use paysync_store::{EventFilter, Store, StoreSettings};
-use paysync_testkit::{Fault, FaultProxy, TestBroker, TestDb, now_secs, poll_until, stripe_event};
-use secrecy::SecretString;
+use paysync_store::{Store, StoreSettings};
+use paysync_testkit::{
+    Fault, FaultProxy, TestBroker, TestDb, logged_events, poll_until, sample, stripe_event,
+};
 
 use crate::helpers::*;
 
 const SECRET: &str = "whsec_faults";
 
-struct Receiver {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
+/// A receiver that gives up on the broker quickly (2 s to connect or confirm).
 async fn receiver(amqp: AmqpSettings) -> Receiver {
-    let mut rs = paysync_receiver::Settings::local(vec![SecretString::from(SECRET.to_owned())]);
-    rs.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    rs.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    rs.amqp = amqp;
+    let mut rs = receiver_settings(SECRET, amqp);
     rs.amqp.confirm_timeout = Duration::from_secs(2);
     rs.amqp.connect_timeout = Duration::from_secs(2);
-    let app = paysync_receiver::App::build(rs).await.unwrap();
-    let url = format!("http://127.0.0.1:{}/webhooks/stripe", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    Receiver {
-        url,
-        stop: Some(stop),
-    }
+    spawn_receiver(rs).await
 }
 
 /// Worker settings whose database connections go through `proxy`.
@@ -59,27 +34,13 @@ fn through_proxy(broker: &TestBroker, db: &TestDb, proxy: &FaultProxy) -> paysyn
 }
 
 /// Posts `id` once; the status code.
-async fn post(client: &reqwest::Client, url: &str, id: &str) -> u16 {
-    let body = stripe_event(id, "customer.updated", false);
-    let header = sign_header(SECRET, now_secs(), &body);
-    match client
-        .post(url)
-        .header("Stripe-Signature", header)
-        .body(body)
-        .send()
+async fn post(recv: &Receiver, id: &str) -> u16 {
+    recv.post(&stripe_event(id, "customer.updated", false), SECRET)
         .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
 }
 
 async fn logged_ids(store: &Store) -> Vec<String> {
-    store
-        .events(&EventFilter {
-            limit: 100_000,
-            ..Default::default()
-        })
+    logged_events(store, 100_000)
         .await
         .unwrap()
         .into_iter()
@@ -101,7 +62,6 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         paysync_worker::billing::handlers(),
     )
     .await;
-    let client = reqwest::Client::new();
 
     let ids: Vec<String> = (0..2000).map(|i| format!("evt_cut_{i:05}")).collect();
     let mut accepted = HashSet::new();
@@ -113,8 +73,7 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         if n == 14 {
             proxy.set(Fault::Pass);
         }
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         for (id, status) in chunk.iter().zip(statuses) {
             match status {
                 200 => {
@@ -133,7 +92,7 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
     for id in &ids {
         if !accepted.contains(id) {
             let status = poll_until(Duration::from_secs(30), "a 200 after the cut", || async {
-                (post(&client, &recv.url, id).await == 200).then_some(())
+                (post(&recv, id).await == 200).then_some(())
             })
             .await;
             status.unwrap();
@@ -180,15 +139,13 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     )
     .await;
     let recv = receiver(broker.settings("receiver")).await;
-    let client = reqwest::Client::new();
     let ids: Vec<String> = (0..2000).map(|i| format!("evt_dbcut_{i:05}")).collect();
     let mut accepted = 0;
     for (n, chunk) in ids.chunks(100).enumerate() {
         if n == 5 {
             proxy.set(Fault::Cut);
         }
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         accepted += statuses.iter().filter(|s| **s == 200).count();
     }
     assert_eq!(accepted, ids.len(), "the receiver never needs the database");
@@ -216,10 +173,7 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     .unwrap();
     let distinct: HashSet<&String> = logged.iter().collect();
     let dead = store.dead_letters(None, 10).await.unwrap().len();
-    let retried = sample(
-        &during,
-        r#"paysync_events_processed_total{event_type="customer.updated",outcome="retry_scheduled",provider="stripe"}"#,
-    );
+    let retried = processed(&during, "customer.updated", "retry_scheduled");
     println!(
         "database cut: accepted {accepted}, applied {}, retries scheduled during the cut {retried}, dead-lettered {dead}, lost {}",
         distinct.len(),
@@ -254,11 +208,9 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     .await;
     proxy.set(Fault::Slow(Duration::from_millis(200)));
     let recv = receiver(broker.settings("receiver")).await;
-    let client = reqwest::Client::new();
     let ids: Vec<String> = (0..1000).map(|i| format!("evt_slow_{i:05}")).collect();
     for chunk in ids.chunks(100) {
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         assert!(statuses.iter().all(|s| *s == 200));
     }
     // While the database is slow the backlog waits in the broker, not in worker memory.
@@ -277,8 +229,11 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     .unwrap();
     let mut max_in_flight = 0.0f64;
     for _ in 0..10 {
-        max_in_flight =
-            max_in_flight.max(sample(&worker.scrape().await, "paysync_worker_in_flight"));
+        max_in_flight = max_in_flight.max(sample(
+            &worker.scrape().await,
+            "paysync_worker_in_flight",
+            &[],
+        ));
     }
     assert!(
         max_in_flight <= concurrency as f64,
