@@ -464,3 +464,65 @@ pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {
     }
     Ok(closed)
 }
+
+/// What became of a stream of events: the event log and the dead letters after it, as the
+/// exactly-once tests count them.
+#[derive(Debug)]
+pub struct Tally {
+    /// Every logged event id (one per row: a repeat would be a double apply).
+    pub logged: Vec<String>,
+    /// The distinct logged event ids.
+    pub distinct: std::collections::HashSet<String>,
+    /// Redeliveries counted as duplicates.
+    pub duplicates: i64,
+    /// Dead letters (counted up to 10).
+    pub dead_lettered: usize,
+}
+
+impl Tally {
+    /// Counts the event log and dead letters of `store` now.
+    pub async fn of(store: &paysync_store::Store) -> anyhow::Result<Self> {
+        let rows = logged_events(store, 100_000).await?;
+        let dead_lettered = store.dead_letters(None, 10).await?.len();
+        Ok(Self {
+            duplicates: rows.iter().map(|r| i64::from(r.duplicates)).sum(),
+            distinct: rows.iter().map(|r| r.event_id.clone()).collect(),
+            logged: rows.into_iter().map(|r| r.event_id).collect(),
+            dead_lettered,
+        })
+    }
+
+    /// Polls until at least `n` events are logged (or fails after `deadline`), then counts.
+    pub async fn when_logged(
+        store: &paysync_store::Store,
+        n: usize,
+        deadline: Duration,
+        what: &str,
+    ) -> anyhow::Result<Self> {
+        poll_until(deadline, what, || async {
+            Self::of(store).await.ok().filter(|t| t.logged.len() >= n)
+        })
+        .await
+    }
+
+    /// `accepted …, applied …, duplicates …, dead-lettered …, lost …`, for a test's printout.
+    pub fn summary(&self, accepted: usize) -> String {
+        format!(
+            "accepted {accepted}, applied {}, duplicates {}, dead-lettered {}, lost {}",
+            self.distinct.len(),
+            self.duplicates,
+            self.dead_lettered,
+            accepted.saturating_sub(self.distinct.len())
+        )
+    }
+
+    /// Asserts that `n` events were each applied exactly once and nothing was dead-lettered.
+    ///
+    /// # Panics
+    /// When they were not: this is a test assertion.
+    pub fn assert_each_applied_once(&self, n: usize) {
+        assert_eq!(self.logged.len(), n, "each exactly once");
+        assert_eq!(self.distinct.len(), n);
+        assert_eq!(self.dead_lettered, 0);
+    }
+}

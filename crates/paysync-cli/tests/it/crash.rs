@@ -1,13 +1,13 @@
 //! A real `paysync worker` process killed with SIGKILL mid-stream and started again: every
 //! event is applied exactly once, nothing is lost or dead-lettered.
 
-use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use paysync_amqp::Publisher;
 use paysync_testkit::{
-    TestBroker, TestDb, logged_events, paysync_env, poll_until, stripe_event, verified_event,
+    Tally, TestBroker, TestDb, logged_events, paysync_env, poll_until, stripe_event,
+    verified_event,
 };
 
 fn worker(broker: &TestBroker, db: &TestDb) -> Child {
@@ -50,25 +50,15 @@ async fn a_worker_killed_with_sigkill_mid_stream_loses_and_doubles_nothing() {
     assert!(at_kill < ids.len(), "killed mid-stream ({at_kill} applied)");
 
     let mut second = worker(&broker, &db);
-    let rows = poll_until(Duration::from_secs(120), "all 3,000 applied", || async {
-        let rows = count().await;
-        (rows.len() >= ids.len()).then_some(rows)
-    })
-    .await
-    .unwrap();
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(120), "all 3,000 applied")
+        .await
+        .unwrap();
     second.kill().unwrap();
     second.wait().unwrap();
-    let distinct: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-    let duplicates: i32 = rows.iter().map(|r| r.duplicates).sum();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
     println!(
-        "worker SIGKILL: accepted {}, applied {} ({at_kill} before the kill), duplicates {duplicates}, dead-lettered {dead}, lost {}",
-        ids.len(),
-        distinct.len(),
-        ids.len() - distinct.len()
+        "worker SIGKILL: {} ({at_kill} applied before the kill)",
+        tally.summary(ids.len())
     );
-    assert_eq!(rows.len(), ids.len(), "each exactly once");
-    assert_eq!(distinct.len(), ids.len());
-    assert_eq!(dead, 0);
+    tally.assert_each_applied_once(ids.len());
     publisher.close().await;
 }

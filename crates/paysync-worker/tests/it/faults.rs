@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use paysync_amqp::AmqpSettings;
-use paysync_store::{Store, StoreSettings};
+use paysync_store::StoreSettings;
 use paysync_testkit::{
-    Fault, FaultProxy, TestBroker, TestDb, logged_events, poll_until, sample, stripe_event,
+    Fault, FaultProxy, Tally, TestBroker, TestDb, poll_until, sample, stripe_event,
 };
 
 use crate::helpers::*;
@@ -37,15 +37,6 @@ fn through_proxy(broker: &TestBroker, db: &TestDb, proxy: &FaultProxy) -> paysyn
 async fn post(recv: &Receiver, id: &str) -> u16 {
     recv.post(&stripe_event(id, "customer.updated", false), SECRET)
         .await
-}
-
-async fn logged_ids(store: &Store) -> Vec<String> {
-    logged_events(store, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.event_id)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,27 +91,21 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         }
     }
     let store = db.store().await.unwrap();
-    let logged = poll_until(
+    let tally = Tally::when_logged(
+        &store,
+        accepted.len(),
         Duration::from_secs(90),
         "every accepted event applied",
-        || async {
-            let logged = logged_ids(&store).await;
-            (logged.len() >= accepted.len()).then_some(logged)
-        },
     )
     .await
     .unwrap();
-    let logged: HashSet<String> = logged.into_iter().collect();
-    let lost = accepted.difference(&logged).count();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
+    let lost = accepted.difference(&tally.distinct).count();
     println!(
-        "broker cut: accepted {}, refused-then-retried {refused}, applied {}, dead-lettered {dead}, lost {lost}",
-        accepted.len(),
-        logged.len()
+        "broker cut: {}, refused-then-retried {refused}",
+        tally.summary(accepted.len())
     );
     assert_eq!(lost, 0);
-    assert_eq!(dead, 0);
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }
 
@@ -161,31 +146,24 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     let during = worker.scrape().await;
     proxy.set(Fault::Pass);
 
-    let logged = poll_until(
+    let tally = Tally::when_logged(
+        &store,
+        ids.len(),
         Duration::from_secs(120),
         "every event applied after the outage",
-        || async {
-            let logged = logged_ids(&store).await;
-            (logged.len() >= ids.len()).then_some(logged)
-        },
     )
     .await
     .unwrap();
-    let distinct: HashSet<&String> = logged.iter().collect();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
     let retried = processed(&during, "customer.updated", "retry_scheduled");
     println!(
-        "database cut: accepted {accepted}, applied {}, retries scheduled during the cut {retried}, dead-lettered {dead}, lost {}",
-        distinct.len(),
-        ids.len() - distinct.len()
+        "database cut: {}, retries scheduled during the cut {retried}",
+        tally.summary(accepted)
     );
     assert!(
         retried > 0.0,
         "deliveries were retried while the database was away"
     );
-    assert_eq!(distinct.len(), ids.len());
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
-    assert_eq!(dead, 0);
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }
 
@@ -240,22 +218,18 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
         "in flight {max_in_flight} > {concurrency}"
     );
     proxy.set(Fault::Pass);
-    let logged = poll_until(Duration::from_secs(180), "the backlog drained", || async {
-        let logged = logged_ids(&store).await;
-        (logged.len() >= ids.len()).then_some(logged)
-    })
+    let tally = Tally::when_logged(
+        &store,
+        ids.len(),
+        Duration::from_secs(180),
+        "the backlog drained",
+    )
     .await
     .unwrap();
-    let distinct: HashSet<&String> = logged.iter().collect();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
     println!(
-        "slow database: accepted {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency}), applied {}, dead-lettered {dead}, lost {}",
-        ids.len(),
-        distinct.len(),
-        ids.len() - distinct.len()
+        "slow database: {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency})",
+        tally.summary(ids.len())
     );
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
-    assert_eq!(distinct.len(), ids.len());
-    assert_eq!(dead, 0);
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use paysync_testkit::{TestBroker, TestDb, logged_events, poll_until, stripe_event};
+use paysync_testkit::{Tally, TestBroker, TestDb, poll_until, stripe_event};
 
 use crate::helpers::*;
 
@@ -103,28 +103,16 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
             accepted.insert(id.clone());
         }
     }
-    let rows = poll_until(
+    let tally = Tally::when_logged(
+        &store,
+        ids.len(),
         Duration::from_secs(240),
         "every accepted event applied",
-        || async {
-            let rows = logged_events(&store, 10_000).await.ok()?;
-            (rows.len() >= ids.len()).then_some(rows)
-        },
     )
     .await
     .unwrap();
-    let applied: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-    let duplicates: i32 = rows.iter().map(|r| r.duplicates).sum();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
-    println!(
-        "restarts: accepted {}, applied {}, duplicates {duplicates}, dead-lettered {dead}, lost {}",
-        accepted.len(),
-        applied.len(),
-        accepted.len() - applied.len()
-    );
-    assert_eq!(rows.len(), ids.len(), "each exactly once");
-    assert_eq!(applied.len(), ids.len());
-    assert_eq!(dead, 0);
+    println!("restarts: {}", tally.summary(accepted.len()));
+    tally.assert_each_applied_once(ids.len());
     // Both are asked to stop; how they exit after the restarts is not what this test checks.
     drop(receiver);
     let _ = worker.try_stop().await;
