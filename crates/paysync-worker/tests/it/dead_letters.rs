@@ -27,14 +27,15 @@ async fn dead_letters(db: &TestDb, n: usize) -> Vec<DeadLetterRow> {
 #[tokio::test]
 async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_error() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("charge.dispute.created", Script::FailPermanently);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
-    publish_event(
-        &publisher(&broker),
-        "evt_permanent",
+    let (worker, calls) = scripted_worker(
+        &broker,
+        &db,
         "charge.dispute.created",
+        Script::FailPermanently,
+        5,
     )
     .await;
+    publish_one(&broker, "evt_permanent", "charge.dispute.created").await;
 
     let rows = dead_letters(&db, 1).await;
     let d = &rows[0];
@@ -61,24 +62,22 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_err
     assert!(d.first_failed_at <= d.last_failed_at);
     assert_eq!(calls.count.load(Ordering::SeqCst), 1);
     // Rolled back: not in the event log, so a fixed handler can apply it on redrive.
-    assert!(
-        db.store()
-            .await
-            .unwrap()
-            .event("stripe", "evt_permanent")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_logged(&db, "evt_permanent").await);
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn exhausting_the_attempts_dead_letters_with_attempts_equal_to_the_maximum() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::FailTransiently(u32::MAX));
-    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
-    publish_event(&publisher(&broker), "evt_exhausted", "invoice.paid").await;
+    let (worker, calls) = scripted_worker(
+        &broker,
+        &db,
+        "invoice.paid",
+        Script::FailTransiently(u32::MAX),
+        3,
+    )
+    .await;
+    publish_one(&broker, "evt_exhausted", "invoice.paid").await;
 
     let rows = dead_letters(&db, 1).await;
     let d = &rows[0];
@@ -134,8 +133,7 @@ async fn worker_for_raw_messages(
     broker: &TestBroker,
     db: &TestDb,
 ) -> (Running, std::sync::Arc<Calls>) {
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
-    let worker = spawn_worker(broker, db, fast_retry(5), handlers).await;
+    let (worker, calls) = scripted_worker(broker, db, "invoice.paid", Script::Succeed, 5).await;
     broker.declare().await.unwrap();
     (worker, calls)
 }
@@ -213,27 +211,14 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
     assert!(rows.iter().all(|d| d.attempts == 1));
     assert_eq!(calls.count.load(Ordering::SeqCst), 0);
     // Nothing left to loop on.
-    poll_until(Duration::from_secs(10), "work queue empty", || async {
-        (broker.message_count(&t.work_queue()).await.unwrap() == 0).then_some(())
-    })
-    .await
-    .unwrap();
+    work_queue_drained(&broker).await;
     for level in 0..paysync_amqp::DELAY_LEVELS {
         assert_eq!(
             broker.message_count(&t.delay_level(level)).await.unwrap(),
             0
         );
     }
-    assert_eq!(
-        db.store()
-            .await
-            .unwrap()
-            .dead_letters(None, 100)
-            .await
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(dead_letter_count(&db, 100).await, 4);
     worker.stop().await;
 }
 
@@ -267,9 +252,8 @@ async fn a_message_of_an_earlier_release_is_applied() {
 #[tokio::test]
 async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, _calls) = handlers("invoice.paid", Script::Panic);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
-    publish_event(&publisher(&broker), "evt_panics", "invoice.paid").await;
+    let (worker, _calls) = scripted_worker(&broker, &db, "invoice.paid", Script::Panic, 5).await;
+    publish_one(&broker, "evt_panics", "invoice.paid").await;
     let rows = dead_letters(&db, 1).await;
     assert_eq!(rows[0].error_kind, "handler_panicked");
     assert!(
@@ -277,14 +261,6 @@ async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
         "{}",
         rows[0].error_chain
     );
-    assert!(
-        db.store()
-            .await
-            .unwrap()
-            .event("stripe", "evt_panics")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_logged(&db, "evt_panics").await);
     worker.stop().await;
 }

@@ -80,16 +80,14 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         "the cut was felt (503s while the broker was away)"
     );
     // The provider retries what was refused; after the broker is back every event gets in.
-    for id in &ids {
-        if !accepted.contains(id) {
-            let status = poll_until(Duration::from_secs(30), "a 200 after the cut", || async {
-                (post(&recv, id).await == 200).then_some(())
-            })
-            .await;
-            status.unwrap();
-            accepted.insert(id.clone());
-        }
-    }
+    recv.resend_refused(
+        &ids,
+        &mut accepted,
+        "customer.updated",
+        SECRET,
+        Duration::from_secs(30),
+    )
+    .await;
     let store = db.store().await.unwrap();
     let tally = Tally::when_logged(
         &store,

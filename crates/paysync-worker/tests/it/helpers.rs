@@ -1,5 +1,6 @@
 //! A worker wired as in production, plus handlers whose behaviour a test scripts.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,13 @@ impl Running {
     pub async fn scrape(&self) -> String {
         scrape(self.metrics_port).await.unwrap()
     }
+
+    /// `GET <path>` on the metrics/health/admin port, without a token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("{}{path}", self.metrics_base))
+            .await
+            .unwrap()
+    }
 }
 
 pub async fn spawn(app: App) -> Running {
@@ -127,6 +135,30 @@ impl Receiver {
 
     pub async fn scrape(&self) -> String {
         scrape(self.metrics_port).await.unwrap()
+    }
+
+    /// Sends each of `ids` not yet `accepted` again (as `event_type`, signed with `secret`)
+    /// until the receiver answers 200, as a provider retries what was refused.
+    pub async fn resend_refused(
+        &self,
+        ids: &[String],
+        accepted: &mut HashSet<String>,
+        event_type: &str,
+        secret: &str,
+        deadline: Duration,
+    ) {
+        for id in ids {
+            if accepted.contains(id) {
+                continue;
+            }
+            let body = stripe_event(id, event_type, false);
+            paysync_testkit::poll_until(deadline, &format!("a 200 for {id}"), || async {
+                (self.post(&body, secret).await == 200).then_some(())
+            })
+            .await
+            .unwrap();
+            accepted.insert(id.clone());
+        }
     }
 
     /// Stops the receiver and asserts it exits cleanly.
@@ -279,4 +311,45 @@ pub async fn logged_and_dead(store: &Store, limit: i64) -> (Vec<EventRow>, Vec<D
         logged_events(store, limit).await.unwrap(),
         open_dead_letters(store, limit).await.unwrap(),
     )
+}
+
+/// A worker with one scripted handler for `event_type` and `max_attempts` attempts; the calls
+/// the handler sees.
+pub async fn scripted_worker(
+    broker: &TestBroker,
+    db: &TestDb,
+    event_type: &str,
+    script: Script,
+    max_attempts: u32,
+) -> (Running, Arc<Calls>) {
+    let (handlers, calls) = handlers(event_type, script);
+    let worker = spawn_worker(broker, db, fast_retry(max_attempts), handlers).await;
+    (worker, calls)
+}
+
+/// Publishes one event through a publisher of its own.
+pub async fn publish_one(broker: &TestBroker, id: &str, event_type: &str) {
+    publish_event(&publisher(broker), id, event_type).await;
+}
+
+/// Polls until the work queue holds nothing ready: nothing left to loop on.
+pub async fn work_queue_drained(broker: &TestBroker) {
+    let queue = broker.topology().work_queue();
+    paysync_testkit::poll_until(Duration::from_secs(10), "work queue empty", || async {
+        (broker.message_count(&queue).await.unwrap() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// How many dead letters the test's schema holds (counted up to `limit`).
+pub async fn dead_letter_count(db: &TestDb, limit: i64) -> usize {
+    let store = db.store().await.unwrap();
+    store.dead_letters(None, limit).await.unwrap().len()
+}
+
+/// Whether `id` is in the event log now.
+pub async fn is_logged(db: &TestDb, id: &str) -> bool {
+    let store = db.store().await.unwrap();
+    store.event("stripe", id).await.unwrap().is_some()
 }

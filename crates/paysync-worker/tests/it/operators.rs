@@ -417,7 +417,7 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
     let mut s = settings(&broker, &db, fast_retry(3));
     s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
     let worker = spawn(App::build(s, failing).await.unwrap()).await;
-    publish_event(&publisher(&broker), "evt_admin_1", "invoice.paid").await;
+    publish_one(&broker, "evt_admin_1", "invoice.paid").await;
     open_letters(&store, 1).await;
 
     let client = reqwest::Client::new();
@@ -518,7 +518,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
     let store = db.store().await.unwrap();
     let (ok, calls) = handlers("invoice.paid", Script::Succeed);
     let worker = spawn_worker(&broker, &db, fast_retry(3), ok).await;
-    publish_event(&publisher(&broker), "evt_replayed", "invoice.paid").await;
+    publish_one(&broker, "evt_replayed", "invoice.paid").await;
     logged(&db, "evt_replayed").await;
 
     let ops = ops_for(&broker, &store);

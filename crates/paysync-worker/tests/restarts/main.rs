@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use paysync_testkit::{Tally, TestBroker, TestDb, poll_until, stripe_event};
+use paysync_testkit::{Tally, TestBroker, TestDb, stripe_event};
 
 use crate::helpers::*;
 
@@ -91,18 +91,15 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
         }
     }
     // What was refused while the broker was down, the provider sends again.
-    for id in &ids {
-        if !accepted.contains(id) {
-            poll_until(
-                Duration::from_secs(60),
-                "a 200 after the restart",
-                || async { (post(&receiver, id).await == 200).then_some(()) },
-            )
-            .await
-            .unwrap();
-            accepted.insert(id.clone());
-        }
-    }
+    receiver
+        .resend_refused(
+            &ids,
+            &mut accepted,
+            "customer.updated",
+            SECRET,
+            Duration::from_secs(60),
+        )
+        .await;
     let tally = Tally::when_logged(
         &store,
         ids.len(),
