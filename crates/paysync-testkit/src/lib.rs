@@ -53,6 +53,19 @@ pub fn stripe_fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// The names of every `fixtures/stripe/*.json`, sorted.
+pub fn stripe_fixture_names() -> Vec<String> {
+    let dir = fixtures_dir().join("stripe");
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// A Stripe-shaped event body with the given id, type and mode.
 pub fn stripe_event(id: &str, event_type: &str, livemode: bool) -> Vec<u8> {
     serde_json::json!({
@@ -497,9 +510,8 @@ impl Tally {
         store: &paysync_store::Store,
         n: usize,
         deadline: Duration,
-        what: &str,
     ) -> anyhow::Result<Self> {
-        poll_until(deadline, what, || async {
+        poll_until(deadline, &format!("{n} events logged"), || async {
             Self::of(store).await.ok().filter(|t| t.logged.len() >= n)
         })
         .await

@@ -89,14 +89,9 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
     )
     .await;
     let store = db.store().await.unwrap();
-    let tally = Tally::when_logged(
-        &store,
-        accepted.len(),
-        Duration::from_secs(90),
-        "every accepted event applied",
-    )
-    .await
-    .unwrap();
+    let tally = Tally::when_logged(&store, accepted.len(), Duration::from_secs(90))
+        .await
+        .unwrap();
     let lost = accepted.difference(&tally.distinct).count();
     println!(
         "broker cut: {}, refused-then-retried {refused}",
@@ -144,14 +139,9 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     let during = worker.scrape().await;
     proxy.set(Fault::Pass);
 
-    let tally = Tally::when_logged(
-        &store,
-        ids.len(),
-        Duration::from_secs(120),
-        "every event applied after the outage",
-    )
-    .await
-    .unwrap();
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(120))
+        .await
+        .unwrap();
     let retried = processed(&during, "customer.updated", "retry_scheduled");
     println!(
         "database cut: {}, retries scheduled during the cut {retried}",
@@ -216,14 +206,9 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
         "in flight {max_in_flight} > {concurrency}"
     );
     proxy.set(Fault::Pass);
-    let tally = Tally::when_logged(
-        &store,
-        ids.len(),
-        Duration::from_secs(180),
-        "the backlog drained",
-    )
-    .await
-    .unwrap();
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(180))
+        .await
+        .unwrap();
     println!(
         "slow database: {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency})",
         tally.summary(ids.len())

@@ -100,14 +100,9 @@ async fn restarting_rabbitmq_and_postgresql_mid_stream_loses_nothing() {
             Duration::from_secs(60),
         )
         .await;
-    let tally = Tally::when_logged(
-        &store,
-        ids.len(),
-        Duration::from_secs(240),
-        "every accepted event applied",
-    )
-    .await
-    .unwrap();
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(240))
+        .await
+        .unwrap();
     println!("restarts: {}", tally.summary(accepted.len()));
     tally.assert_each_applied_once(ids.len());
     // Both are asked to stop; how they exit after the restarts is not what this test checks.
