@@ -5,9 +5,17 @@
 //! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
 //! and poll the real ones.
 
+mod message;
+mod metrics;
 mod proxy;
+mod running;
+mod webhook;
 
+pub use message::{RawProperties, TakenMessage};
+pub use metrics::{sample, scrape};
 pub use proxy::{Fault, FaultProxy};
+pub use running::{RunningApp, STOP_DEADLINE, Shutdown};
+pub use webhook::{signature_now, verified_event};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,7 +28,7 @@ use paysync_amqp::lapin::options::{
     QueueDeleteOptions,
 };
 use paysync_amqp::lapin::types::FieldTable;
-use paysync_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use paysync_amqp::lapin::{Connection, ConnectionProperties};
 use paysync_amqp::{AmqpSettings, Topology};
 
 /// The local broker the tests use (`PAYSYNC_TEST_AMQP_URL` overrides).
@@ -43,6 +51,19 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn stripe_fixture(name: &str) -> Vec<u8> {
     let path = fixtures_dir().join("stripe").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The names of every `fixtures/stripe/*.json`, sorted.
+pub fn stripe_fixture_names() -> Vec<String> {
+    let dir = fixtures_dir().join("stripe");
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
 }
 
 /// A Stripe-shaped event body with the given id, type and mode.
@@ -140,7 +161,7 @@ impl TestBroker {
     }
 
     /// A fresh connection for the test's own inspection.
-    pub async fn connect(&self) -> anyhow::Result<Connection> {
+    async fn connect(&self) -> anyhow::Result<Connection> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{}-inspector", self.prefix).into());
         Connection::connect(&amqp_url(), props).await.context(
@@ -174,7 +195,7 @@ impl TestBroker {
         queue: &str,
         max: usize,
         deadline: Duration,
-    ) -> anyhow::Result<Vec<(Vec<u8>, BasicProperties, String)>> {
+    ) -> anyhow::Result<Vec<TakenMessage>> {
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let mut out = Vec::new();
@@ -189,7 +210,7 @@ impl TestBroker {
                     let props = msg.delivery.properties.clone();
                     let data = msg.delivery.data.clone();
                     msg.delivery.ack(BasicAckOptions::default()).await?;
-                    out.push((data, props, routing_key));
+                    out.push(TakenMessage::new(data, routing_key, props));
                 }
                 None if start.elapsed() > deadline => break,
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -206,7 +227,7 @@ impl TestBroker {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        props: BasicProperties,
+        props: &RawProperties,
     ) -> anyhow::Result<()> {
         use paysync_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let conn = self.connect().await?;
@@ -223,7 +244,7 @@ impl TestBroker {
                     ..BasicPublishOptions::default()
                 },
                 body,
-                props,
+                props.to_amqp(),
             )
             .await?
             .await?;
@@ -271,19 +292,46 @@ impl Default for TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        let limit = self.delivery_limit;
-        // Drop cannot be async: tear down on a helper thread with its own runtime.
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(Self::teardown(prefix, limit))
-        });
-        if let Ok(Err(err)) = handle.join() {
-            eprintln!("testkit: broker teardown failed: {err:#}");
-        }
+        teardown_on_helper_thread(
+            "broker",
+            Self::teardown(self.prefix.clone(), self.delivery_limit),
+        );
     }
+}
+
+/// The newest `limit` rows of the event log, of every type.
+pub async fn logged_events(
+    store: &paysync_store::Store,
+    limit: i64,
+) -> anyhow::Result<Vec<paysync_store::EventRow>> {
+    let filter = paysync_store::EventFilter {
+        limit,
+        ..Default::default()
+    };
+    Ok(store.events(&filter).await?)
+}
+
+/// Up to `limit` open dead letters, as an operator lists them.
+pub async fn open_dead_letters(
+    store: &paysync_store::Store,
+    limit: i64,
+) -> anyhow::Result<Vec<paysync_store::DeadLetterRow>> {
+    let filter = paysync_store::DeadLetterFilter {
+        limit,
+        ..Default::default()
+    };
+    Ok(store.dead_letter_list(&filter).await?)
+}
+
+/// The environment that points a `paysync` process at this test's broker prefix and schema
+/// (`Command::envs`).
+pub fn paysync_env(broker: &TestBroker, db: &TestDb) -> [(&'static str, String); 4] {
+    [
+        ("PAYSYNC_DATABASE_URL", database_url()),
+        ("PAYSYNC_DATABASE_SCHEMA", db.schema().to_owned()),
+        ("PAYSYNC_AMQP_URL", amqp_url()),
+        ("PAYSYNC_AMQP_PREFIX", broker.prefix().to_owned()),
+    ]
 }
 
 /// The local PostgreSQL the tests use (`PAYSYNC_TEST_DATABASE_URL` overrides).
@@ -368,16 +416,25 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let schema = self.schema.clone();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(Self::drop_schema(schema))
-        });
-        if let Ok(Err(err)) = handle.join() {
-            eprintln!("testkit: schema teardown failed: {err:#}");
-        }
+        teardown_on_helper_thread("schema", Self::drop_schema(self.schema.clone()));
+    }
+}
+
+/// Runs a guard's async teardown to completion from its `Drop`, which cannot be async (and
+/// may run inside the test's runtime): on a helper thread with a runtime of its own. A failed
+/// teardown is reported, not raised: the test's own outcome matters more.
+fn teardown_on_helper_thread(
+    what: &str,
+    teardown: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(teardown)
+    });
+    if let Ok(Err(err)) = handle.join() {
+        eprintln!("testkit: {what} teardown failed: {err:#}");
     }
 }
 
@@ -419,4 +476,65 @@ pub fn close_broker_connections_named(name: &str) -> anyhow::Result<usize> {
         eprintln!("testkit: no connection named {name:?} in:\n{listing}");
     }
     Ok(closed)
+}
+
+/// What became of a stream of events: the event log and the dead letters after it, as the
+/// exactly-once tests count them.
+#[derive(Debug)]
+pub struct Tally {
+    /// Every logged event id (one per row: a repeat would be a double apply).
+    pub logged: Vec<String>,
+    /// The distinct logged event ids.
+    pub distinct: std::collections::HashSet<String>,
+    /// Redeliveries counted as duplicates.
+    pub duplicates: i64,
+    /// Dead letters (counted up to 10).
+    pub dead_lettered: usize,
+}
+
+impl Tally {
+    /// Counts the event log and dead letters of `store` now.
+    pub async fn of(store: &paysync_store::Store) -> anyhow::Result<Self> {
+        let rows = logged_events(store, 100_000).await?;
+        let dead_lettered = store.dead_letters(None, 10).await?.len();
+        Ok(Self {
+            duplicates: rows.iter().map(|r| i64::from(r.duplicates)).sum(),
+            distinct: rows.iter().map(|r| r.event_id.clone()).collect(),
+            logged: rows.into_iter().map(|r| r.event_id).collect(),
+            dead_lettered,
+        })
+    }
+
+    /// Polls until at least `n` events are logged (or fails after `deadline`), then counts.
+    pub async fn when_logged(
+        store: &paysync_store::Store,
+        n: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Self> {
+        poll_until(deadline, &format!("{n} events logged"), || async {
+            Self::of(store).await.ok().filter(|t| t.logged.len() >= n)
+        })
+        .await
+    }
+
+    /// `accepted …, applied …, duplicates …, dead-lettered …, lost …`, for a test's printout.
+    pub fn summary(&self, accepted: usize) -> String {
+        format!(
+            "accepted {accepted}, applied {}, duplicates {}, dead-lettered {}, lost {}",
+            self.distinct.len(),
+            self.duplicates,
+            self.dead_lettered,
+            accepted.saturating_sub(self.distinct.len())
+        )
+    }
+
+    /// Asserts that `n` events were each applied exactly once and nothing was dead-lettered.
+    ///
+    /// # Panics
+    /// When they were not: this is a test assertion.
+    pub fn assert_each_applied_once(&self, n: usize) {
+        assert_eq!(self.logged.len(), n, "each exactly once");
+        assert_eq!(self.distinct.len(), n);
+        assert_eq!(self.dead_lettered, 0);
+    }
 }

@@ -84,21 +84,14 @@ impl FaultProxy {
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
         if fault == Fault::Cut {
-            for link in self
-                .links
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-            {
-                link.abort();
-            }
+            self.abort_links();
         }
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
+impl FaultProxy {
+    /// Closes every open connection (both directions).
+    fn abort_links(&self) {
         for link in self
             .links
             .lock()
@@ -107,6 +100,13 @@ impl Drop for FaultProxy {
         {
             link.abort();
         }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.abort_links();
     }
 }
 

@@ -4,13 +4,14 @@
 use std::time::{Duration, Instant};
 
 use paysync_amqp::delay_routing_key;
-use paysync_amqp::lapin::BasicProperties;
-use paysync_testkit::TestBroker;
+use paysync_testkit::{RawProperties, TestBroker};
 
-fn props(id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(id.into())
+fn props(id: &str) -> RawProperties {
+    RawProperties {
+        persistent: true,
+        message_id: Some(id.into()),
+        ..RawProperties::default()
+    }
 }
 
 #[tokio::test]
@@ -25,7 +26,7 @@ async fn delayed_messages_come_back_after_their_own_delay_with_no_consumer_on_th
             &t.delay_entry_exchange(),
             &delay_routing_key(5),
             b"five",
-            props("m5"),
+            &props("m5"),
         )
         .await
         .unwrap();
@@ -34,7 +35,7 @@ async fn delayed_messages_come_back_after_their_own_delay_with_no_consumer_on_th
             &t.delay_entry_exchange(),
             &delay_routing_key(2),
             b"two",
-            props("m2"),
+            &props("m2"),
         )
         .await
         .unwrap();
@@ -56,16 +57,16 @@ async fn delayed_messages_come_back_after_their_own_delay_with_no_consumer_on_th
     let second_at = started.elapsed();
 
     assert_eq!(first.len(), 1, "2 s message delivered");
-    assert_eq!(first[0].0, b"two");
+    assert_eq!(first[0].body, b"two");
     assert_eq!(second.len(), 1, "5 s message delivered");
-    assert_eq!(second[0].0, b"five");
+    assert_eq!(second[0].body, b"five");
     // Whole-second TTLs: never early; late only by the broker's expiry sweep and our polling.
     assert!(first_at >= Duration::from_secs(2), "{first_at:?}");
     assert!(first_at < Duration::from_secs(5), "{first_at:?}");
     assert!(second_at >= Duration::from_secs(5), "{second_at:?}");
     assert!(second_at < Duration::from_secs(8), "{second_at:?}");
     // Delivered through the levels, the routing key is still the delay key.
-    assert_eq!(first[0].2, delay_routing_key(2));
+    assert_eq!(first[0].routing_key, delay_routing_key(2));
     for queue in t.queues() {
         assert_eq!(
             broker.message_count(&queue).await.unwrap(),
@@ -88,7 +89,7 @@ async fn a_retry_of_a_message_that_already_passed_the_levels_comes_back_too() {
             &t.delay_entry_exchange(),
             &delay_routing_key(1),
             b"again",
-            props("m"),
+            &props("m"),
         )
         .await
         .unwrap();

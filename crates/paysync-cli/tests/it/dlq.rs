@@ -3,15 +3,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use paysync_store::NewDeadLetter;
-use paysync_testkit::{TestBroker, TestDb, stripe_fixture};
+use paysync_testkit::{TestBroker, TestDb, paysync_env, stripe_fixture};
 
 fn paysync(broker: &TestBroker, db: &TestDb, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_paysync"))
         .args(args)
-        .env("PAYSYNC_DATABASE_URL", paysync_testkit::database_url())
-        .env("PAYSYNC_DATABASE_SCHEMA", db.schema())
-        .env("PAYSYNC_AMQP_URL", paysync_testkit::amqp_url())
-        .env("PAYSYNC_AMQP_PREFIX", broker.prefix())
+        .envs(paysync_env(broker, db))
         .env("USER", "ops-test")
         .env("RUST_LOG", "debug")
         .output()
@@ -97,7 +94,7 @@ async fn export_writes_only_json_lines_to_stdout_and_import_replays_the_exact_by
         .await
         .unwrap();
     assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].0, body, "replayed byte for byte");
+    assert_eq!(queued[0].body, body, "replayed byte for byte");
 
     let purge = paysync(
         &broker,

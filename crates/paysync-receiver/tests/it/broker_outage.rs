@@ -35,12 +35,7 @@ async fn unreachable_broker_gets_503_with_retry_after_and_the_receiver_keeps_run
     assert_eq!(readyz.status(), 503);
     assert!(readyz.text().await.unwrap().contains("broker unreachable"));
     assert_eq!(app.get(format!("{}/healthz", app.base)).await.status(), 200);
-    let scrape = app
-        .get(format!("{}/metrics", app.metrics_base))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.scrape().await;
     assert!(
         scrape.contains(
             r#"paysync_webhooks_received_total{outcome="unavailable",provider="stripe"} 3"#

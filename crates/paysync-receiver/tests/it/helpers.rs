@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use paysync_amqp::AmqpSettings;
 use paysync_domain::Mode;
-use paysync_domain::stripe::signature::sign_header;
 use paysync_receiver::{App, Settings};
-use paysync_testkit::{TestBroker, now_secs};
+use paysync_testkit::{RunningApp, TestBroker, sample, scrape, signature_now};
 use secrecy::SecretString;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "whsec_receiver_tests";
 
@@ -18,14 +15,14 @@ pub const SECRET: &str = "whsec_receiver_tests";
 pub struct Running {
     pub base: String,
     pub metrics_base: String,
+    pub metrics_port: u16,
     pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    app: RunningApp,
 }
 
 impl Running {
     pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
-        self.post_with_header(body, Some(sign_header(SECRET, now_secs(), body)))
+        self.post_with_header(body, Some(signature_now(SECRET, body)))
             .await
     }
 
@@ -49,23 +46,14 @@ impl Running {
             .expect("request reaches the receiver")
     }
 
-    /// Sends the shutdown signal and waits for a clean exit.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(15), task).await??,
-            None => Ok(()),
-        }
+    /// The receiver's Prometheus scrape.
+    pub async fn scrape(&self) -> String {
+        scrape(self.metrics_port).await.unwrap()
     }
-}
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// Sends the shutdown signal and waits for a clean exit.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.app.stop_within(Duration::from_secs(15)).await
     }
 }
 
@@ -83,17 +71,13 @@ pub fn settings(amqp: AmqpSettings, mode: Mode) -> Settings {
 pub async fn spawn(settings: Settings) -> Running {
     let app = App::build(settings).await.expect("receiver builds");
     let base = format!("http://127.0.0.1:{}", app.port());
-    let metrics_base = format!("http://127.0.0.1:{}", app.metrics_port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let metrics_port = app.metrics_port();
     Running {
         base,
-        metrics_base,
+        metrics_base: format!("http://127.0.0.1:{metrics_port}"),
+        metrics_port,
         client: reqwest::Client::new(),
-        stop: Some(stop),
-        task: Some(task),
+        app: RunningApp::spawn(|stop| app.run_until_stopped(stop)),
     }
 }
 
@@ -101,15 +85,13 @@ pub async fn spawn_for(broker: &TestBroker) -> Running {
     spawn(settings(broker.settings("receiver"), Mode::Test)).await
 }
 
-/// The value of a counter sample line `name{labels} value` in a Prometheus scrape.
-pub fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// The value of `paysync_webhooks_received_total` for Stripe and `outcome` in a scrape.
+pub fn received(scrape: &str, outcome: &str) -> f64 {
+    sample(
+        scrape,
+        "paysync_webhooks_received_total",
+        &[("outcome", outcome), ("provider", "stripe")],
+    )
 }
 
 /// Asserts the broker holds nothing in the work queue: the request was not published.

@@ -9,7 +9,15 @@ use paysync_testkit::{TestBroker, now_secs, stripe_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{SECRET, assert_nothing_published, settings, spawn};
+use crate::helpers::{Running, SECRET, assert_nothing_published, settings, spawn};
+
+/// A bare TCP connection to the receiver's public port, for clients no HTTP library imitates.
+async fn raw_connection(app: &Running) -> TcpStream {
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_by_the_request_timeout() {
@@ -17,10 +25,7 @@ async fn a_body_that_trickles_in_is_cut_off_by_the_request_timeout() {
     let mut s = settings(broker.settings("receiver"), Mode::Test);
     s.request_timeout = Duration::from_secs(1);
     let app = spawn(s).await;
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut stream = raw_connection(&app).await;
     let head = "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nStripe-Signature: t=1,v1=00\r\n\r\n{\"id\":";
     stream.write_all(head.as_bytes()).await.unwrap();
     // Never send the rest: the receiver must answer on its own, within its deadline.
@@ -86,10 +91,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let mut s = settings(broker.settings("receiver"), Mode::Test);
     s.header_timeout = Duration::from_secs(1);
     let app = spawn(s).await;
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut stream = raw_connection(&app).await;
     stream
         .write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signa")
         .await

@@ -3,19 +3,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use paysync_amqp::lapin::types::AMQPValue;
 use paysync_domain::Mode;
 use paysync_domain::stripe::signature::sign_header;
-use paysync_testkit::{TestBroker, now_secs, stripe_event, stripe_fixture};
+use paysync_testkit::{TestBroker, now_secs, sample, stripe_event, stripe_fixture};
 
-use crate::helpers::{SECRET, assert_nothing_published, sample, settings, spawn, spawn_for};
-
-fn header_str<'a>(
-    props: &'a paysync_amqp::lapin::BasicProperties,
-    name: &str,
-) -> Option<&'a AMQPValue> {
-    props.headers().as_ref()?.inner().get(name)
-}
+use crate::helpers::{SECRET, assert_nothing_published, received, settings, spawn, spawn_for};
 
 #[tokio::test]
 async fn signed_fixture_is_accepted_and_queued_byte_identical_with_metadata() {
@@ -34,49 +26,43 @@ async fn signed_fixture_is_accepted_and_queued_byte_identical_with_metadata() {
         .await
         .unwrap();
     assert_eq!(messages.len(), 1);
-    let (data, props, routing_key) = &messages[0];
-    assert_eq!(data, &body, "queued body must be the raw request bytes");
+    let message = &messages[0];
     assert_eq!(
-        routing_key,
-        &topology.work_queue(),
+        message.body, body,
+        "queued body must be the raw request bytes"
+    );
+    assert_eq!(
+        message.routing_key,
+        topology.work_queue(),
         "published straight into the work queue through the default exchange"
     );
-    assert_eq!(props.delivery_mode(), &Some(2), "persistent");
-    assert_eq!(
-        props.message_id().as_ref().map(|s| s.as_str()),
-        Some("evt_3KtQThJDPojXS6LN0E06aNxq")
-    );
-    assert_eq!(
-        props.content_type().as_ref().map(|s| s.as_str()),
-        Some("application/json")
-    );
-    let stamped = props.timestamp().expect("timestamp set") as i64;
+    assert_eq!(message.delivery_mode(), Some(2), "persistent");
+    assert_eq!(message.message_id(), Some("evt_3KtQThJDPojXS6LN0E06aNxq"));
+    assert_eq!(message.content_type(), Some("application/json"));
+    let stamped = message.timestamp().expect("timestamp set") as i64;
     assert!(
         (stamped - now_secs()).abs() < 60,
         "timestamp is the receive time"
     );
     assert_eq!(
-        props.kind().as_ref().map(|s| s.as_str()),
+        message.kind(),
         Some("stripe.charge.refunded"),
         "the type property names provider and event type"
     );
-    let read = paysync_amqp::read_event(props, data).unwrap();
+    let read = message.read_event().unwrap();
     let (meta, attempt) = (read.meta, read.attempt);
     assert_eq!(attempt, 1);
     assert_eq!(meta.event_type, "charge.refunded");
     assert_eq!(meta.api_version.as_deref(), Some("2020-03-02"));
     assert_eq!(meta.created, 1_619_701_111);
     assert!((meta.received_at_ms / 1000 - now_secs()).abs() < 60);
-    assert!(
-        matches!(header_str(props, "paysync-received-at-ms"), Some(AMQPValue::LongLongInt(ms)) if *ms == meta.received_at_ms)
+    assert_eq!(
+        message.header_i64("paysync-received-at-ms"),
+        Some(meta.received_at_ms)
     );
-    let names: Vec<&str> = props
-        .headers()
-        .as_ref()
-        .unwrap()
-        .inner()
-        .keys()
-        .map(|k| k.as_str())
+    let names: Vec<&str> = message
+        .header_names()
+        .into_iter()
         .filter(|k| !k.starts_with("x-"))
         .collect();
     assert_eq!(
@@ -85,21 +71,14 @@ async fn signed_fixture_is_accepted_and_queued_byte_identical_with_metadata() {
         "one header of ours (each costs the broker CPU); x- ones are the broker's"
     );
 
-    let scrape = app
-        .get(format!("{}/metrics", app.metrics_base))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.scrape().await;
+    assert_eq!(received(&scrape, "accepted"), 1.0);
     assert_eq!(
         sample(
             &scrape,
-            r#"paysync_webhooks_received_total{outcome="accepted",provider="stripe"}"#
+            "paysync_publish_confirm_duration_seconds_count",
+            &[]
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(&scrape, "paysync_publish_confirm_duration_seconds_count"),
         1.0
     );
     app.stop().await.unwrap();
@@ -111,6 +90,8 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
     let app = spawn_for(&broker).await;
     let good = stripe_event("evt_bad_inputs_1", "invoice.paid", false);
     let now = now_secs();
+    // Signed with the receiver's secret, now.
+    let ours = |body: &[u8]| Some(sign_header(SECRET, now, body));
 
     // (case, body, Stripe-Signature header, expected status, expected reason fragment)
     type Case = (&'static str, Vec<u8>, Option<String>, u16, &'static str);
@@ -150,7 +131,7 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
                 b[10] ^= 1;
                 b
             },
-            Some(sign_header(SECRET, now, &good)),
+            ours(&good),
             400,
             "no signature matches",
         ),
@@ -164,40 +145,28 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
         (
             "malformed JSON",
             b"{not json".to_vec(),
-            Some(sign_header(SECRET, now, b"{not json")),
+            ours(b"{not json"),
             400,
             "malformed JSON",
         ),
         (
             "missing id",
             br#"{"type":"a","created":1,"livemode":false}"#.to_vec(),
-            Some(sign_header(
-                SECRET,
-                now,
-                br#"{"type":"a","created":1,"livemode":false}"#,
-            )),
+            ours(br#"{"type":"a","created":1,"livemode":false}"#),
             400,
             "`id`",
         ),
         (
             "missing type",
             br#"{"id":"evt_x","created":1,"livemode":false}"#.to_vec(),
-            Some(sign_header(
-                SECRET,
-                now,
-                br#"{"id":"evt_x","created":1,"livemode":false}"#,
-            )),
+            ours(br#"{"id":"evt_x","created":1,"livemode":false}"#),
             400,
             "`type`",
         ),
         (
             "wrong mode",
             stripe_event("evt_live", "invoice.paid", true),
-            Some(sign_header(
-                SECRET,
-                now,
-                &stripe_event("evt_live", "invoice.paid", true),
-            )),
+            ours(&stripe_event("evt_live", "invoice.paid", true)),
             400,
             "live mode",
         ),
@@ -220,18 +189,8 @@ async fn each_bad_input_gets_its_status_and_nothing_is_published() {
     assert_eq!(response.status(), 413);
 
     assert_nothing_published(&broker).await;
-    let scrape = app
-        .get(format!("{}/metrics", app.metrics_base))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let label = |o: &str| {
-        sample(
-            &scrape,
-            &format!(r#"paysync_webhooks_received_total{{outcome="{o}",provider="stripe"}}"#),
-        )
-    };
+    let scrape = app.scrape().await;
+    let label = |o: &str| received(&scrape, o);
     assert_eq!(label("missing_signature"), 1.0);
     assert_eq!(label("bad_signature"), 4.0);
     assert_eq!(label("stale_timestamp"), 1.0);
@@ -290,7 +249,7 @@ async fn two_hundred_concurrent_posts_are_all_confirmed_and_queued() {
         .unwrap();
     let queued: HashSet<String> = messages
         .iter()
-        .map(|(_, props, _)| props.message_id().as_ref().unwrap().to_string())
+        .map(|m| m.message_id().unwrap().to_owned())
         .collect();
     assert_eq!(messages.len(), 200);
     assert_eq!(queued, ids.into_iter().collect::<HashSet<_>>());
@@ -334,12 +293,7 @@ async fn health_and_readiness_report_a_connected_receiver() {
             .status(),
         200
     );
-    let scrape = app
-        .get(format!("{}/metrics", app.metrics_base))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.scrape().await;
     assert!(
         scrape.contains("paysync_build_info{process=\"receiver\""),
         "{scrape}"

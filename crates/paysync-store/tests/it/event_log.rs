@@ -1,6 +1,6 @@
 use paysync_domain::{EventMeta, Provider};
-use paysync_store::{EventFilter, Inserted, NewEvent, Outcome, Resolution};
-use paysync_testkit::TestDb;
+use paysync_store::{Inserted, NewEvent, Outcome, Resolution};
+use paysync_testkit::{TestDb, logged_events};
 
 fn meta(id: &str) -> EventMeta {
     EventMeta {
@@ -57,13 +57,7 @@ async fn an_event_is_logged_once_and_a_rolled_back_insert_is_not_a_duplicate() {
     assert_eq!(row.outcome, "applied");
     assert_eq!(row.payload.unwrap()["id"], "evt_store_1");
     assert_eq!(row.received_at.unix_timestamp(), 1_700_000_000);
-    let listed = store
-        .events(&EventFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let listed = logged_events(&store, 10).await.unwrap();
     assert_eq!(listed.len(), 1);
 }
 

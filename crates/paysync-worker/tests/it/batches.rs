@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use paysync_testkit::{TestBroker, TestDb, poll_until};
+use paysync_testkit::{TestBroker, TestDb, poll_until, sample};
 
 use crate::helpers::*;
 
@@ -120,11 +120,11 @@ async fn a_failing_event_in_a_batch_is_isolated_and_the_good_ones_apply_once() {
     );
     let scrape = worker.scrape().await;
     assert!(
-        sample(&scrape, "paysync_worker_batch_size_count") > 0.0,
+        sample(&scrape, "paysync_worker_batch_size_count", &[]) > 0.0,
         "deliveries were applied in batches"
     );
     assert!(
-        sample(&scrape, "paysync_worker_batch_fallbacks_total") > 0.0,
+        sample(&scrape, "paysync_worker_batch_fallbacks_total", &[]) > 0.0,
         "failing batches fell back to one by one"
     );
     worker.stop().await;

@@ -50,13 +50,7 @@ async fn every_fixture_is_applied_or_deliberately_ignored() {
     let db = TestDb::new();
     let store = db.store().await.unwrap();
     let handlers = paysync_worker::billing::handlers();
-    let dir = paysync_testkit::fixtures_dir().join("stripe");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = paysync_testkit::stripe_fixture_names();
     assert_eq!(names.len(), 23);
     for name in &names {
         let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();

@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-use paysync_domain::Mode;
-use paysync_domain::stripe::StripeVerifier;
-use paysync_domain::stripe::signature::sign_header;
-use paysync_store::{EventFilter, Store};
-use paysync_testkit::{TestBroker, TestDb, now_secs, poll_until};
+use paysync_store::Store;
+use paysync_testkit::{TestBroker, TestDb, logged_events, poll_until, verified_event};
 
 use crate::billing_order::{TEMPLATES, normalized, template};
 use crate::helpers::*;
@@ -16,7 +13,6 @@ const PER_CUSTOMER: usize = 100;
 
 async fn publish_all(broker: &TestBroker) {
     let publisher = publisher(broker);
-    let verifier = StripeVerifier::new(vec!["whsec_w".into()], Mode::Test, 300);
     // Interleaved: customer after customer, each customer's events in their own order.
     let bodies: Vec<Vec<u8>> = (0..PER_CUSTOMER)
         .flat_map(|j| (0..CUSTOMERS).map(move |c| (c, j)))
@@ -28,15 +24,7 @@ async fn publish_all(broker: &TestBroker) {
         .collect();
     for chunk in bodies.chunks(250) {
         futures::future::join_all(chunk.iter().map(|body| {
-            let header = sign_header("whsec_w", now_secs(), body);
-            let hook = verifier
-                .verify(
-                    Some(&header),
-                    body.clone().into(),
-                    now_secs(),
-                    now_secs() * 1000,
-                )
-                .unwrap();
+            let hook = verified_event(body.clone());
             let publisher = &publisher;
             async move { publisher.publish(&hook).await.unwrap() }
         }))
@@ -46,14 +34,7 @@ async fn publish_all(broker: &TestBroker) {
 
 async fn drained(store: &Store) {
     poll_until(Duration::from_secs(180), "5,000 events logged", || async {
-        let n = store
-            .events(&EventFilter {
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len();
+        let n = logged_events(store, 10_000).await.unwrap().len();
         (n == CUSTOMERS * PER_CUSTOMER).then_some(())
     })
     .await

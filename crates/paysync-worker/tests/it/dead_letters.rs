@@ -4,10 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use paysync_amqp::lapin::BasicProperties;
-use paysync_amqp::lapin::types::{AMQPValue, FieldTable, LongString};
+use paysync_domain::message::HeaderValue;
 use paysync_store::DeadLetterRow;
-use paysync_testkit::{TestBroker, TestDb, poll_until, stripe_event};
+use paysync_testkit::{RawProperties, TestBroker, TestDb, poll_until, stripe_event};
 
 use crate::helpers::*;
 
@@ -28,14 +27,15 @@ async fn dead_letters(db: &TestDb, n: usize) -> Vec<DeadLetterRow> {
 #[tokio::test]
 async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_error() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("charge.dispute.created", Script::FailPermanently);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
-    publish_event(
-        &publisher(&broker),
-        "evt_permanent",
+    let (worker, calls) = scripted_worker(
+        &broker,
+        &db,
         "charge.dispute.created",
+        Script::FailPermanently,
+        5,
     )
     .await;
+    publish_one(&broker, "evt_permanent", "charge.dispute.created").await;
 
     let rows = dead_letters(&db, 1).await;
     let d = &rows[0];
@@ -62,24 +62,22 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letter_table_with_its_err
     assert!(d.first_failed_at <= d.last_failed_at);
     assert_eq!(calls.count.load(Ordering::SeqCst), 1);
     // Rolled back: not in the event log, so a fixed handler can apply it on redrive.
-    assert!(
-        db.store()
-            .await
-            .unwrap()
-            .event("stripe", "evt_permanent")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_logged(&db, "evt_permanent").await);
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn exhausting_the_attempts_dead_letters_with_attempts_equal_to_the_maximum() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::FailTransiently(u32::MAX));
-    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
-    publish_event(&publisher(&broker), "evt_exhausted", "invoice.paid").await;
+    let (worker, calls) = scripted_worker(
+        &broker,
+        &db,
+        "invoice.paid",
+        Script::FailTransiently(u32::MAX),
+        3,
+    )
+    .await;
+    publish_one(&broker, "evt_exhausted", "invoice.paid").await;
 
     let rows = dead_letters(&db, 1).await;
     let d = &rows[0];
@@ -109,79 +107,84 @@ async fn exhausting_the_attempts_dead_letters_with_attempts_equal_to_the_maximum
 }
 
 /// The properties an earlier release (message format 1) published with.
-fn event_headers(id: &str) -> BasicProperties {
-    let mut h = FieldTable::default();
-    h.insert("paysync-format".into(), AMQPValue::LongLongInt(1));
-    h.insert(
-        "paysync-provider".into(),
-        AMQPValue::LongString(LongString::from("stripe")),
-    );
-    h.insert(
-        "paysync-event-type".into(),
-        AMQPValue::LongString(LongString::from("invoice.paid")),
-    );
-    h.insert("paysync-event-created".into(), AMQPValue::LongLongInt(1));
-    h.insert("paysync-livemode".into(), AMQPValue::Boolean(false));
-    h.insert("paysync-received-at-ms".into(), AMQPValue::LongLongInt(1));
-    h.insert("paysync-attempt".into(), AMQPValue::LongLongInt(1));
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(id.into())
-        .with_headers(h)
+fn event_headers(id: &str) -> RawProperties {
+    let int = |name: &str, i| (name.to_owned(), HeaderValue::Int(i));
+    RawProperties {
+        persistent: true,
+        message_id: Some(id.into()),
+        kind: None,
+        headers: Some(vec![
+            int("paysync-format", 1),
+            ("paysync-provider".into(), HeaderValue::Str("stripe".into())),
+            (
+                "paysync-event-type".into(),
+                HeaderValue::Str("invoice.paid".into()),
+            ),
+            int("paysync-event-created", 1),
+            ("paysync-livemode".into(), HeaderValue::Bool(false)),
+            int("paysync-received-at-ms", 1),
+            int("paysync-attempt", 1),
+        ]),
+    }
+}
+
+/// A worker for `invoice.paid` that succeeds, with the topology declared for raw publishes.
+async fn worker_for_raw_messages(
+    broker: &TestBroker,
+    db: &TestDb,
+) -> (Running, std::sync::Arc<Calls>) {
+    let (worker, calls) = scripted_worker(broker, db, "invoice.paid", Script::Succeed, 5).await;
+    broker.declare().await.unwrap();
+    (worker, calls)
 }
 
 #[tokio::test]
 async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    let (worker, calls) = worker_for_raw_messages(&broker, &db).await;
     let t = broker.topology();
-    broker.declare().await.unwrap();
-    // A body that is not JSON, with valid headers.
-    broker
-        .publish_raw(
-            &t.events_exchange(),
+    let (events, work) = (t.events_exchange(), t.work_queue());
+    let raw: [(&str, &str, Vec<u8>, RawProperties); 4] = [
+        // A body that is not JSON, with valid headers.
+        (
+            &events,
             "stripe.invoice.paid",
-            b"{not json",
+            b"{not json".to_vec(),
             event_headers("evt_garbage"),
-        )
-        .await
-        .unwrap();
-    // No headers at all.
-    broker
-        .publish_raw(
-            &t.events_exchange(),
+        ),
+        // No headers at all.
+        (
+            &events,
             "stripe.invoice.paid",
-            b"{}",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-    // Format 2: the type property and the body disagree on the event type.
-    let mut received = FieldTable::default();
-    received.insert("paysync-received-at-ms".into(), AMQPValue::LongLongInt(1));
-    broker
-        .publish_raw(
+            b"{}".to_vec(),
+            RawProperties::default(),
+        ),
+        // Format 2: the type property and the body disagree on the event type.
+        (
             "",
-            &t.work_queue(),
-            &stripe_event("evt_typed", "charge.refunded", false),
-            BasicProperties::default()
-                .with_message_id("evt_typed".into())
-                .with_type("stripe.invoice.paid".into())
-                .with_headers(received),
-        )
-        .await
-        .unwrap();
-    // Headers and body disagree on the id.
-    broker
-        .publish_raw(
-            &t.events_exchange(),
+            &work,
+            stripe_event("evt_typed", "charge.refunded", false),
+            RawProperties {
+                message_id: Some("evt_typed".into()),
+                kind: Some("stripe.invoice.paid".into()),
+                headers: Some(vec![("paysync-received-at-ms".into(), HeaderValue::Int(1))]),
+                ..RawProperties::default()
+            },
+        ),
+        // Headers and body disagree on the id.
+        (
+            &events,
             "stripe.invoice.paid",
-            &stripe_event("evt_other", "invoice.paid", false),
+            stripe_event("evt_other", "invoice.paid", false),
             event_headers("evt_claimed"),
-        )
-        .await
-        .unwrap();
+        ),
+    ];
+    for (exchange, routing_key, body, props) in &raw {
+        broker
+            .publish_raw(exchange, routing_key, body, props)
+            .await
+            .unwrap();
+    }
 
     let rows = dead_letters(&db, 4).await;
     let mut kinds: Vec<&str> = rows.iter().map(|d| d.error_kind.as_str()).collect();
@@ -208,44 +211,29 @@ async fn malformed_messages_land_in_the_dead_letter_table_and_do_not_loop() {
     assert!(rows.iter().all(|d| d.attempts == 1));
     assert_eq!(calls.count.load(Ordering::SeqCst), 0);
     // Nothing left to loop on.
-    poll_until(Duration::from_secs(10), "work queue empty", || async {
-        (broker.message_count(&t.work_queue()).await.unwrap() == 0).then_some(())
-    })
-    .await
-    .unwrap();
+    work_queue_drained(&broker).await;
     for level in 0..paysync_amqp::DELAY_LEVELS {
         assert_eq!(
             broker.message_count(&t.delay_level(level)).await.unwrap(),
             0
         );
     }
-    assert_eq!(
-        db.store()
-            .await
-            .unwrap()
-            .dead_letters(None, 100)
-            .await
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(dead_letter_count(&db, 100).await, 4);
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn a_message_of_an_earlier_release_is_applied() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
+    let (worker, calls) = worker_for_raw_messages(&broker, &db).await;
     let t = broker.topology();
-    broker.declare().await.unwrap();
     // Format 1 through the events exchange, as receivers before the lean format published.
     broker
         .publish_raw(
             &t.events_exchange(),
             "stripe.invoice.paid",
             &stripe_event("evt_format_1", "invoice.paid", false),
-            event_headers("evt_format_1"),
+            &event_headers("evt_format_1"),
         )
         .await
         .unwrap();
@@ -264,9 +252,8 @@ async fn a_message_of_an_earlier_release_is_applied() {
 #[tokio::test]
 async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, _calls) = handlers("invoice.paid", Script::Panic);
-    let worker = spawn_worker(&broker, &db, fast_retry(5), handlers).await;
-    publish_event(&publisher(&broker), "evt_panics", "invoice.paid").await;
+    let (worker, _calls) = scripted_worker(&broker, &db, "invoice.paid", Script::Panic, 5).await;
+    publish_one(&broker, "evt_panics", "invoice.paid").await;
     let rows = dead_letters(&db, 1).await;
     assert_eq!(rows[0].error_kind, "handler_panicked");
     assert!(
@@ -274,14 +261,6 @@ async fn a_panicking_handler_is_dead_lettered_not_left_unacked() {
         "{}",
         rows[0].error_chain
     );
-    assert!(
-        db.store()
-            .await
-            .unwrap()
-            .event("stripe", "evt_panics")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_logged(&db, "evt_panics").await);
     worker.stop().await;
 }

@@ -13,8 +13,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn the_same_event_delivered_five_times_is_applied_once_and_four_duplicates_are_counted() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
-    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    let (worker, calls) = scripted_worker(&broker, &db, "invoice.paid", Script::Succeed, 3).await;
     let publisher = publisher(&broker);
     for _ in 0..5 {
         publish_event(&publisher, "evt_five_times", "invoice.paid").await;
@@ -30,43 +29,22 @@ async fn the_same_event_delivered_five_times_is_applied_once_and_four_duplicates
     assert_eq!(row.outcome, "applied");
     assert_eq!(calls.count.load(Ordering::SeqCst), 1, "handler ran once");
     let scrape = worker.scrape().await;
-    let series = |o: &str| {
-        format!(
-            r#"paysync_events_processed_total{{event_type="invoice.paid",outcome="{o}",provider="stripe"}}"#
-        )
-    };
-    assert_eq!(sample(&scrape, &series("applied")), 1.0);
-    assert_eq!(sample(&scrape, &series("duplicate")), 4.0);
+    assert_eq!(processed(&scrape, "invoice.paid", "applied"), 1.0);
+    assert_eq!(processed(&scrape, "invoice.paid", "duplicate"), 4.0);
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn an_event_without_a_handler_is_recorded_as_ignored_and_acked() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
-    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
-    publish_event(&publisher(&broker), "evt_unknown_type", "plan.created").await;
+    let (worker, calls) = scripted_worker(&broker, &db, "invoice.paid", Script::Succeed, 3).await;
+    publish_one(&broker, "evt_unknown_type", "plan.created").await;
     let row = logged(&db, "evt_unknown_type").await;
     assert_eq!(row.outcome, "ignored");
     assert_eq!(calls.count.load(Ordering::SeqCst), 0);
-    poll_until(Duration::from_secs(10), "work queue empty", || async {
-        (broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap()
-            == 0)
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    work_queue_drained(&broker).await;
     let scrape = worker.scrape().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"paysync_events_processed_total{event_type="other",outcome="ignored",provider="stripe"}"#
-        ),
-        1.0
-    );
+    assert_eq!(processed(&scrape, "other", "ignored"), 1.0);
     worker.stop().await;
 }
 
@@ -91,17 +69,14 @@ async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_
         .await
         .unwrap()
         .with_after_commit_hook(hook);
-    let mut crashing = spawn(app).await;
-    publish_event(&publisher(&broker), "evt_commit_then_crash", "invoice.paid").await;
+    let crashing = spawn(app).await;
+    publish_one(&broker, "evt_commit_then_crash", "invoice.paid").await;
     tokio::time::timeout(Duration::from_secs(20), committed_rx)
         .await
         .unwrap()
         .unwrap();
     // Abort the worker mid-flight: committed, not acked.
-    let task = crashing.task.take().unwrap();
-    task.abort();
-    let _ = task.await;
-    drop(crashing);
+    crashing.abort().await;
 
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
     let store = db.store().await.unwrap();
@@ -124,15 +99,6 @@ async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_
         1,
         "the handler's effect happened once"
     );
-    poll_until(Duration::from_secs(10), "work queue empty", || async {
-        (broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap()
-            == 0)
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    work_queue_drained(&broker).await;
     worker.stop().await;
 }

@@ -3,49 +3,24 @@
 //! applied exactly once; nothing is lost, nothing dead-lettered. Each test prints its counts.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use paysync_amqp::AmqpSettings;
-use paysync_domain::stripe::signature::sign_header;
-use paysync_store::{EventFilter, Store, StoreSettings};
-use paysync_testkit::{Fault, FaultProxy, TestBroker, TestDb, now_secs, poll_until, stripe_event};
-use secrecy::SecretString;
+use paysync_store::StoreSettings;
+use paysync_testkit::{
+    Fault, FaultProxy, Tally, TestBroker, TestDb, poll_until, sample, stripe_event,
+};
 
 use crate::helpers::*;
 
 const SECRET: &str = "whsec_faults";
 
-struct Receiver {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
+/// A receiver that gives up on the broker quickly (2 s to connect or confirm).
 async fn receiver(amqp: AmqpSettings) -> Receiver {
-    let mut rs = paysync_receiver::Settings::local(vec![SecretString::from(SECRET.to_owned())]);
-    rs.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    rs.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    rs.amqp = amqp;
+    let mut rs = receiver_settings(SECRET, amqp);
     rs.amqp.confirm_timeout = Duration::from_secs(2);
     rs.amqp.connect_timeout = Duration::from_secs(2);
-    let app = paysync_receiver::App::build(rs).await.unwrap();
-    let url = format!("http://127.0.0.1:{}/webhooks/stripe", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    Receiver {
-        url,
-        stop: Some(stop),
-    }
+    spawn_receiver(rs).await
 }
 
 /// Worker settings whose database connections go through `proxy`.
@@ -59,32 +34,9 @@ fn through_proxy(broker: &TestBroker, db: &TestDb, proxy: &FaultProxy) -> paysyn
 }
 
 /// Posts `id` once; the status code.
-async fn post(client: &reqwest::Client, url: &str, id: &str) -> u16 {
-    let body = stripe_event(id, "customer.updated", false);
-    let header = sign_header(SECRET, now_secs(), &body);
-    match client
-        .post(url)
-        .header("Stripe-Signature", header)
-        .body(body)
-        .send()
+async fn post(recv: &Receiver, id: &str) -> u16 {
+    recv.post(&stripe_event(id, "customer.updated", false), SECRET)
         .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
-async fn logged_ids(store: &Store) -> Vec<String> {
-    store
-        .events(&EventFilter {
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.event_id)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +53,6 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         paysync_worker::billing::handlers(),
     )
     .await;
-    let client = reqwest::Client::new();
 
     let ids: Vec<String> = (0..2000).map(|i| format!("evt_cut_{i:05}")).collect();
     let mut accepted = HashSet::new();
@@ -113,8 +64,7 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         if n == 14 {
             proxy.set(Fault::Pass);
         }
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         for (id, status) in chunk.iter().zip(statuses) {
             match status {
                 200 => {
@@ -130,38 +80,25 @@ async fn broker_connection_cut_mid_stream_loses_nothing_answered_200() {
         "the cut was felt (503s while the broker was away)"
     );
     // The provider retries what was refused; after the broker is back every event gets in.
-    for id in &ids {
-        if !accepted.contains(id) {
-            let status = poll_until(Duration::from_secs(30), "a 200 after the cut", || async {
-                (post(&client, &recv.url, id).await == 200).then_some(())
-            })
-            .await;
-            status.unwrap();
-            accepted.insert(id.clone());
-        }
-    }
-    let store = db.store().await.unwrap();
-    let logged = poll_until(
-        Duration::from_secs(90),
-        "every accepted event applied",
-        || async {
-            let logged = logged_ids(&store).await;
-            (logged.len() >= accepted.len()).then_some(logged)
-        },
+    recv.resend_refused(
+        &ids,
+        &mut accepted,
+        "customer.updated",
+        SECRET,
+        Duration::from_secs(30),
     )
-    .await
-    .unwrap();
-    let logged: HashSet<String> = logged.into_iter().collect();
-    let lost = accepted.difference(&logged).count();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
+    .await;
+    let store = db.store().await.unwrap();
+    let tally = Tally::when_logged(&store, accepted.len(), Duration::from_secs(90))
+        .await
+        .unwrap();
+    let lost = accepted.difference(&tally.distinct).count();
     println!(
-        "broker cut: accepted {}, refused-then-retried {refused}, applied {}, dead-lettered {dead}, lost {lost}",
-        accepted.len(),
-        logged.len()
+        "broker cut: {}, refused-then-retried {refused}",
+        tally.summary(accepted.len())
     );
     assert_eq!(lost, 0);
-    assert_eq!(dead, 0);
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }
 
@@ -180,15 +117,13 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     )
     .await;
     let recv = receiver(broker.settings("receiver")).await;
-    let client = reqwest::Client::new();
     let ids: Vec<String> = (0..2000).map(|i| format!("evt_dbcut_{i:05}")).collect();
     let mut accepted = 0;
     for (n, chunk) in ids.chunks(100).enumerate() {
         if n == 5 {
             proxy.set(Fault::Cut);
         }
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         accepted += statuses.iter().filter(|s| **s == 200).count();
     }
     assert_eq!(accepted, ids.len(), "the receiver never needs the database");
@@ -204,34 +139,19 @@ async fn database_cut_for_thirty_seconds_is_retried_and_nothing_is_dead_lettered
     let during = worker.scrape().await;
     proxy.set(Fault::Pass);
 
-    let logged = poll_until(
-        Duration::from_secs(120),
-        "every event applied after the outage",
-        || async {
-            let logged = logged_ids(&store).await;
-            (logged.len() >= ids.len()).then_some(logged)
-        },
-    )
-    .await
-    .unwrap();
-    let distinct: HashSet<&String> = logged.iter().collect();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
-    let retried = sample(
-        &during,
-        r#"paysync_events_processed_total{event_type="customer.updated",outcome="retry_scheduled",provider="stripe"}"#,
-    );
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let retried = processed(&during, "customer.updated", "retry_scheduled");
     println!(
-        "database cut: accepted {accepted}, applied {}, retries scheduled during the cut {retried}, dead-lettered {dead}, lost {}",
-        distinct.len(),
-        ids.len() - distinct.len()
+        "database cut: {}, retries scheduled during the cut {retried}",
+        tally.summary(accepted)
     );
     assert!(
         retried > 0.0,
         "deliveries were retried while the database was away"
     );
-    assert_eq!(distinct.len(), ids.len());
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
-    assert_eq!(dead, 0);
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }
 
@@ -254,11 +174,9 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     .await;
     proxy.set(Fault::Slow(Duration::from_millis(200)));
     let recv = receiver(broker.settings("receiver")).await;
-    let client = reqwest::Client::new();
     let ids: Vec<String> = (0..1000).map(|i| format!("evt_slow_{i:05}")).collect();
     for chunk in ids.chunks(100) {
-        let statuses =
-            futures::future::join_all(chunk.iter().map(|id| post(&client, &recv.url, id))).await;
+        let statuses = futures::future::join_all(chunk.iter().map(|id| post(&recv, id))).await;
         assert!(statuses.iter().all(|s| *s == 200));
     }
     // While the database is slow the backlog waits in the broker, not in worker memory.
@@ -277,30 +195,24 @@ async fn a_slow_database_grows_the_backlog_with_bounded_work_in_flight_then_drai
     .unwrap();
     let mut max_in_flight = 0.0f64;
     for _ in 0..10 {
-        max_in_flight =
-            max_in_flight.max(sample(&worker.scrape().await, "paysync_worker_in_flight"));
+        max_in_flight = max_in_flight.max(sample(
+            &worker.scrape().await,
+            "paysync_worker_in_flight",
+            &[],
+        ));
     }
     assert!(
         max_in_flight <= concurrency as f64,
         "in flight {max_in_flight} > {concurrency}"
     );
     proxy.set(Fault::Pass);
-    let logged = poll_until(Duration::from_secs(180), "the backlog drained", || async {
-        let logged = logged_ids(&store).await;
-        (logged.len() >= ids.len()).then_some(logged)
-    })
-    .await
-    .unwrap();
-    let distinct: HashSet<&String> = logged.iter().collect();
-    let dead = store.dead_letters(None, 10).await.unwrap().len();
+    let tally = Tally::when_logged(&store, ids.len(), Duration::from_secs(180))
+        .await
+        .unwrap();
     println!(
-        "slow database: accepted {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency}), applied {}, dead-lettered {dead}, lost {}",
-        ids.len(),
-        distinct.len(),
-        ids.len() - distinct.len()
+        "slow database: {}, backlog seen {backlog}, max in flight {max_in_flight} (bound {concurrency})",
+        tally.summary(ids.len())
     );
-    assert_eq!(logged.len(), ids.len(), "each exactly once");
-    assert_eq!(distinct.len(), ids.len());
-    assert_eq!(dead, 0);
+    tally.assert_each_applied_once(ids.len());
     worker.stop().await;
 }

@@ -1,21 +1,21 @@
 //! A worker wired as in production, plus handlers whose behaviour a test scripts.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use paysync_amqp::Publisher;
-use paysync_domain::Mode;
+use paysync_amqp::{AmqpSettings, Publisher};
 use paysync_domain::retry::RetryPolicy;
-use paysync_domain::stripe::StripeVerifier;
-use paysync_domain::stripe::signature::sign_header;
-use paysync_store::{DeadLetterFilter, DeadLetterRow, EventFilter, EventRow, Store, Tx};
-use paysync_testkit::{TestBroker, TestDb, now_secs, stripe_event};
+use paysync_store::{DeadLetterRow, EventRow, Store, Tx};
+use paysync_testkit::{
+    RunningApp, TestBroker, TestDb, logged_events, open_dead_letters, sample, scrape,
+    signature_now, stripe_event, verified_event,
+};
 use paysync_worker::{App, Event, Failure, Handler, Handlers, Settings};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use secrecy::SecretString;
 
 /// A test retry schedule: 1 s base, doubling, ±20 %.
 pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
@@ -39,54 +39,47 @@ pub fn settings(broker: &TestBroker, db: &TestDb, retry: RetryPolicy) -> Setting
     }
 }
 
+/// A running worker: where its metrics and admin API listen, and the guard that stops it.
 pub struct Running {
     pub metrics_base: String,
-    stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub metrics_port: u16,
+    app: RunningApp,
 }
 
 impl Running {
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("worker stops within 30 s")
-                .unwrap()
-                .unwrap();
-        }
+    /// Stops the worker and asserts it exits cleanly within the testkit's deadline.
+    pub async fn stop(self) {
+        self.try_stop().await.unwrap();
+    }
+
+    /// Stops the worker; how it exited.
+    pub async fn try_stop(self) -> anyhow::Result<()> {
+        self.app.stop().await
+    }
+
+    /// Kills the worker mid-flight, as a crash would: nothing in flight is acked.
+    pub async fn abort(self) {
+        self.app.abort().await;
     }
 
     pub async fn scrape(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.metrics_base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        scrape(self.metrics_port).await.unwrap()
     }
-}
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// `GET <path>` on the metrics/health/admin port, without a token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("{}{path}", self.metrics_base))
+            .await
+            .unwrap()
     }
 }
 
 pub async fn spawn(app: App) -> Running {
-    let metrics_base = format!("http://127.0.0.1:{}", app.metrics_port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let metrics_port = app.metrics_port();
     Running {
-        metrics_base,
-        stop: Some(stop),
-        task: Some(task),
+        metrics_base: format!("http://127.0.0.1:{metrics_port}"),
+        metrics_port,
+        app: RunningApp::spawn(|stop| app.run_until_stopped(stop)),
     }
 }
 
@@ -105,14 +98,90 @@ pub async fn spawn_worker(
     .await
 }
 
+/// Receiver settings as in production, on random loopback ports, accepting `secret`.
+pub fn receiver_settings(secret: &str, amqp: AmqpSettings) -> paysync_receiver::Settings {
+    let mut rs = paysync_receiver::Settings::local(vec![SecretString::from(secret.to_owned())]);
+    rs.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    rs.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    rs.amqp = amqp;
+    rs
+}
+
+/// A running receiver in front of the worker, and the guard that stops it.
+pub struct Receiver {
+    pub url: String,
+    pub metrics_base: String,
+    pub metrics_port: u16,
+    client: reqwest::Client,
+    app: RunningApp,
+}
+
+impl Receiver {
+    /// Posts `body` signed with `secret`, as Stripe would; the status, or 0 when the request
+    /// got no answer.
+    pub async fn post(&self, body: &[u8], secret: &str) -> u16 {
+        match self
+            .client
+            .post(&self.url)
+            .header("Stripe-Signature", signature_now(secret, body))
+            .body(body.to_vec())
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn scrape(&self) -> String {
+        scrape(self.metrics_port).await.unwrap()
+    }
+
+    /// Sends each of `ids` not yet `accepted` again (as `event_type`, signed with `secret`)
+    /// until the receiver answers 200, as a provider retries what was refused.
+    pub async fn resend_refused(
+        &self,
+        ids: &[String],
+        accepted: &mut HashSet<String>,
+        event_type: &str,
+        secret: &str,
+        deadline: Duration,
+    ) {
+        for id in ids {
+            if accepted.contains(id) {
+                continue;
+            }
+            let body = stripe_event(id, event_type, false);
+            paysync_testkit::poll_until(deadline, &format!("a 200 for {id}"), || async {
+                (self.post(&body, secret).await == 200).then_some(())
+            })
+            .await
+            .unwrap();
+            accepted.insert(id.clone());
+        }
+    }
+
+    /// Stops the receiver and asserts it exits cleanly.
+    pub async fn stop(self) {
+        self.app.stop().await.unwrap();
+    }
+}
+
+pub async fn spawn_receiver(settings: paysync_receiver::Settings) -> Receiver {
+    let app = paysync_receiver::App::build(settings).await.unwrap();
+    let metrics_port = app.metrics_port();
+    Receiver {
+        url: format!("http://127.0.0.1:{}/webhooks/stripe", app.port()),
+        metrics_base: format!("http://127.0.0.1:{metrics_port}"),
+        metrics_port,
+        client: reqwest::Client::new(),
+        app: RunningApp::spawn(|stop| app.run_until_stopped(stop)),
+    }
+}
+
 /// Publishes a Stripe-shaped event through our own confirmed publisher, as the receiver does.
 pub async fn publish_event(publisher: &Publisher, id: &str, event_type: &str) {
-    let body = stripe_event(id, event_type, false);
-    let verifier = StripeVerifier::new(vec!["whsec_t".into()], Mode::Test, 300);
-    let header = sign_header("whsec_t", now_secs(), &body);
-    let hook = verifier
-        .verify(Some(&header), body.into(), now_secs(), now_secs() * 1000)
-        .unwrap();
+    let hook = verified_event(stripe_event(id, event_type, false));
     publisher.publish(&hook).await.unwrap();
 }
 
@@ -223,32 +292,64 @@ pub async fn logged(db: &TestDb, id: &str) -> EventRow {
     .unwrap()
 }
 
-/// The value of a sample line `series value` in a scrape.
-pub fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// The value of `paysync_events_processed_total` for a Stripe event type and outcome.
+pub fn processed(scrape: &str, event_type: &str, outcome: &str) -> f64 {
+    sample(
+        scrape,
+        "paysync_events_processed_total",
+        &[
+            ("event_type", event_type),
+            ("outcome", outcome),
+            ("provider", "stripe"),
+        ],
+    )
 }
 
 /// Everything in the event log and the dead-letter table (up to `limit` rows each).
 pub async fn logged_and_dead(store: &Store, limit: i64) -> (Vec<EventRow>, Vec<DeadLetterRow>) {
-    let applied = store
-        .events(&EventFilter {
-            limit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let dead = store
-        .dead_letter_list(&DeadLetterFilter {
-            limit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (applied, dead)
+    (
+        logged_events(store, limit).await.unwrap(),
+        open_dead_letters(store, limit).await.unwrap(),
+    )
+}
+
+/// A worker with one scripted handler for `event_type` and `max_attempts` attempts; the calls
+/// the handler sees.
+pub async fn scripted_worker(
+    broker: &TestBroker,
+    db: &TestDb,
+    event_type: &str,
+    script: Script,
+    max_attempts: u32,
+) -> (Running, Arc<Calls>) {
+    let (handlers, calls) = handlers(event_type, script);
+    let worker = spawn_worker(broker, db, fast_retry(max_attempts), handlers).await;
+    (worker, calls)
+}
+
+/// Publishes one event through a publisher of its own.
+pub async fn publish_one(broker: &TestBroker, id: &str, event_type: &str) {
+    publish_event(&publisher(broker), id, event_type).await;
+}
+
+/// Polls until the work queue holds nothing ready: nothing left to loop on.
+pub async fn work_queue_drained(broker: &TestBroker) {
+    let queue = broker.topology().work_queue();
+    paysync_testkit::poll_until(Duration::from_secs(10), "work queue empty", || async {
+        (broker.message_count(&queue).await.unwrap() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// How many dead letters the test's schema holds (counted up to `limit`).
+pub async fn dead_letter_count(db: &TestDb, limit: i64) -> usize {
+    let store = db.store().await.unwrap();
+    store.dead_letters(None, limit).await.unwrap().len()
+}
+
+/// Whether `id` is in the event log now.
+pub async fn is_logged(db: &TestDb, id: &str) -> bool {
+    let store = db.store().await.unwrap();
+    store.event("stripe", id).await.unwrap().is_some()
 }

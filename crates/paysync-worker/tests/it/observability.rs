@@ -7,10 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use paysync_testkit::{poll_until, stripe_event};
+use paysync_testkit::{poll_until, sample, stripe_event};
 
-use crate::helpers::*;
 use crate::stack::{SECRET, Stack};
+
+/// `paysync_events_processed_total` for a Stripe event type and outcome, as a metric name and
+/// its labels.
+fn processed_total<'a>(
+    event_type: &'a str,
+    outcome: &'a str,
+) -> (&'static str, Vec<(&'static str, &'a str)>) {
+    (
+        "paysync_events_processed_total",
+        vec![
+            ("event_type", event_type),
+            ("outcome", outcome),
+            ("provider", "stripe"),
+        ],
+    )
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -106,28 +121,32 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         200
     );
 
-    let series = |t: &str, o: &str| {
-        format!(
-            r#"paysync_events_processed_total{{event_type="{t}",outcome="{o}",provider="stripe"}}"#
-        )
-    };
     let expected = [
-        (series("invoice.paid", "applied"), 1.0),
-        (series("invoice.paid", "duplicate"), 1.0),
-        (series("charge.failed", "retry_scheduled"), 1.0),
-        (series("charge.failed", "applied"), 1.0),
-        (series("charge.dispute.created", "dead_lettered"), 1.0),
+        (processed_total("invoice.paid", "applied"), 1.0),
+        (processed_total("invoice.paid", "duplicate"), 1.0),
+        (processed_total("charge.failed", "retry_scheduled"), 1.0),
+        (processed_total("charge.failed", "applied"), 1.0),
         (
-            r#"paysync_retries_scheduled_total{attempt="1"}"#.to_owned(),
+            processed_total("charge.dispute.created", "dead_lettered"),
             1.0,
         ),
         (
-            r#"paysync_dead_letters_ingested_total{kind="test_contradiction"}"#.to_owned(),
+            ("paysync_retries_scheduled_total", vec![("attempt", "1")]),
             1.0,
         ),
-        (r#"paysync_dead_letters{state="open"}"#.to_owned(), 1.0),
         (
-            r#"paysync_event_lag_seconds_count{provider="stripe"}"#.to_owned(),
+            (
+                "paysync_dead_letters_ingested_total",
+                vec![("kind", "test_contradiction")],
+            ),
+            1.0,
+        ),
+        (("paysync_dead_letters", vec![("state", "open")]), 1.0),
+        (
+            (
+                "paysync_event_lag_seconds_count",
+                vec![("provider", "stripe")],
+            ),
             2.0,
         ),
     ];
@@ -135,22 +154,23 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         let scrape = stack.worker.scrape().await;
         expected
             .iter()
-            .all(|(s, v)| sample(&scrape, s) == *v)
+            .all(|((metric, labels), v)| sample(&scrape, metric, labels) == *v)
             .then_some(scrape)
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(sample(&worker_scrape, "paysync_db_pool_max_connections") >= 1.0);
+    assert!(sample(&worker_scrape, "paysync_db_pool_max_connections", &[]) >= 1.0);
     assert!(
         worker_scrape.contains(r#"paysync_queue_messages{queue="work"}"#),
         "queue depth read from the broker"
     );
 
-    let receiver_scrape = stack.receiver_scrape().await;
+    let receiver_scrape = stack.receiver.scrape().await;
     let received = |o: &str| {
         sample(
             &receiver_scrape,
-            &format!(r#"paysync_webhooks_received_total{{outcome="{o}",provider="stripe"}}"#),
+            "paysync_webhooks_received_total",
+            &[("outcome", o), ("provider", "stripe")],
         )
     };
     assert_eq!(received("accepted"), 4.0);
@@ -158,7 +178,8 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
     assert_eq!(
         sample(
             &receiver_scrape,
-            "paysync_publish_confirm_duration_seconds_count"
+            "paysync_publish_confirm_duration_seconds_count",
+            &[]
         ),
         4.0
     );
@@ -274,7 +295,8 @@ fn encode(q: &str) -> String {
 async fn a_real_prometheus_scrapes_receiver_and_worker_and_sees_the_processed_rate() {
     let stack = Stack::start().await;
     let receiver_target = stack
-        .receiver_metrics
+        .receiver
+        .metrics_base
         .trim_start_matches("http://")
         .to_owned();
     let worker_target = stack

@@ -3,22 +3,61 @@
 //! API giving the same answers as the CLI's operations.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use paysync_domain::Mode;
-use paysync_domain::stripe::StripeVerifier;
-use paysync_domain::stripe::signature::sign_header;
 use paysync_store::{DeadLetterFilter, EventFilter, Store};
-use paysync_testkit::{TestBroker, TestDb, now_secs, poll_until, stripe_fixture};
+use paysync_testkit::{
+    TestBroker, TestDb, open_dead_letters, poll_until, stripe_fixture, verified_event,
+};
 use paysync_worker::ops::{Ops, Selection};
 use paysync_worker::{App, Handlers};
 use serde_json::Value;
 
 use crate::helpers::*;
 
-fn register(h: &mut Handlers, event_type: &str, script: Script) {
-    let (one, _) = handlers(event_type, script);
+/// Adds a scripted handler for `event_type` to `h`; the calls it sees.
+fn register(h: &mut Handlers, event_type: &str, script: Script) -> Arc<Calls> {
+    let (one, calls) = handlers(event_type, script);
     h.register(event_type, one.get(event_type).unwrap().clone());
+    calls
+}
+
+/// The handlers the first test's worker starts with: `invoice.paid` failing permanently or,
+/// once its cause is fixed, succeeding; the other two groups failing still.
+fn three_groups(invoice_paid: Script) -> (Handlers, Arc<Calls>) {
+    let mut h = Handlers::new();
+    let calls = register(&mut h, "invoice.paid", invoice_paid);
+    register(&mut h, "charge.failed", Script::FailPermanentlyElsewhere);
+    register(
+        &mut h,
+        "customer.updated",
+        Script::FailTransiently(u32::MAX),
+    );
+    (h, calls)
+}
+
+/// The admin API of a worker, called with a token.
+struct Admin<'a> {
+    client: reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Admin<'_> {
+    async fn get(&self, path: &str) -> Value {
+        let request = self.client.get(format!("{}{path}", self.base));
+        Self::json(request.bearer_auth(self.token)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let request = self.client.post(format!("{}{path}", self.base));
+        Self::json(request.bearer_auth(self.token).json(&body)).await
+    }
+
+    async fn json(request: reqwest::RequestBuilder) -> Value {
+        request.send().await.unwrap().json().await.unwrap()
+    }
 }
 
 async fn open_letters(store: &Store, n: usize) {
@@ -26,13 +65,7 @@ async fn open_letters(store: &Store, n: usize) {
         Duration::from_secs(90),
         &format!("{n} open dead letters"),
         || async {
-            let rows = store
-                .dead_letter_list(&DeadLetterFilter {
-                    limit: 100_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            let rows = open_dead_letters(store, 100_000).await.unwrap();
             (rows.len() >= n).then_some(())
         },
     )
@@ -51,18 +84,7 @@ fn ops_for(broker: &TestBroker, store: &Store) -> Ops {
 async fn a_thousand_dead_letters_in_three_groups_and_one_group_retried_with_its_cause_fixed() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
-    let mut failing = Handlers::new();
-    register(&mut failing, "invoice.paid", Script::FailPermanently);
-    register(
-        &mut failing,
-        "charge.failed",
-        Script::FailPermanentlyElsewhere,
-    );
-    register(
-        &mut failing,
-        "customer.updated",
-        Script::FailTransiently(u32::MAX),
-    );
+    let (failing, _) = three_groups(Script::FailPermanently);
     // One attempt only: the transient failures are exhausted at once (a third fingerprint).
     let worker = spawn_worker(&broker, &db, fast_retry(1), failing).await;
     let publisher = publisher(&broker);
@@ -111,19 +133,7 @@ async fn a_thousand_dead_letters_in_three_groups_and_one_group_retried_with_its_
     assert_eq!(groups[2]["error_kind"], "test_dependency_down");
 
     // The cause of the invoice.paid group is fixed; the other two still fail.
-    let mut fixed = Handlers::new();
-    let (ok, calls) = handlers("invoice.paid", Script::Succeed);
-    fixed.register("invoice.paid", ok.get("invoice.paid").unwrap().clone());
-    register(
-        &mut fixed,
-        "charge.failed",
-        Script::FailPermanentlyElsewhere,
-    );
-    register(
-        &mut fixed,
-        "customer.updated",
-        Script::FailTransiently(u32::MAX),
-    );
+    let (fixed, calls) = three_groups(Script::Succeed);
     let worker = spawn_worker(&broker, &db, fast_retry(1), fixed).await;
     let report = ops
         .retry(
@@ -250,13 +260,8 @@ async fn export_then_import_replays_the_exact_bodies() {
     }
     let worker = spawn_worker(&broker, &db, fast_retry(3), failing).await;
     let publisher = publisher(&broker);
-    let verifier = StripeVerifier::new(vec!["whsec_x".into()], Mode::Test, 300);
     for f in files {
-        let body = stripe_fixture(f);
-        let header = sign_header("whsec_x", now_secs(), &body);
-        let hook = verifier
-            .verify(Some(&header), body.into(), now_secs(), now_secs() * 1000)
-            .unwrap();
+        let hook = verified_event(stripe_fixture(f));
         publisher.publish(&hook).await.unwrap();
     }
     open_letters(&store, 3).await;
@@ -281,11 +286,11 @@ async fn export_then_import_replays_the_exact_bodies() {
         .take_messages(&broker.topology().work_queue(), 3, Duration::from_secs(10))
         .await
         .unwrap();
-    let bodies: HashSet<Vec<u8>> = queued.iter().map(|(b, _, _)| b.clone()).collect();
+    let bodies: HashSet<Vec<u8>> = queued.iter().map(|m| m.body.clone()).collect();
     let originals: HashSet<Vec<u8>> = files.iter().map(|f| stripe_fixture(f)).collect();
     assert_eq!(bodies, originals, "byte for byte");
-    for (body, props, _) in &queued {
-        let read = paysync_amqp::read_event(props, body).unwrap();
+    for message in &queued {
+        let read = message.read_event().unwrap();
         assert_eq!(
             read.attempt, 1,
             "fresh attempt budget for {}",
@@ -412,7 +417,7 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
     let mut s = settings(&broker, &db, fast_retry(3));
     s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
     let worker = spawn(App::build(s, failing).await.unwrap()).await;
-    publish_event(&publisher(&broker), "evt_admin_1", "invoice.paid").await;
+    publish_one(&broker, "evt_admin_1", "invoice.paid").await;
     open_letters(&store, 1).await;
 
     let client = reqwest::Client::new();
@@ -435,25 +440,14 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
     assert_eq!(short.status(), 401);
 
     let ops = ops_for(&broker, &store);
-    let api: Value = client
-        .get(url("/admin/dlq/groups"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = Admin {
+        client: client.clone(),
+        base: &worker.metrics_base,
+        token,
+    };
+    let api = admin.get("/admin/dlq/groups").await;
     assert_eq!(api, ops.groups().await.unwrap());
-    let api: Value = client
-        .get(url("/admin/dlq?limit=10"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = admin.get("/admin/dlq?limit=10").await;
     assert_eq!(
         api,
         ops.list(&DeadLetterFilter {
@@ -464,49 +458,22 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
         .unwrap()
     );
     let id = api[0]["id"].as_i64().unwrap();
-    let api: Value = client
-        .get(url(&format!("/admin/dlq/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = admin.get(&format!("/admin/dlq/{id}")).await;
     assert_eq!(Some(api), ops.show(id).await.unwrap());
-    let archived: Value = client
-        .post(url("/admin/dlq/archive"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"ids": [id]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let archived = admin
+        .post("/admin/dlq/archive", serde_json::json!({"ids": [id]}))
+        .await;
     assert_eq!(archived["archived"], 1);
-    let api: Value = client
-        .get(url("/admin/dlq/history"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = admin.get("/admin/dlq/history").await;
     assert_eq!(api, ops.history(100).await.unwrap());
     assert_eq!(api[0]["actor"], "admin-api");
     // Purge, export and replay are there too.
-    let purge: Value = client
-        .post(url("/admin/dlq/purge"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"older_than_secs": 3600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let purge = admin
+        .post(
+            "/admin/dlq/purge",
+            serde_json::json!({"older_than_secs": 3600}),
+        )
+        .await;
     assert_eq!(purge["deleted"], 0, "nothing deleted without yes");
     let export = client
         .get(url("/admin/dlq/export?state=archived"))
@@ -517,16 +484,12 @@ async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli(
     assert_eq!(export.headers()["content-type"], "application/x-ndjson");
     let exported = export.text().await.unwrap();
     assert_eq!(exported.lines().count(), 1);
-    let replay: Value = client
-        .post(url("/admin/events/replay"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"event_ids": ["evt_unknown"], "dry_run": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay = admin
+        .post(
+            "/admin/events/replay",
+            serde_json::json!({"event_ids": ["evt_unknown"], "dry_run": true}),
+        )
+        .await;
     assert_eq!(replay["selected"], 0);
     let no_token = client
         .post(url("/admin/events/replay"))
@@ -555,7 +518,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
     let store = db.store().await.unwrap();
     let (ok, calls) = handlers("invoice.paid", Script::Succeed);
     let worker = spawn_worker(&broker, &db, fast_retry(3), ok).await;
-    publish_event(&publisher(&broker), "evt_replayed", "invoice.paid").await;
+    publish_one(&broker, "evt_replayed", "invoice.paid").await;
     logged(&db, "evt_replayed").await;
 
     let ops = ops_for(&broker, &store);

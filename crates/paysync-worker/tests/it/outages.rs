@@ -18,28 +18,18 @@ async fn a_database_outage_is_retried_not_dead_lettered_and_the_worker_is_not_re
         ..db.settings()
     };
     let worker = spawn(App::build(s, Handlers::new()).await.unwrap()).await;
-    publish_event(&publisher(&broker), "evt_db_down", "invoice.paid").await;
+    publish_one(&broker, "evt_db_down", "invoice.paid").await;
 
-    let series = |o: &str| {
-        format!(
-            r#"paysync_events_processed_total{{event_type="other",outcome="{o}",provider="stripe"}}"#
-        )
-    };
     poll_until(Duration::from_secs(30), "two retries scheduled", || async {
-        (sample(&worker.scrape().await, &series("retry_scheduled")) >= 2.0).then_some(())
+        (processed(&worker.scrape().await, "other", "retry_scheduled") >= 2.0).then_some(())
     })
     .await
     .unwrap();
     let scrape = worker.scrape().await;
-    assert_eq!(sample(&scrape, &series("dead_lettered")), 0.0);
-    assert_eq!(sample(&scrape, &series("ignored")), 0.0);
+    assert_eq!(processed(&scrape, "other", "dead_lettered"), 0.0);
+    assert_eq!(processed(&scrape, "other", "ignored"), 0.0);
 
-    let client = reqwest::Client::new();
-    let readyz = client
-        .get(format!("{}/readyz", worker.metrics_base))
-        .send()
-        .await
-        .unwrap();
+    let readyz = worker.get("/readyz").await;
     assert_eq!(readyz.status(), 503);
     assert!(
         readyz
@@ -48,11 +38,7 @@ async fn a_database_outage_is_retried_not_dead_lettered_and_the_worker_is_not_re
             .unwrap()
             .contains("database unreachable")
     );
-    let healthz = client
-        .get(format!("{}/healthz", worker.metrics_base))
-        .send()
-        .await
-        .unwrap();
+    let healthz = worker.get("/healthz").await;
     assert_eq!(healthz.status(), 200);
     worker.stop().await;
 }

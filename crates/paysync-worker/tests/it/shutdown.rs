@@ -40,7 +40,7 @@ async fn shutdown_finishes_the_delivery_in_flight_before_exiting() {
     let mut handlers = Handlers::new();
     handlers.register("invoice.paid", gate.clone());
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
-    publish_event(&publisher(&broker), "evt_in_flight", "invoice.paid").await;
+    publish_one(&broker, "evt_in_flight", "invoice.paid").await;
     tokio::time::timeout(Duration::from_secs(20), gate.started.notified())
         .await
         .unwrap();
