@@ -11,7 +11,7 @@ mod monitor;
 mod publisher;
 mod topology;
 
-pub use config::{AmqpSettings, redact_url};
+pub use config::{AmqpSettings, AmqpSettingsError, MAX_PREFIX_LEN, redact_url};
 pub use consumer::{ConsumerLink, Incoming, Lane};
 pub use headers::{event_properties, read_event};
 pub use monitor::BrokerMonitor;
