@@ -72,20 +72,17 @@ impl<'a> Env<'a> {
         }
     }
 
-    /// A number that must be positive before it can become a [`Duration`] (the f64 seconds).
-    fn positive<T: FromStr + PartialOrd + Default>(
-        &self,
-        name: &str,
-        default: T,
-    ) -> anyhow::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = self.parse(name, default)?;
-        if v <= T::default() {
-            bail!("{name}: must be greater than zero");
+    /// A decimal number of seconds (`1.5`): it becomes a [`Duration`] only if it is positive,
+    /// finite and at most 10^9.
+    fn seconds(&self, name: &str, default: Duration) -> anyhow::Result<Duration> {
+        let v: f64 = self.parse(name, default.as_secs_f64())?;
+        if v <= 0.0 {
+            bail!("{name}: {POSITIVE}");
         }
-        Ok(v)
+        if !v.is_finite() || v > 1e9 {
+            bail!("{name}: must be a finite number of seconds");
+        }
+        Ok(Duration::from_secs_f64(v))
     }
 
     /// A secret from `name` or the file named by `name_FILE`; errors never show the value.
@@ -353,18 +350,10 @@ fn store_refused(err: StoreSettingsError) -> anyhow::Error {
 /// checked with the rest of the worker's settings ([`worker`]).
 pub fn retry(env: &Env<'_>) -> anyhow::Result<RetryPolicy> {
     let d = RetryPolicy::default();
-    // A decimal number of seconds becomes a `Duration` only if it is positive and finite.
-    let secs = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-        let v: f64 = env.positive(name, default.as_secs_f64())?;
-        if !v.is_finite() || v > 1e9 {
-            bail!("{name}: must be a finite number of seconds");
-        }
-        Ok(Duration::from_secs_f64(v))
-    };
     let p = RetryPolicy {
-        base: secs("PAYSYNC_RETRY_BASE_SECS", d.base)?,
+        base: env.seconds("PAYSYNC_RETRY_BASE_SECS", d.base)?,
         factor: env.parse("PAYSYNC_RETRY_FACTOR", d.factor)?,
-        max_delay: secs("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay)?,
+        max_delay: env.seconds("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay)?,
         jitter: env.parse("PAYSYNC_RETRY_JITTER", d.jitter)?,
         max_attempts: env.parse("PAYSYNC_RETRY_MAX_ATTEMPTS", d.max_attempts)?,
     };
