@@ -13,7 +13,7 @@ mod publisher;
 mod runtime;
 mod topology;
 
-pub use config::{AmqpSettings, redact_url};
+pub use config::{AmqpSettings, AmqpSettingsError, MAX_PREFIX_LEN, redact_url};
 pub use consumer::{ConsumeError, ConsumerLink, Incoming, Lane, Next};
 pub use headers::{event_properties, read_event};
 pub use monitor::BrokerMonitor;

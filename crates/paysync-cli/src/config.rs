@@ -1,5 +1,10 @@
-//! The one place that reads the environment. Every variable is parsed and validated here, at
-//! start-up, and an error names the variable. Secret values never appear in errors or logs.
+//! The one place that reads the environment: one reader per section (common, AMQP, Stripe
+//! endpoint and HTTP, database, retry, admin, worker), run once at start-up.
+//!
+//! Rule of thumb: a reader parses its variables into the section's settings type and asks that
+//! type to validate itself (the rules live beside the type, so a test or the bench building the
+//! same settings gets the same verdict); this module only maps a refused field to the variable
+//! that set it, so every error names the variable. Secret values never appear in errors or logs.
 //!
 //! A secret variable `X` may instead be given as a file path in `X_FILE` (Docker/systemd
 //! credentials style); the file's content, trimmed, is used.
@@ -8,14 +13,19 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use paysync_amqp::{AmqpSettings, MAX_DELAY_SECS};
+use anyhow::{Context as _, anyhow, bail};
+use paysync_amqp::{AmqpSettings, AmqpSettingsError, MAX_DELAY_SECS, MAX_PREFIX_LEN};
 use paysync_domain::Mode;
-use paysync_domain::retry::RetryPolicy;
-use paysync_receiver::Settings as ReceiverSettings;
-use paysync_store::StoreSettings;
+use paysync_domain::retry::{RetryPolicy, RetryPolicyError};
+use paysync_receiver::{
+    ListenError, STRIPE_SECRET_PREFIX, Settings as ReceiverSettings,
+    SettingsError as ReceiverSettingsError,
+};
+use paysync_store::{StoreSettings, StoreSettingsError};
 use paysync_telemetry::LogFormat;
-use paysync_worker::Settings as WorkerSettings;
+use paysync_worker::{
+    MIN_ADMIN_TOKEN_LEN, Settings as WorkerSettings, SettingsError as WorkerSettingsError,
+};
 use secrecy::SecretString;
 
 /// The development-only signing secret `paysync up` and `paysync send` fall back to when
@@ -62,19 +72,17 @@ impl<'a> Env<'a> {
         }
     }
 
-    fn positive<T: FromStr + PartialOrd + Default>(
-        &self,
-        name: &str,
-        default: T,
-    ) -> anyhow::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = self.parse(name, default)?;
-        if v <= T::default() {
-            bail!("{name}: must be greater than zero");
+    /// A decimal number of seconds (`1.5`): it becomes a [`Duration`] only if it is positive,
+    /// finite and at most 10^9.
+    fn seconds(&self, name: &str, default: Duration) -> anyhow::Result<Duration> {
+        let v: f64 = self.parse(name, default.as_secs_f64())?;
+        if v <= 0.0 {
+            bail!("{name}: {POSITIVE}");
         }
-        Ok(v)
+        if !v.is_finite() || v > 1e9 {
+            bail!("{name}: must be a finite number of seconds");
+        }
+        Ok(Duration::from_secs_f64(v))
     }
 
     /// A secret from `name` or the file named by `name_FILE`; errors never show the value.
@@ -93,6 +101,16 @@ impl<'a> Env<'a> {
     }
 }
 
+/// What a variable says when its value is zero and must not be.
+const POSITIVE: &str = "must be greater than zero";
+
+/// `PAYSYNC_<VAR>: <what is wrong>`, the form of every configuration error.
+fn refused(var: &str, what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{var}: {what}")
+}
+
+// --- common ---
+
 /// Settings common to every process.
 #[derive(Debug)]
 pub struct Common {
@@ -110,55 +128,61 @@ pub fn common(env: &Env<'_>) -> anyhow::Result<Common> {
     Ok(Common { log_format })
 }
 
-/// Broker settings from `PAYSYNC_AMQP_*`; `role` names the connection (`paysync-<role>`).
+// --- AMQP ---
+
+/// Broker settings from `PAYSYNC_AMQP_*`; `role` names the connection (`<prefix>-<role>`).
 pub fn amqp(env: &Env<'_>, role: &str) -> anyhow::Result<AmqpSettings> {
-    let defaults = AmqpSettings::default();
-    let url = env
-        .secret("PAYSYNC_AMQP_URL")?
-        .unwrap_or(defaults.url.clone());
-    if url.starts_with("amqps://") {
-        bail!(
-            "PAYSYNC_AMQP_URL: amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network or a TLS sidecar"
-        );
-    }
-    if !url.starts_with("amqp://") {
-        bail!("PAYSYNC_AMQP_URL: must start with amqp://");
-    }
+    let d = AmqpSettings::default();
+    let url = env.secret("PAYSYNC_AMQP_URL")?.unwrap_or(d.url.clone());
     let prefix = env
         .raw("PAYSYNC_AMQP_PREFIX")
-        .unwrap_or(defaults.prefix.clone());
-    let prefix = prefix.trim().to_owned();
-    if prefix.is_empty()
-        || prefix.len() > 100
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        bail!("PAYSYNC_AMQP_PREFIX: use 1-100 characters of [A-Za-z0-9._-]");
-    }
-    Ok(AmqpSettings {
+        .map(|p| p.trim().to_owned())
+        .unwrap_or(d.prefix.clone());
+    let s = AmqpSettings {
         connection_name: format!("{prefix}-{role}"),
         url,
         prefix,
-        publisher_channels: env.positive(
-            "PAYSYNC_AMQP_PUBLISHER_CHANNELS",
-            defaults.publisher_channels,
-        )?,
-        max_in_flight: env.positive("PAYSYNC_AMQP_MAX_IN_FLIGHT", defaults.max_in_flight)?,
-        confirm_timeout: Duration::from_millis(env.positive(
+        publisher_channels: env.parse("PAYSYNC_AMQP_PUBLISHER_CHANNELS", d.publisher_channels)?,
+        max_in_flight: env.parse("PAYSYNC_AMQP_MAX_IN_FLIGHT", d.max_in_flight)?,
+        confirm_timeout: Duration::from_millis(env.parse(
             "PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS",
-            defaults.confirm_timeout.as_millis() as u64,
+            d.confirm_timeout.as_millis() as u64,
         )?),
-        connect_timeout: Duration::from_millis(env.positive(
+        connect_timeout: Duration::from_millis(env.parse(
             "PAYSYNC_AMQP_CONNECT_TIMEOUT_MS",
-            defaults.connect_timeout.as_millis() as u64,
+            d.connect_timeout.as_millis() as u64,
         )?),
-        delivery_limit: env.positive("PAYSYNC_AMQP_DELIVERY_LIMIT", defaults.delivery_limit)?,
-    })
+        delivery_limit: env.parse("PAYSYNC_AMQP_DELIVERY_LIMIT", d.delivery_limit)?,
+    };
+    s.validate().map_err(amqp_refused)?;
+    Ok(s)
 }
 
+/// Names the variable behind a refused [`AmqpSettings`] field.
+fn amqp_refused(err: AmqpSettingsError) -> anyhow::Error {
+    use AmqpSettingsError as E;
+    match err {
+        E::UrlTls => refused(
+            "PAYSYNC_AMQP_URL",
+            "amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network or a TLS sidecar",
+        ),
+        E::UrlScheme => refused("PAYSYNC_AMQP_URL", "must start with amqp://"),
+        E::Prefix => refused(
+            "PAYSYNC_AMQP_PREFIX",
+            format!("use 1-{MAX_PREFIX_LEN} characters of [A-Za-z0-9._-]"),
+        ),
+        E::PublisherChannels => refused("PAYSYNC_AMQP_PUBLISHER_CHANNELS", POSITIVE),
+        E::MaxInFlight => refused("PAYSYNC_AMQP_MAX_IN_FLIGHT", POSITIVE),
+        E::ConfirmTimeout => refused("PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS", POSITIVE),
+        E::ConnectTimeout => refused("PAYSYNC_AMQP_CONNECT_TIMEOUT_MS", POSITIVE),
+        E::DeliveryLimit => refused("PAYSYNC_AMQP_DELIVERY_LIMIT", POSITIVE),
+    }
+}
+
+// --- Stripe endpoint and HTTP (the receiver) ---
+
 /// The Stripe signing secrets: comma-separated in `PAYSYNC_STRIPE_WEBHOOK_SECRET` (or its
-/// `_FILE`), several while rotating. `None` when unset.
+/// `_FILE`), several while rotating. `None` when unset. Also used by `paysync send`.
 pub fn stripe_secrets(env: &Env<'_>) -> anyhow::Result<Option<Vec<String>>> {
     let Some(raw) = env.secret("PAYSYNC_STRIPE_WEBHOOK_SECRET")? else {
         return Ok(None);
@@ -172,14 +196,13 @@ pub fn stripe_secrets(env: &Env<'_>) -> anyhow::Result<Option<Vec<String>>> {
     if secrets.is_empty() {
         bail!("PAYSYNC_STRIPE_WEBHOOK_SECRET: no secret in the value");
     }
-    for (i, s) in secrets.iter().enumerate() {
-        if !s.starts_with("whsec_") {
-            bail!(
-                "PAYSYNC_STRIPE_WEBHOOK_SECRET: secret #{} does not start with `whsec_` \
-                 (use the endpoint's signing secret, not an API key)",
-                i + 1
-            );
-        }
+    if let Some(i) = secrets
+        .iter()
+        .position(|s| !paysync_receiver::valid_stripe_secret(s))
+    {
+        return Err(receiver_refused(
+            ReceiverSettingsError::StripeSecretPrefix { position: i + 1 },
+        ));
     }
     Ok(Some(secrets))
 }
@@ -193,7 +216,7 @@ pub enum SecretPolicy {
     DevFallback,
 }
 
-/// Receiver settings from the environment.
+/// Receiver settings: the Stripe endpoint, `PAYSYNC_HTTP_*`, the listeners and the broker.
 pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverSettings> {
     let secrets = match (stripe_secrets(env)?, policy) {
         (Some(s), _) => s,
@@ -212,99 +235,147 @@ pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverS
     let mut s = ReceiverSettings::local(secrets.into_iter().map(SecretString::from).collect());
     s.http_addr = env.parse::<SocketAddr>("PAYSYNC_HTTP_ADDR", s.http_addr)?;
     s.metrics_addr = env.parse::<SocketAddr>("PAYSYNC_METRICS_ADDR", s.metrics_addr)?;
-    if s.http_addr == s.metrics_addr && s.http_addr.port() != 0 {
-        bail!(
-            "PAYSYNC_METRICS_ADDR: must differ from PAYSYNC_HTTP_ADDR (metrics stay off the public port)"
-        );
-    }
-    s.body_limit = env.positive("PAYSYNC_BODY_LIMIT_BYTES", s.body_limit)?;
-    s.request_timeout = Duration::from_secs(env.positive(
+    s.body_limit = env.parse("PAYSYNC_BODY_LIMIT_BYTES", s.body_limit)?;
+    s.request_timeout = Duration::from_secs(env.parse(
         "PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS",
         s.request_timeout.as_secs(),
     )?);
-    s.header_timeout = Duration::from_secs(env.positive(
+    s.header_timeout = Duration::from_secs(env.parse(
         "PAYSYNC_HTTP_HEADER_TIMEOUT_SECS",
         s.header_timeout.as_secs(),
     )?);
     s.stripe.mode = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", s.stripe.mode)?;
     s.stripe.tolerance_secs =
         env.parse("PAYSYNC_STRIPE_TOLERANCE_SECS", s.stripe.tolerance_secs)?;
-    if s.stripe.tolerance_secs < 0 {
-        bail!("PAYSYNC_STRIPE_TOLERANCE_SECS: must be ≥ 0 (0 disables the age check)");
-    }
     s.amqp = amqp(env, "receiver")?;
+    s.validate().map_err(receiver_refused)?;
     Ok(s)
 }
+
+/// Names the variable behind a refused receiver field.
+fn receiver_refused(err: ReceiverSettingsError) -> anyhow::Error {
+    use ReceiverSettingsError as E;
+    match err {
+        E::MetricsAddr => refused(
+            "PAYSYNC_METRICS_ADDR",
+            "must differ from PAYSYNC_HTTP_ADDR (metrics stay off the public port)",
+        ),
+        E::BodyLimit => refused("PAYSYNC_BODY_LIMIT_BYTES", POSITIVE),
+        E::RequestTimeout => refused("PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS", POSITIVE),
+        E::HeaderTimeout => refused("PAYSYNC_HTTP_HEADER_TIMEOUT_SECS", POSITIVE),
+        E::StripeSecretMissing => {
+            refused("PAYSYNC_STRIPE_WEBHOOK_SECRET", "no secret in the value")
+        }
+        E::StripeSecretPrefix { position } => refused(
+            "PAYSYNC_STRIPE_WEBHOOK_SECRET",
+            format!(
+                "secret #{position} does not start with `{STRIPE_SECRET_PREFIX}` \
+                 (use the endpoint's signing secret, not an API key)"
+            ),
+        ),
+        E::StripeTolerance => refused(
+            "PAYSYNC_STRIPE_TOLERANCE_SECS",
+            "must be ≥ 0 (0 disables the age check)",
+        ),
+        E::Amqp(e) => amqp_refused(e),
+    }
+}
+
+/// Names the variable behind a receiver listener that could not be bound
+/// ([`paysync_receiver::ListenError`]); any other error passes through unchanged.
+pub fn receiver_listen_refused(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<ListenError>() {
+        Ok(ListenError {
+            field,
+            addr,
+            source,
+        }) => {
+            let var = match field {
+                "http_addr" => "PAYSYNC_HTTP_ADDR",
+                "metrics_addr" => "PAYSYNC_METRICS_ADDR",
+                other => other,
+            };
+            anyhow::Error::new(source).context(format!("cannot listen on {addr} ({var})"))
+        }
+        Err(other) => other,
+    }
+}
+
+// --- database ---
 
 /// Database settings from `PAYSYNC_DATABASE_*`.
 pub fn database(env: &Env<'_>) -> anyhow::Result<StoreSettings> {
-    let defaults = StoreSettings::default();
-    let url = env
-        .secret("PAYSYNC_DATABASE_URL")?
-        .unwrap_or(defaults.url.clone());
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        bail!("PAYSYNC_DATABASE_URL: must start with postgres:// or postgresql://");
-    }
-    let schema = env
-        .raw("PAYSYNC_DATABASE_SCHEMA")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or(defaults.schema.clone());
-    if !paysync_store::valid_schema(&schema) {
-        bail!(
-            "PAYSYNC_DATABASE_SCHEMA: use 1-63 characters of [a-z0-9_], not starting with a digit"
-        );
-    }
+    let d = StoreSettings::default();
     let s = StoreSettings {
-        url,
-        schema,
-        max_connections: env
-            .positive("PAYSYNC_DATABASE_MAX_CONNECTIONS", defaults.max_connections)?,
-        statement_timeout: Duration::from_millis(env.positive(
+        url: env.secret("PAYSYNC_DATABASE_URL")?.unwrap_or(d.url.clone()),
+        schema: env
+            .raw("PAYSYNC_DATABASE_SCHEMA")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or(d.schema.clone()),
+        max_connections: env.parse("PAYSYNC_DATABASE_MAX_CONNECTIONS", d.max_connections)?,
+        statement_timeout: Duration::from_millis(env.parse(
             "PAYSYNC_DATABASE_STATEMENT_TIMEOUT_MS",
-            defaults.statement_timeout.as_millis() as u64,
+            d.statement_timeout.as_millis() as u64,
         )?),
-        ..defaults
+        ..d
     };
-    // Parse now, so a malformed URL fails at start-up and names the variable.
-    paysync_store::Store::new(&s).map_err(|e| anyhow::anyhow!("PAYSYNC_DATABASE_URL: {e}"))?;
+    s.validate().map_err(store_refused)?;
     Ok(s)
 }
 
-/// The retry schedule from `PAYSYNC_RETRY_*`.
+/// Names the variable behind a refused [`StoreSettings`] field.
+fn store_refused(err: StoreSettingsError) -> anyhow::Error {
+    use StoreSettingsError as E;
+    match err {
+        E::UrlScheme => refused(
+            "PAYSYNC_DATABASE_URL",
+            "must start with postgres:// or postgresql://",
+        ),
+        E::UrlUnparsable => refused(
+            "PAYSYNC_DATABASE_URL",
+            "invalid database settings: database URL cannot be parsed",
+        ),
+        E::Schema => refused(
+            "PAYSYNC_DATABASE_SCHEMA",
+            "use 1-63 characters of [a-z0-9_], not starting with a digit",
+        ),
+        E::MaxConnections => refused("PAYSYNC_DATABASE_MAX_CONNECTIONS", POSITIVE),
+        E::StatementTimeout => refused("PAYSYNC_DATABASE_STATEMENT_TIMEOUT_MS", POSITIVE),
+    }
+}
+
+// --- retry ---
+
+/// The retry schedule from `PAYSYNC_RETRY_*`. Whether it fits the broker's delay levels is
+/// checked with the rest of the worker's settings ([`worker`]).
 pub fn retry(env: &Env<'_>) -> anyhow::Result<RetryPolicy> {
     let d = RetryPolicy::default();
-    let secs = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-        let v: f64 = env.positive(name, default.as_secs_f64())?;
-        if !v.is_finite() || v > 1e9 {
-            bail!("{name}: must be a finite number of seconds");
-        }
-        Ok(Duration::from_secs_f64(v))
-    };
     let p = RetryPolicy {
-        base: secs("PAYSYNC_RETRY_BASE_SECS", d.base)?,
+        base: env.seconds("PAYSYNC_RETRY_BASE_SECS", d.base)?,
         factor: env.parse("PAYSYNC_RETRY_FACTOR", d.factor)?,
-        max_delay: secs("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay)?,
+        max_delay: env.seconds("PAYSYNC_RETRY_MAX_DELAY_SECS", d.max_delay)?,
         jitter: env.parse("PAYSYNC_RETRY_JITTER", d.jitter)?,
-        max_attempts: env.positive("PAYSYNC_RETRY_MAX_ATTEMPTS", d.max_attempts)?,
+        max_attempts: env.parse("PAYSYNC_RETRY_MAX_ATTEMPTS", d.max_attempts)?,
     };
-    use paysync_domain::retry::RetryPolicyError as E;
-    match p.validate() {
-        Ok(()) => {}
-        Err(E::Base) => bail!(
-            "PAYSYNC_RETRY_BASE_SECS: must be positive and at most PAYSYNC_RETRY_MAX_DELAY_SECS"
-        ),
-        Err(E::Factor) => bail!("PAYSYNC_RETRY_FACTOR: must be a finite number ≥ 1"),
-        Err(E::Jitter) => bail!("PAYSYNC_RETRY_JITTER: must be in [0, 1)"),
-        Err(E::MaxAttempts) => bail!("PAYSYNC_RETRY_MAX_ATTEMPTS: must be at least 1"),
-    }
-    if p.max_delay.as_secs_f64() * (1.0 + p.jitter) > f64::from(MAX_DELAY_SECS) {
-        bail!(
-            "PAYSYNC_RETRY_MAX_DELAY_SECS: with the jitter the longest delay must stay within \
-             {MAX_DELAY_SECS} s (what the broker delay levels express)"
-        );
-    }
+    p.validate().map_err(retry_refused)?;
     Ok(p)
 }
+
+/// Names the variable behind a refused [`RetryPolicy`] field.
+fn retry_refused(err: RetryPolicyError) -> anyhow::Error {
+    use RetryPolicyError as E;
+    match err {
+        E::Base => refused(
+            "PAYSYNC_RETRY_BASE_SECS",
+            "must be positive and at most PAYSYNC_RETRY_MAX_DELAY_SECS",
+        ),
+        E::Factor => refused("PAYSYNC_RETRY_FACTOR", "must be a finite number ≥ 1"),
+        E::Jitter => refused("PAYSYNC_RETRY_JITTER", "must be in [0, 1)"),
+        E::MaxAttempts => refused("PAYSYNC_RETRY_MAX_ATTEMPTS", "must be at least 1"),
+    }
+}
+
+// --- admin ---
 
 /// Who an operator action is recorded as: `cli:<login name>` (`$USER`).
 pub fn actor(env: &Env<'_>) -> String {
@@ -314,17 +385,17 @@ pub fn actor(env: &Env<'_>) -> String {
     )
 }
 
-/// The admin API token (`PAYSYNC_ADMIN_TOKEN` or its `_FILE`); `None` keeps the API off.
+/// The admin API token (`PAYSYNC_ADMIN_TOKEN` or its `_FILE`); `None` keeps the API off. Its
+/// length is checked with the rest of the worker's settings ([`worker`]).
 pub fn admin_token(env: &Env<'_>) -> anyhow::Result<Option<SecretString>> {
-    match env.secret("PAYSYNC_ADMIN_TOKEN")? {
-        None => Ok(None),
-        Some(t) if t.len() < 16 => bail!("PAYSYNC_ADMIN_TOKEN: use at least 16 characters"),
-        Some(t) => Ok(Some(SecretString::from(t))),
-    }
+    Ok(env.secret("PAYSYNC_ADMIN_TOKEN")?.map(SecretString::from))
 }
 
-/// Worker settings from the environment; `metrics_var` names the listener's variable
-/// (`PAYSYNC_METRICS_ADDR` for `paysync worker`, `PAYSYNC_WORKER_METRICS_ADDR` in `paysync up`).
+// --- worker ---
+
+/// Worker settings: `PAYSYNC_WORKER_*`, the database, the retry schedule, the broker and the
+/// admin token; `metrics_var` names the listener's variable (`PAYSYNC_METRICS_ADDR` for
+/// `paysync worker`, `PAYSYNC_WORKER_METRICS_ADDR` in `paysync up`).
 pub fn worker(
     env: &Env<'_>,
     metrics_var: &str,
@@ -334,28 +405,56 @@ pub fn worker(
     let store = database(env)?;
     // Each lane holds a connection while it applies a batch: never more lanes by default than
     // the pool has connections.
-    let concurrency = env.positive(
+    let concurrency = env.parse(
         "PAYSYNC_WORKER_CONCURRENCY",
         d.concurrency.min(store.max_connections),
     )?;
-    Ok(WorkerSettings {
+    let s = WorkerSettings {
         metrics_addr: env.parse::<SocketAddr>(metrics_var, metrics_default)?,
-        prefetch: env.positive("PAYSYNC_WORKER_PREFETCH", d.prefetch)?,
+        prefetch: env.parse("PAYSYNC_WORKER_PREFETCH", d.prefetch)?,
         concurrency,
-        batch_size: env.positive("PAYSYNC_WORKER_BATCH_SIZE", d.batch_size)?,
+        batch_size: env.parse("PAYSYNC_WORKER_BATCH_SIZE", d.batch_size)?,
         retry: retry(env)?,
-        shutdown_grace: Duration::from_secs(env.positive(
+        shutdown_grace: Duration::from_secs(env.parse(
             "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
             d.shutdown_grace.as_secs(),
         )?),
-        monitor_interval: Duration::from_secs(env.positive(
+        monitor_interval: Duration::from_secs(env.parse(
             "PAYSYNC_WORKER_MONITOR_INTERVAL_SECS",
             d.monitor_interval.as_secs(),
         )?),
         amqp: amqp(env, "worker")?,
         store,
         admin_token: admin_token(env)?,
-    })
+    };
+    s.validate().map_err(worker_refused)?;
+    Ok(s)
+}
+
+/// Names the variable behind a refused worker field.
+fn worker_refused(err: WorkerSettingsError) -> anyhow::Error {
+    use WorkerSettingsError as E;
+    match err {
+        E::Prefetch => refused("PAYSYNC_WORKER_PREFETCH", POSITIVE),
+        E::Concurrency => refused("PAYSYNC_WORKER_CONCURRENCY", POSITIVE),
+        E::BatchSize => refused("PAYSYNC_WORKER_BATCH_SIZE", POSITIVE),
+        E::Retry(e) => retry_refused(e),
+        E::RetryBeyondDelayLevels => refused(
+            "PAYSYNC_RETRY_MAX_DELAY_SECS",
+            format!(
+                "with the jitter the longest delay must stay within {MAX_DELAY_SECS} s \
+                 (what the broker delay levels express)"
+            ),
+        ),
+        E::ShutdownGrace => refused("PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS", POSITIVE),
+        E::MonitorInterval => refused("PAYSYNC_WORKER_MONITOR_INTERVAL_SECS", POSITIVE),
+        E::Amqp(e) => amqp_refused(e),
+        E::Store(e) => store_refused(e),
+        E::AdminToken => refused(
+            "PAYSYNC_ADMIN_TOKEN",
+            format!("use at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +597,125 @@ mod tests {
             );
             assert!(err.contains(var), "{var}: {err}");
         }
+    }
+
+    #[test]
+    fn every_variable_that_must_be_positive_names_itself_when_zero() {
+        let metrics: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        for var in [
+            "PAYSYNC_AMQP_PUBLISHER_CHANNELS",
+            "PAYSYNC_AMQP_MAX_IN_FLIGHT",
+            "PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS",
+            "PAYSYNC_AMQP_CONNECT_TIMEOUT_MS",
+            "PAYSYNC_AMQP_DELIVERY_LIMIT",
+            "PAYSYNC_DATABASE_MAX_CONNECTIONS",
+            "PAYSYNC_DATABASE_STATEMENT_TIMEOUT_MS",
+            "PAYSYNC_WORKER_PREFETCH",
+            "PAYSYNC_WORKER_CONCURRENCY",
+            "PAYSYNC_WORKER_BATCH_SIZE",
+            "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
+            "PAYSYNC_WORKER_MONITOR_INTERVAL_SECS",
+            "PAYSYNC_RETRY_BASE_SECS",
+            "PAYSYNC_RETRY_MAX_DELAY_SECS",
+        ] {
+            let vars = env(&[(var, "0")]);
+            let err = worker(&with(&vars), "PAYSYNC_METRICS_ADDR", metrics)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("{var}: must be greater than zero"));
+        }
+        for var in [
+            "PAYSYNC_BODY_LIMIT_BYTES",
+            "PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS",
+            "PAYSYNC_HTTP_HEADER_TIMEOUT_SECS",
+        ] {
+            let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", "whsec_a"), (var, "0")]);
+            let err = receiver(&with(&vars), SecretPolicy::Required)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("{var}: must be greater than zero"));
+        }
+    }
+
+    #[test]
+    fn refused_fields_keep_the_documented_messages() {
+        let metrics: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let worker_err = |vars: &[(&str, &str)]| {
+            let vars = env(vars);
+            worker(&with(&vars), "PAYSYNC_METRICS_ADDR", metrics)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            worker_err(&[("PAYSYNC_AMQP_URL", "amqps://guest:pw@host/%2f")]),
+            "PAYSYNC_AMQP_URL: amqps:// (TLS) is not supported by this build; use amqp:// on a \
+             trusted network or a TLS sidecar"
+        );
+        assert_eq!(
+            worker_err(&[("PAYSYNC_AMQP_PREFIX", "bad prefix")]),
+            "PAYSYNC_AMQP_PREFIX: use 1-100 characters of [A-Za-z0-9._-]"
+        );
+        assert_eq!(
+            worker_err(&[("PAYSYNC_ADMIN_TOKEN", "short-token")]),
+            "PAYSYNC_ADMIN_TOKEN: use at least 16 characters"
+        );
+        assert_eq!(
+            worker_err(&[("PAYSYNC_DATABASE_URL", "postgres://h:notaport/db")]),
+            "PAYSYNC_DATABASE_URL: invalid database settings: database URL cannot be parsed"
+        );
+        assert_eq!(
+            worker_err(&[("PAYSYNC_RETRY_MAX_DELAY_SECS", "30000")]),
+            "PAYSYNC_RETRY_MAX_DELAY_SECS: with the jitter the longest delay must stay within \
+             32767 s (what the broker delay levels express)"
+        );
+        assert_eq!(
+            worker_err(&[("PAYSYNC_RETRY_BASE_SECS", "inf")]),
+            "PAYSYNC_RETRY_BASE_SECS: must be a finite number of seconds"
+        );
+        let vars = env(&[
+            ("PAYSYNC_STRIPE_WEBHOOK_SECRET", "whsec_a"),
+            ("PAYSYNC_HTTP_ADDR", "127.0.0.1:7000"),
+            ("PAYSYNC_METRICS_ADDR", "127.0.0.1:7000"),
+        ]);
+        assert_eq!(
+            receiver(&with(&vars), SecretPolicy::Required)
+                .unwrap_err()
+                .to_string(),
+            "PAYSYNC_METRICS_ADDR: must differ from PAYSYNC_HTTP_ADDR (metrics stay off the \
+             public port)"
+        );
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", "whsec_a,sk_live_abc123")]);
+        assert_eq!(
+            stripe_secrets(&with(&vars)).unwrap_err().to_string(),
+            "PAYSYNC_STRIPE_WEBHOOK_SECRET: secret #2 does not start with `whsec_` (use the \
+             endpoint's signing secret, not an API key)"
+        );
+        let vars = env(&[("PAYSYNC_STRIPE_WEBHOOK_SECRET", " , ")]);
+        assert_eq!(
+            stripe_secrets(&with(&vars)).unwrap_err().to_string(),
+            "PAYSYNC_STRIPE_WEBHOOK_SECRET: no secret in the value"
+        );
+    }
+
+    #[test]
+    fn a_receiver_listener_that_cannot_be_bound_names_its_variable() {
+        for (field, var) in [
+            ("http_addr", "PAYSYNC_HTTP_ADDR"),
+            ("metrics_addr", "PAYSYNC_METRICS_ADDR"),
+        ] {
+            let err = anyhow::Error::new(ListenError {
+                field,
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+            let shown = format!("{:#}", receiver_listen_refused(err));
+            assert!(
+                shown.starts_with(&format!("cannot listen on 127.0.0.1:8080 ({var}): ")),
+                "{shown}"
+            );
+        }
+        let other = receiver_listen_refused(anyhow!("registering metrics"));
+        assert_eq!(other.to_string(), "registering metrics");
     }
 
     #[test]

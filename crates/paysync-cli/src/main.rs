@@ -90,7 +90,9 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Receiver => {
             let settings = config::receiver(env, SecretPolicy::Required)?;
-            let app = paysync_receiver::App::build(settings).await?;
+            let app = paysync_receiver::App::build(settings)
+                .await
+                .map_err(config::receiver_listen_refused)?;
             tracing::info!(
                 port = app.port(),
                 metrics_port = app.metrics_port(),
@@ -153,7 +155,9 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
     paysync_amqp::declare(&receiver_settings.amqp)
         .await
         .context("declaring the broker topology (PAYSYNC_AMQP_URL; is RabbitMQ running? deploy/local/services.sh)")?;
-    let receiver = paysync_receiver::App::build(receiver_settings).await?;
+    let receiver = paysync_receiver::App::build(receiver_settings)
+        .await
+        .map_err(config::receiver_listen_refused)?;
     let worker = paysync_worker::App::build(worker_settings, handlers()).await?;
     tracing::info!(
         port = receiver.port(),

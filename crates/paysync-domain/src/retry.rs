@@ -4,6 +4,9 @@
 //! failed attempt, with `u` uniform in `[0, 1)` supplied by the caller; `None` once `k` reaches
 //! `max_attempts` (the message goes to the dead-letter queue). Pure, so it can be
 //! property-tested; the worker draws `u` with `rand`.
+//!
+//! [`RetryPolicy::validate`] holds the schedule's own rules, whoever built the policy; whether
+//! the longest delay fits the broker's delay levels is the worker's rule (it knows both).
 
 use std::time::Duration;
 
@@ -69,6 +72,12 @@ impl RetryPolicy {
             return Err(RetryPolicyError::MaxAttempts);
         }
         Ok(())
+    }
+
+    /// The longest delay the schedule can produce, in seconds: the cap scaled by the largest
+    /// jitter factor, `max_delay × (1 + jitter)`.
+    pub fn longest_delay_secs(&self) -> f64 {
+        self.max_delay.as_secs_f64() * (1.0 + self.jitter)
     }
 
     /// The delay before jitter after the `failed_attempt`-th failure (1-based).
@@ -159,6 +168,33 @@ mod tests {
             .validate(),
             Err(RetryPolicyError::MaxAttempts)
         );
+        assert_eq!(
+            RetryPolicy {
+                max_delay: Duration::from_secs(5),
+                ..ok
+            }
+            .validate(),
+            Err(RetryPolicyError::Base),
+            "a base above the cap"
+        );
+        assert_eq!(
+            RetryPolicy {
+                factor: f64::INFINITY,
+                ..ok
+            }
+            .validate(),
+            Err(RetryPolicyError::Factor)
+        );
+        assert_eq!(
+            RetryPolicy { jitter: -0.1, ..ok }.validate(),
+            Err(RetryPolicyError::Jitter)
+        );
+    }
+
+    #[test]
+    fn the_longest_delay_is_the_cap_with_the_largest_jitter() {
+        let p = RetryPolicy::default();
+        assert!((p.longest_delay_secs() - 21_600.0 * 1.2).abs() < 1e-6);
     }
 
     proptest! {
@@ -184,6 +220,7 @@ mod tests {
                     prop_assert!(d >= n * (1.0 - p.jitter) - 1e-6, "{d} below {n}");
                     prop_assert!(d <= n * (1.0 + p.jitter) + 1e-6, "{d} above {n}");
                     prop_assert!(d <= p.max_delay.as_secs_f64() * (1.0 + p.jitter) + 1e-6);
+                    prop_assert!(d <= p.longest_delay_secs() + 1e-6);
                 }
             }
         }

@@ -24,7 +24,9 @@ use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::{OUTCOMES, ReceiverMetrics};
-pub use settings::{Settings, StripeSettings};
+pub use settings::{
+    STRIPE_SECRET_PREFIX, Settings, SettingsError, StripeSettings, valid_stripe_secret,
+};
 
 use routes::AppState;
 
@@ -39,12 +41,12 @@ pub struct App {
 }
 
 impl App {
-    /// Binds the listeners and wires the handlers. Does not need the broker to be up: the
-    /// receiver starts, answers 503 and reports not ready until the broker is reachable.
+    /// Checks the settings ([`Settings::validate`]), binds the listeners and wires the
+    /// handlers. Does not need the broker to be up: the receiver starts, answers 503 and
+    /// reports not ready until the broker is reachable. A listener that cannot be bound is a
+    /// [`ListenError`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        if settings.stripe.secrets.is_empty() {
-            anyhow::bail!("at least one Stripe webhook secret is required");
-        }
+        settings.validate()?;
         let registry = paysync_telemetry::new_registry("receiver");
         let metrics = ReceiverMetrics::register(&registry).context("registering metrics")?;
         let publisher = Publisher::new(settings.amqp.clone());
@@ -73,22 +75,8 @@ impl App {
         });
         let router = public_router(state, settings.request_timeout);
         let metrics_router = paysync_telemetry::metrics_router(registry, readiness(&publisher));
-        let http = TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (PAYSYNC_HTTP_ADDR)",
-                    settings.http_addr
-                )
-            })?;
-        let metrics = TcpListener::bind(settings.metrics_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (PAYSYNC_METRICS_ADDR)",
-                    settings.metrics_addr
-                )
-            })?;
+        let http = listen(settings.http_addr, "http_addr").await?;
+        let metrics = listen(settings.metrics_addr, "metrics_addr").await?;
         Ok(Self {
             http,
             metrics,
@@ -142,6 +130,31 @@ impl App {
     }
 }
 
+/// A listener of the receiver that could not be bound. The field tells the CLI which variable
+/// to name.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({field})")]
+pub struct ListenError {
+    /// The settings field holding the address: `http_addr` or `metrics_addr`.
+    pub field: &'static str,
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// Why the bind failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+async fn listen(
+    addr: std::net::SocketAddr,
+    field: &'static str,
+) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|source| ListenError {
+        field,
+        addr,
+        source,
+    })
+}
+
 fn readiness(publisher: &Publisher) -> Readiness {
     let publisher = publisher.clone();
     Arc::new(move || {
@@ -163,4 +176,48 @@ fn public_router(state: Arc<AppState>, request_timeout: std::time::Duration) -> 
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[tokio::test]
+    async fn build_refuses_settings_the_binary_would_refuse() {
+        let mut s = Settings::local(vec![SecretString::from("whsec_unit".to_owned())]);
+        s.http_addr = "127.0.0.1:0".parse().unwrap();
+        s.metrics_addr = s.http_addr;
+        s.amqp.prefix = "bad prefix".into();
+        let err = App::build(s.clone())
+            .await
+            .err()
+            .expect("a bad prefix is refused");
+        assert_eq!(
+            err.downcast_ref::<SettingsError>(),
+            Some(&SettingsError::Amqp(
+                paysync_amqp::AmqpSettingsError::Prefix
+            ))
+        );
+        s.amqp.prefix = "paysync".into();
+        s.stripe.secrets.clear();
+        let err = App::build(s).await.err().expect("no secret is refused");
+        assert_eq!(
+            err.to_string(),
+            "at least one Stripe webhook secret is required"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_cannot_be_bound_names_its_field() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = Settings::local(vec![SecretString::from("whsec_unit".to_owned())]);
+        s.http_addr = "127.0.0.1:0".parse().unwrap();
+        s.metrics_addr = taken.local_addr().unwrap();
+        let err = App::build(s).await.err().expect("the port is taken");
+        let listen = err.downcast_ref::<ListenError>().expect("a ListenError");
+        assert_eq!(listen.field, "metrics_addr");
+        assert_eq!(listen.addr, taken.local_addr().unwrap());
+        assert!(!err.to_string().contains("PAYSYNC_"), "{err}");
+    }
 }

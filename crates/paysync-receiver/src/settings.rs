@@ -1,19 +1,27 @@
-//! The receiver's settings: plain data, validated by whoever builds them (the CLI reads the
-//! environment; tests build them directly).
+//! The receiver's settings and the rules they must meet.
+//!
+//! Rule of thumb: plain data that checks itself. Whoever builds a [`Settings`] (the CLI from the
+//! environment, a test, the bench) gets the same verdict from [`Settings::validate`], and
+//! [`App::build`](crate::App::build) refuses what it refuses. Errors name the field, never the
+//! variable that set it: mapping a field to its variable is the CLI's job.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use paysync_amqp::AmqpSettings;
+use paysync_amqp::{AmqpSettings, AmqpSettingsError};
 use paysync_domain::Mode;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
+
+/// How every Stripe endpoint signing secret starts; an API key (`sk_…`) does not.
+pub const STRIPE_SECRET_PREFIX: &str = "whsec_";
 
 /// Everything the receiver needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Public listener for webhooks (`PAYSYNC_HTTP_ADDR`).
+    /// Public listener for webhooks (the CLI reads `PAYSYNC_HTTP_ADDR`).
     pub http_addr: SocketAddr,
-    /// Metrics and health listener (`PAYSYNC_METRICS_ADDR`), never exposed publicly.
+    /// Metrics and health listener, never exposed publicly (the CLI reads
+    /// `PAYSYNC_METRICS_ADDR`). Must differ from `http_addr` unless both use port 0.
     pub metrics_addr: SocketAddr,
     /// Largest accepted request body in bytes; larger gets 413. Stripe events are a few KB.
     pub body_limit: usize,
@@ -37,8 +45,50 @@ pub struct StripeSettings {
     pub secrets: Vec<SecretString>,
     /// The only mode accepted.
     pub mode: Mode,
-    /// Maximum signature age in seconds (Stripe's default 300).
+    /// Maximum signature age in seconds (Stripe's default 300); 0 turns the age check off.
     pub tolerance_secs: i64,
+}
+
+/// A [`Settings`] field holding a value the receiver refuses; each variant names the field.
+/// Messages never show a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// `metrics_addr` equals `http_addr` on a fixed port.
+    #[error("metrics_addr: must differ from http_addr (metrics stay off the public port)")]
+    MetricsAddr,
+    /// `body_limit` is zero.
+    #[error("body_limit: must be greater than zero")]
+    BodyLimit,
+    /// `request_timeout` is zero.
+    #[error("request_timeout: must be greater than zero")]
+    RequestTimeout,
+    /// `header_timeout` is zero.
+    #[error("header_timeout: must be greater than zero")]
+    HeaderTimeout,
+    /// `stripe.secrets` is empty.
+    #[error("at least one Stripe webhook secret is required")]
+    StripeSecretMissing,
+    /// A `stripe.secrets` entry does not start with [`STRIPE_SECRET_PREFIX`].
+    #[error(
+        "stripe.secrets: secret #{position} does not start with `{STRIPE_SECRET_PREFIX}` \
+         (use the endpoint's signing secret, not an API key)"
+    )]
+    StripeSecretPrefix {
+        /// Its position in the list, from 1.
+        position: usize,
+    },
+    /// `stripe.tolerance_secs` is negative.
+    #[error("stripe.tolerance_secs: must be ≥ 0 (0 disables the age check)")]
+    StripeTolerance,
+    /// A field of `amqp`.
+    #[error(transparent)]
+    Amqp(#[from] AmqpSettingsError),
+}
+
+/// Whether `secret` looks like an endpoint signing secret (starts with
+/// [`STRIPE_SECRET_PREFIX`]).
+pub fn valid_stripe_secret(secret: &str) -> bool {
+    secret.starts_with(STRIPE_SECRET_PREFIX)
 }
 
 impl Settings {
@@ -57,6 +107,121 @@ impl Settings {
                 tolerance_secs: paysync_domain::stripe::DEFAULT_TOLERANCE_SECS,
             },
             amqp: AmqpSettings::default(),
+        }
+    }
+
+    /// Checks every field, then the broker settings; the first refused one is the error.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.http_addr == self.metrics_addr && self.http_addr.port() != 0 {
+            return Err(SettingsError::MetricsAddr);
+        }
+        if self.body_limit == 0 {
+            return Err(SettingsError::BodyLimit);
+        }
+        if self.request_timeout.is_zero() {
+            return Err(SettingsError::RequestTimeout);
+        }
+        if self.header_timeout.is_zero() {
+            return Err(SettingsError::HeaderTimeout);
+        }
+        self.stripe.validate()?;
+        self.amqp.validate()?;
+        Ok(())
+    }
+}
+
+impl StripeSettings {
+    /// Checks the secrets and the tolerance.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.secrets.is_empty() {
+            return Err(SettingsError::StripeSecretMissing);
+        }
+        if let Some(i) = self
+            .secrets
+            .iter()
+            .position(|s| !valid_stripe_secret(s.expose_secret()))
+        {
+            return Err(SettingsError::StripeSecretPrefix { position: i + 1 });
+        }
+        if self.tolerance_secs < 0 {
+            return Err(SettingsError::StripeTolerance);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Settings {
+        Settings::local(vec![SecretString::from("whsec_unit".to_owned())])
+    }
+
+    #[test]
+    fn local_settings_are_valid() {
+        assert_eq!(local().validate(), Ok(()));
+        let mut s = local();
+        s.http_addr = "127.0.0.1:0".parse().unwrap();
+        s.metrics_addr = s.http_addr;
+        assert_eq!(s.validate(), Ok(()), "two random ports never collide");
+        s.stripe.tolerance_secs = 0;
+        assert_eq!(s.validate(), Ok(()), "0 turns the age check off");
+    }
+
+    /// Spoils one field of valid settings.
+    type Spoil = fn(&mut Settings);
+
+    #[test]
+    fn invalid_settings_are_refused_naming_the_field() {
+        let cases: [(Spoil, SettingsError); 9] = [
+            (|s| s.metrics_addr = s.http_addr, SettingsError::MetricsAddr),
+            (|s| s.body_limit = 0, SettingsError::BodyLimit),
+            (
+                |s| s.request_timeout = Duration::ZERO,
+                SettingsError::RequestTimeout,
+            ),
+            (
+                |s| s.header_timeout = Duration::ZERO,
+                SettingsError::HeaderTimeout,
+            ),
+            (
+                |s| s.stripe.secrets.clear(),
+                SettingsError::StripeSecretMissing,
+            ),
+            (
+                |s| {
+                    s.stripe
+                        .secrets
+                        .push(SecretString::from("sk_live_abc123".to_owned()))
+                },
+                SettingsError::StripeSecretPrefix { position: 2 },
+            ),
+            (
+                |s| s.stripe.tolerance_secs = -1,
+                SettingsError::StripeTolerance,
+            ),
+            (
+                |s| s.amqp.prefix = "bad prefix".into(),
+                SettingsError::Amqp(AmqpSettingsError::Prefix),
+            ),
+            (
+                |s| s.amqp.url = "amqps://guest:topsecret@h/%2f".into(),
+                SettingsError::Amqp(AmqpSettingsError::UrlTls),
+            ),
+        ];
+        for (break_it, expected) in cases {
+            let mut s = local();
+            break_it(&mut s);
+            let err = s.validate().unwrap_err();
+            assert_eq!(err, expected);
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("PAYSYNC_")
+                    && !shown.contains("abc123")
+                    && !shown.contains("topsecret"),
+                "{shown}"
+            );
         }
     }
 }

@@ -23,7 +23,7 @@ pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
 pub use paysync_domain::billing::AccountFacts;
-pub use settings::{StoreSettings, valid_schema};
+pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
 /// The text of the statements the worker runs for an event, for the bench's pgbench scripts
 /// (a test in `paysync-bench` fails when a script no longer matches them).

@@ -1,4 +1,8 @@
-//! Database settings.
+//! Database settings, and the rules they must meet.
+//!
+//! Rule of thumb: whoever builds a [`StoreSettings`] (the CLI from the environment, a test, the
+//! bench) gets the same verdict from [`StoreSettings::validate`]; errors name the field, never
+//! the variable that set it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,9 +13,11 @@ use crate::StoreError;
 /// How to reach PostgreSQL and size the pool.
 #[derive(Clone)]
 pub struct StoreSettings {
-    /// `postgres://user[:password]@host:port/db`. May hold a password: never logged.
+    /// `postgres://user[:password]@host:port/db` (or `postgresql://`). May hold a password:
+    /// never logged.
     pub url: String,
-    /// Schema every statement runs in (`search_path`); tests use one each.
+    /// Schema every statement runs in (`search_path`); tests use one each. A plain identifier
+    /// (see [`valid_schema`]).
     pub schema: String,
     /// Pool size. Each connection is one PostgreSQL backend; on a small box a handful of
     /// backends saturate it (fsync and CPU), more only queue inside the server.
@@ -52,6 +58,49 @@ impl fmt::Debug for StoreSettings {
             .field("max_connections", &self.max_connections)
             .field("statement_timeout", &self.statement_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`StoreSettings`] field holding a value the services refuse; each variant names the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreSettingsError {
+    /// `url` starts with neither `postgres://` nor `postgresql://`.
+    #[error("database url: must start with postgres:// or postgresql://")]
+    UrlScheme,
+    /// `url` does not parse as a PostgreSQL connection URL.
+    #[error("database url: cannot be parsed")]
+    UrlUnparsable,
+    /// `schema` is not a plain identifier ([`valid_schema`]).
+    #[error("database schema: use 1-63 characters of [a-z0-9_], not starting with a digit")]
+    Schema,
+    /// `max_connections` is zero.
+    #[error("database max_connections: must be greater than zero")]
+    MaxConnections,
+    /// `statement_timeout` is zero.
+    #[error("database statement_timeout: must be greater than zero")]
+    StatementTimeout,
+}
+
+impl StoreSettings {
+    /// Checks the fields an operator sets, in declaration order; the first refused one is the
+    /// error. The pool's fixed timeouts are not checked.
+    pub fn validate(&self) -> Result<(), StoreSettingsError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(StoreSettingsError::UrlScheme);
+        }
+        if tokio_postgres::Config::from_str(&self.url).is_err() {
+            return Err(StoreSettingsError::UrlUnparsable);
+        }
+        if !valid_schema(&self.schema) {
+            return Err(StoreSettingsError::Schema);
+        }
+        if self.max_connections == 0 {
+            return Err(StoreSettingsError::MaxConnections);
+        }
+        if self.statement_timeout.is_zero() {
+            return Err(StoreSettingsError::StatementTimeout);
+        }
+        Ok(())
     }
 }
 
@@ -105,5 +154,69 @@ mod tests {
             ..StoreSettings::default()
         };
         assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn default_settings_are_valid() {
+        assert_eq!(StoreSettings::default().validate(), Ok(()));
+        let s = StoreSettings {
+            url: "postgresql://u:pw@h:5433/db?connect_timeout=3".into(),
+            ..StoreSettings::default()
+        };
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_naming_the_field() {
+        let ok = StoreSettings::default;
+        let cases: [(StoreSettings, StoreSettingsError); 6] = [
+            (
+                StoreSettings {
+                    url: "mysql://x".into(),
+                    ..ok()
+                },
+                StoreSettingsError::UrlScheme,
+            ),
+            (
+                StoreSettings {
+                    url: "postgres://h:notaport/db".into(),
+                    ..ok()
+                },
+                StoreSettingsError::UrlUnparsable,
+            ),
+            (
+                StoreSettings {
+                    schema: "Bad-Schema".into(),
+                    ..ok()
+                },
+                StoreSettingsError::Schema,
+            ),
+            (
+                StoreSettings {
+                    schema: String::new(),
+                    ..ok()
+                },
+                StoreSettingsError::Schema,
+            ),
+            (
+                StoreSettings {
+                    max_connections: 0,
+                    ..ok()
+                },
+                StoreSettingsError::MaxConnections,
+            ),
+            (
+                StoreSettings {
+                    statement_timeout: Duration::ZERO,
+                    ..ok()
+                },
+                StoreSettingsError::StatementTimeout,
+            ),
+        ];
+        for (settings, expected) in cases {
+            assert_eq!(settings.validate(), Err(expected), "{settings:?}");
+            let shown = expected.to_string();
+            assert!(!shown.contains("PAYSYNC_"), "{shown}");
+        }
     }
 }

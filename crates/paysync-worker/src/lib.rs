@@ -15,18 +15,16 @@ mod metrics;
 mod monitor;
 pub mod ops;
 mod process;
+mod settings;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use paysync_amqp::{AmqpSettings, ConsumeLoop, ConsumerConfig, Publisher};
-use paysync_domain::retry::RetryPolicy;
-use paysync_store::{Store, StoreSettings};
+use paysync_store::Store;
 use paysync_telemetry::Shutdown;
 use tokio::net::TcpListener;
 
@@ -34,62 +32,9 @@ pub use failure::{Failure, FailureClass, fingerprint};
 pub use handler::{Event, Handler, Handlers};
 pub use metrics::{OUTCOMES, WorkerMetrics};
 pub use process::{AfterCommitHook, Done, apply_event};
+pub use settings::{MIN_ADMIN_TOKEN_LEN, Settings, SettingsError};
 
 use process::Processor;
-
-/// Everything the worker needs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Metrics and health listener.
-    pub metrics_addr: SocketAddr,
-    /// Unacked deliveries the broker may push to us at once, shared out between the lanes.
-    /// Each lane should be able to hold two full batches: the one it applies and the next one
-    /// arriving meanwhile (so the default is concurrency × batch size × 2). Each unacked
-    /// message is held in memory and redelivered on a crash.
-    pub prefetch: u16,
-    /// Lanes: channels each applying one batch at a time (a lone delivery is a batch of one),
-    /// so at most this many transactions at once. A few large transactions beat many small
-    /// ones: the statements of a batch cost about the same for 10 events or 100. A lane's
-    /// batch is what arrived for it while it applied the previous one, so every extra lane
-    /// splits the arrivals into smaller batches; 2 lanes of up to 256 gave the best end-to-end
-    /// figure on the reference machine (docs/benchmarks.md).
-    pub concurrency: usize,
-    /// The most deliveries applied in one transaction. A batch takes whatever has arrived
-    /// when its lane is free, so under light load batches are single deliveries (no added
-    /// latency) and under heavy load they fill up. 1 turns batching off.
-    pub batch_size: usize,
-    /// The retry schedule.
-    pub retry: RetryPolicy,
-    /// How long shutdown waits for in-flight deliveries before closing (the broker
-    /// redelivers whatever was not acked).
-    pub shutdown_grace: Duration,
-    /// How often queue depths, dead-letter counts and pool usage are refreshed for metrics.
-    pub monitor_interval: Duration,
-    /// Broker settings.
-    pub amqp: AmqpSettings,
-    /// Database settings.
-    pub store: StoreSettings,
-    /// Bearer token of the admin API on the metrics listener; `None` keeps the API off.
-    pub admin_token: Option<secrecy::SecretString>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        let store = StoreSettings::default();
-        Self {
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            prefetch: 1024,
-            concurrency: 2,
-            batch_size: 256,
-            retry: RetryPolicy::default(),
-            shutdown_grace: Duration::from_secs(20),
-            monitor_interval: Duration::from_secs(15),
-            amqp: AmqpSettings::default(),
-            store,
-            admin_token: None,
-        }
-    }
-}
 
 /// A built worker: listener bound, pool and publisher created (both connect lazily).
 pub struct App {
@@ -102,16 +47,13 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the worker with `handlers`. Needs neither broker nor database to be up.
+    /// Builds the worker with `handlers`, refusing what [`Settings::validate`] refuses. Needs
+    /// neither broker nor database to be up.
     pub async fn build(settings: Settings, handlers: Handlers) -> anyhow::Result<Self> {
-        settings
-            .retry
-            .validate()
-            .context("retry policy (PAYSYNC_RETRY_*)")?;
+        settings.validate()?;
         let registry = paysync_telemetry::new_registry("worker");
         let metrics = WorkerMetrics::register(&registry).context("registering metrics")?;
-        let store =
-            Store::new(&settings.store).context("database settings (PAYSYNC_DATABASE_URL)")?;
+        let store = Store::new(&settings.store).context("database settings")?;
         let publisher = Publisher::new(AmqpSettings {
             connection_name: format!("{}-publisher", settings.amqp.connection_name),
             ..settings.amqp.clone()
