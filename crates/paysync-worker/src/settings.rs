@@ -30,8 +30,8 @@ pub struct Settings {
     /// so at most this many transactions at once. A few large transactions beat many small
     /// ones: the statements of a batch cost about the same for 10 events or 100. A lane's
     /// batch is what arrived for it while it applied the previous one, so every extra lane
-    /// splits the arrivals into smaller batches; hence a small default (measurements in
-    /// docs/benchmarks.md).
+    /// splits the arrivals into smaller batches; hence a small default (the measurements are in
+    /// docs/decisions.md).
     pub concurrency: usize,
     /// The most deliveries applied in one transaction. A batch takes whatever has arrived
     /// when its lane is free, so under light load batches are single deliveries (no added
