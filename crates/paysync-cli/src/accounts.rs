@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use paysync_domain::billing::account_view;
+use paysync_domain::billing::{AccountView, account_view};
 use paysync_store::Store;
-use serde_json::Value;
 
 use crate::config::{self, Env};
 
@@ -40,7 +39,7 @@ pub enum AccountsCommand {
     },
 }
 
-async fn view(store: &Store, id: i64) -> anyhow::Result<Option<Value>> {
+async fn view(store: &Store, id: i64) -> anyhow::Result<Option<AccountView>> {
     Ok(store
         .account_facts(id)
         .await
@@ -66,7 +65,7 @@ pub async fn run(env: &Env<'_>, command: AccountsCommand) -> anyhow::Result<Exit
                     anyhow::bail!("give an account id, --external-ref R or --customer C")
                 }
             };
-            let Some(v) = (match id {
+            let Some(view) = (match id {
                 Some(id) => view(&store, id).await?,
                 None => None,
             }) else {
@@ -74,8 +73,10 @@ pub async fn run(env: &Env<'_>, command: AccountsCommand) -> anyhow::Result<Exit
                 return Ok(ExitCode::from(2));
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
+                // Each field as its JSON text, as the JSON output shows it.
+                let v = serde_json::to_value(&view)?;
                 for key in [
                     "id",
                     "external_ref",
@@ -109,6 +110,7 @@ pub async fn run(env: &Env<'_>, command: AccountsCommand) -> anyhow::Result<Exit
                     "ID", "EXTERNAL REF", "DEAL", "LIFECYCLE", "ENTITLE"
                 );
                 for v in &views {
+                    let v = serde_json::to_value(v)?;
                     println!(
                         "{:>6} {:<24} {:<12} {:<11} {:<8} {}",
                         v["id"],

@@ -10,7 +10,7 @@
 //! Rule of thumb: parsing is total: an unknown shape is `Unsupported` (a permanent failure),
 //! never a panic; amounts are integer minor units with a lowercase ISO currency.
 
-use serde_json::Value;
+use serde::Serialize;
 use serde_json_borrow::Value as Json;
 
 /// The ordering key of a snapshot (compared lexicographically).
@@ -614,8 +614,96 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
     Ok(c)
 }
 
-/// `(provider, customer id, email, name, deleted)` of a linked provider customer.
-pub type CustomerFact = (String, String, Option<String>, Option<String>, bool);
+/// A provider customer linked to an account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerFact {
+    /// The provider (`stripe`).
+    pub provider: String,
+    /// The provider's customer id.
+    pub customer_id: String,
+    /// The email of its newest `customer.*` event, if any.
+    pub email: Option<String>,
+    /// The name of its newest `customer.*` event, if any.
+    pub name: Option<String>,
+    /// Whether the provider deleted the customer.
+    pub deleted: bool,
+}
+
+/// A subscription of the account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriptionFact {
+    /// Provider object id.
+    pub id: String,
+    /// Provider status.
+    pub status: String,
+    /// The plan (price or product) it is for.
+    pub plan: Option<String>,
+}
+
+/// An invoice of the account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InvoiceFact {
+    /// Provider object id.
+    pub id: String,
+    /// Provider status.
+    pub status: String,
+    /// Why it was made (`subscription_create`, `subscription_cycle`, …).
+    pub billing_reason: Option<String>,
+}
+
+/// A payment of the account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PaymentFact {
+    /// Provider object id.
+    pub id: String,
+    /// Provider status.
+    pub status: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// Currency code, lower case.
+    pub currency: String,
+    /// Amount refunded in minor units, as the payment itself reports it.
+    pub amount_refunded: i64,
+}
+
+/// A refund of one of the account's payments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RefundFact {
+    /// The payment it refunds.
+    pub payment_id: Option<String>,
+    /// Provider status.
+    pub status: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// Currency code, lower case.
+    pub currency: String,
+}
+
+/// A dispute of one of the account's payments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DisputeFact {
+    /// Provider object id.
+    pub id: String,
+    /// The disputed payment.
+    pub payment_id: Option<String>,
+    /// Provider status.
+    pub status: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// Currency code, lower case.
+    pub currency: String,
+}
+
+/// A follow-up task linked to the account or its objects.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFact {
+    /// Task kind (`welcome`, `payment_failed_followup`, …).
+    pub kind: String,
+    /// The object (or `account:<id>`) it is about.
+    pub source_id: String,
+    /// When it is due, in Unix seconds.
+    pub due_at: Option<i64>,
+}
 
 /// The stored facts an account view is derived from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -624,49 +712,123 @@ pub struct AccountFacts {
     pub id: i64,
     /// External reference.
     pub external_ref: Option<String>,
-    /// `(provider, customer id, email, name, deleted)`.
+    /// Linked provider customers.
     pub customers: Vec<CustomerFact>,
-    /// `(id, status, plan)`.
-    pub subscriptions: Vec<(String, String, Option<String>)>,
-    /// `(id, status, billing reason)`.
-    pub invoices: Vec<(String, String, Option<String>)>,
-    /// `(id, status, amount, currency, amount refunded)`.
-    pub payments: Vec<(String, String, i64, String, i64)>,
-    /// `(payment id, status, amount, currency)` of refunds of these payments.
-    pub refunds: Vec<(Option<String>, String, i64, String)>,
-    /// `(id, payment id, status, amount, currency)` of disputes of these payments.
-    pub disputes: Vec<(String, Option<String>, String, i64, String)>,
+    /// Subscriptions.
+    pub subscriptions: Vec<SubscriptionFact>,
+    /// Invoices.
+    pub invoices: Vec<InvoiceFact>,
+    /// Payments.
+    pub payments: Vec<PaymentFact>,
+    /// Refunds of these payments.
+    pub refunds: Vec<RefundFact>,
+    /// Disputes of these payments (or linked to the account).
+    pub disputes: Vec<DisputeFact>,
     /// Checkout session statuses.
     pub checkouts: Vec<String>,
-    /// `(kind, source id, due at)` of tasks linked to the account or its objects.
-    pub tasks: Vec<(String, String, Option<i64>)>,
+    /// Tasks linked to the account or its objects.
+    pub tasks: Vec<TaskFact>,
+}
+
+// The view structs serialise their fields in declaration order, which is alphabetical: the
+// JSON that `paysync accounts` and the admin API print was built as a `serde_json::Value`
+// before (sorted keys), and stays byte for byte the same.
+
+/// The account as operators and the CRM see it. Its JSON is public contract (the CLI's
+/// `--json`); fields are declared in alphabetical order to keep the bytes stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountView {
+    /// The linked provider customers.
+    pub customers: Vec<CustomerView>,
+    /// `opportunity`, `closed_won` or `closed_lost`.
+    pub deal_stage: &'static str,
+    /// The contact email, from the first customer (not deleted first) that has one.
+    pub email: Option<String>,
+    /// `granted`, `grace` or `denied`, from the best subscription.
+    pub entitlement: &'static str,
+    /// Our own reference.
+    pub external_ref: Option<String>,
+    /// Account id.
+    pub id: i64,
+    /// `lead`, `customer` or `churned`.
+    pub lifecycle_stage: &'static str,
+    /// The contact name, from the same customer as the email.
+    pub name: Option<String>,
+    /// Tasks still to do.
+    pub open_tasks: Vec<TaskView>,
+    /// The plan of the best subscription.
+    pub plan: Option<String>,
+    /// The status of the best subscription.
+    pub subscription_status: Option<String>,
+    /// Money per currency, in minor units.
+    pub totals: Vec<TotalView>,
+}
+
+/// A provider customer in an [`AccountView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomerView {
+    /// The provider's customer id.
+    pub customer_id: String,
+    /// Whether the provider deleted it.
+    pub deleted: bool,
+    /// The provider.
+    pub provider: String,
+}
+
+/// An open task in an [`AccountView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskView {
+    /// When it is due, in Unix seconds.
+    pub due_at: Option<i64>,
+    /// Task kind.
+    pub kind: String,
+    /// What it is about.
+    pub source_id: String,
+}
+
+/// The totals of one currency in an [`AccountView`], in minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TotalView {
+    /// Lost disputes.
+    pub chargeback_minor: i64,
+    /// Currency code.
+    pub currency: String,
+    /// Succeeded payments.
+    pub paid_minor: i64,
+    /// Refunded, the larger of what the payments report and what their refunds add up to.
+    pub refunded_minor: i64,
 }
 
 /// The account as operators and the CRM see it, derived from its facts alone (so it depends
 /// only on which events were applied, never on their order).
-pub fn account_view(f: &AccountFacts) -> Value {
+pub fn account_view(f: &AccountFacts) -> AccountView {
     use std::collections::BTreeMap;
-    let best = f.subscriptions.iter().max_by_key(|(id, status, _)| {
-        let e = match entitlement(status) {
+    let best = f.subscriptions.iter().max_by_key(|s| {
+        let e = match entitlement(&s.status) {
             "granted" => 2,
             "grace" => 1,
             _ => 0,
         };
         (
             e,
-            !terminal(ObjectKind::Subscription, status),
-            rank(ObjectKind::Subscription, status),
-            id.clone(),
+            !terminal(ObjectKind::Subscription, &s.status),
+            rank(ObjectKind::Subscription, &s.status),
+            s.id.clone(),
         )
     });
-    let entitlement_now = best.map_or("denied", |(_, s, _)| entitlement(s));
-    let won = f.payments.iter().any(|p| p.1 == "succeeded" && p.2 > 0)
+    let entitlement_now = best.map_or("denied", |s| entitlement(&s.status));
+    let won = f
+        .payments
+        .iter()
+        .any(|p| p.status == "succeeded" && p.amount > 0)
         || f.checkouts.iter().any(|s| s == "paid")
-        || f.invoices
-            .iter()
-            .any(|i| i.1 == "paid" && i.2.as_deref() == Some("subscription_create"));
+        || f.invoices.iter().any(|i| {
+            i.status == "paid" && i.billing_reason.as_deref() == Some("subscription_create")
+        });
     let lost = f.checkouts.iter().any(|s| s == "expired" || s == "failed")
-        || f.subscriptions.iter().any(|s| s.1 == "incomplete_expired");
+        || f.subscriptions
+            .iter()
+            .any(|s| s.status == "incomplete_expired");
     let deal_stage = if won {
         "closed_won"
     } else if lost {
@@ -677,7 +839,7 @@ pub fn account_view(f: &AccountFacts) -> Value {
     let all_ended = !f.subscriptions.is_empty()
         && f.subscriptions
             .iter()
-            .all(|s| terminal(ObjectKind::Subscription, &s.1));
+            .all(|s| terminal(ObjectKind::Subscription, &s.status));
     let lifecycle = if all_ended {
         "churned"
     } else if won {
@@ -686,76 +848,101 @@ pub fn account_view(f: &AccountFacts) -> Value {
         "lead"
     };
 
-    let mut totals: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
-    for (id, status, amount, cur, refunded) in &f.payments {
-        if status != "succeeded" {
-            continue;
-        }
+    let mut totals: BTreeMap<&str, TotalView> = BTreeMap::new();
+    for p in f.payments.iter().filter(|p| p.status == "succeeded") {
         let from_refunds: i64 = f
             .refunds
             .iter()
-            .filter(|r| r.0.as_deref() == Some(id.as_str()) && r.1 == "succeeded")
-            .map(|r| r.2)
+            .filter(|r| r.payment_id.as_deref() == Some(p.id.as_str()) && r.status == "succeeded")
+            .map(|r| r.amount)
             .sum();
-        let t = totals.entry(cur.clone()).or_default();
-        t.0 += amount;
-        t.1 += (*refunded).max(from_refunds);
+        let t = totals
+            .entry(p.currency.as_str())
+            .or_insert_with(|| TotalView::zero(&p.currency));
+        t.paid_minor += p.amount;
+        t.refunded_minor += p.amount_refunded.max(from_refunds);
     }
-    for (_, _, status, amount, cur) in &f.disputes {
-        if status == "lost" {
-            totals.entry(cur.clone()).or_default().2 += amount;
-        }
+    for d in f.disputes.iter().filter(|d| d.status == "lost") {
+        totals
+            .entry(d.currency.as_str())
+            .or_insert_with(|| TotalView::zero(&d.currency))
+            .chargeback_minor += d.amount;
     }
     let status_of = |id: &str| -> Option<&str> {
         f.invoices
             .iter()
-            .map(|i| (&i.0, &i.1))
-            .chain(f.payments.iter().map(|p| (&p.0, &p.1)))
-            .chain(f.subscriptions.iter().map(|s| (&s.0, &s.1)))
-            .chain(f.disputes.iter().map(|d| (&d.0, &d.2)))
+            .map(|i| (&i.id, &i.status))
+            .chain(f.payments.iter().map(|p| (&p.id, &p.status)))
+            .chain(f.subscriptions.iter().map(|s| (&s.id, &s.status)))
+            .chain(f.disputes.iter().map(|d| (&d.id, &d.status)))
             .find(|(i, _)| i.as_str() == id)
             .map(|(_, s)| s.as_str())
     };
-    let open_tasks: Vec<Value> = f
+    let open_tasks = f
         .tasks
         .iter()
-        .filter(|(kind, source, _)| match kind.as_str() {
-            "payment_failed_followup" => !matches!(status_of(source), Some("paid" | "succeeded" | "active" | "trialing" | "canceled")),
-            "dispute_response" => !status_of(source).is_some_and(|s| terminal(ObjectKind::Dispute, s)),
-            "trial_ending" => status_of(source) == Some("trialing"),
+        .filter(|t| match t.kind.as_str() {
+            "payment_failed_followup" => !matches!(
+                status_of(&t.source_id),
+                Some("paid" | "succeeded" | "active" | "trialing" | "canceled")
+            ),
+            "dispute_response" => {
+                !status_of(&t.source_id).is_some_and(|s| terminal(ObjectKind::Dispute, s))
+            }
+            "trial_ending" => status_of(&t.source_id) == Some("trialing"),
             _ => true,
         })
-        .map(|(kind, source, due)| serde_json::json!({"kind": kind, "source_id": source, "due_at": due}))
+        .map(|t| TaskView {
+            due_at: t.due_at,
+            kind: t.kind.clone(),
+            source_id: t.source_id.clone(),
+        })
         .collect();
     let contact = f
         .customers
         .iter()
-        .filter(|c| !c.4)
-        .chain(f.customers.iter().filter(|c| c.4))
-        .find(|c| c.2.is_some() || c.3.is_some());
-    serde_json::json!({
-        "id": f.id,
-        "external_ref": f.external_ref,
-        "email": contact.and_then(|c| c.2.clone()),
-        "name": contact.and_then(|c| c.3.clone()),
-        "lifecycle_stage": lifecycle,
-        "deal_stage": deal_stage,
-        "entitlement": entitlement_now,
-        "subscription_status": best.map(|b| b.1.clone()),
-        "plan": best.and_then(|b| b.2.clone()),
-        "totals": totals.iter().map(|(cur, (paid, refunded, lost))| serde_json::json!({
-            "currency": cur, "paid_minor": paid, "refunded_minor": refunded, "chargeback_minor": lost,
-        })).collect::<Vec<_>>(),
-        "customers": f.customers.iter().map(|c| serde_json::json!({
-            "provider": c.0, "customer_id": c.1, "deleted": c.4,
-        })).collect::<Vec<_>>(),
-        "open_tasks": open_tasks,
-    })
+        .filter(|c| !c.deleted)
+        .chain(f.customers.iter().filter(|c| c.deleted))
+        .find(|c| c.email.is_some() || c.name.is_some());
+    AccountView {
+        customers: f
+            .customers
+            .iter()
+            .map(|c| CustomerView {
+                customer_id: c.customer_id.clone(),
+                deleted: c.deleted,
+                provider: c.provider.clone(),
+            })
+            .collect(),
+        deal_stage,
+        email: contact.and_then(|c| c.email.clone()),
+        entitlement: entitlement_now,
+        external_ref: f.external_ref.clone(),
+        id: f.id,
+        lifecycle_stage: lifecycle,
+        name: contact.and_then(|c| c.name.clone()),
+        open_tasks,
+        plan: best.and_then(|s| s.plan.clone()),
+        subscription_status: best.map(|s| s.status.clone()),
+        totals: totals.into_values().collect(),
+    }
+}
+
+impl TotalView {
+    fn zero(currency: &str) -> Self {
+        Self {
+            chargeback_minor: 0,
+            currency: currency.to_owned(),
+            paid_minor: 0,
+            refunded_minor: 0,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use serde_json::json;
     use serde_json_borrow::OwnedValue;
 

@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 
 use futures::future::{BoxFuture, FutureExt as _};
-use paysync_domain::billing::{AccountFacts, Channel, ObjectKind};
+use paysync_domain::billing::{
+    AccountFacts, Channel, CustomerFact, DisputeFact, InvoiceFact, ObjectKind, PaymentFact,
+    RefundFact, SubscriptionFact, TaskFact,
+};
 use paysync_domain::writes::{EffectWrite, SnapWrite, Writes};
 use tokio_postgres::types::ToSql;
 
@@ -529,7 +532,13 @@ impl Store {
             .await
             .map_err(db("read customers"))?
         {
-            f.customers.push((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
+            f.customers.push(CustomerFact {
+                provider: r.get(0),
+                customer_id: r.get(1),
+                email: r.get(2),
+                name: r.get(3),
+                deleted: r.get(4),
+            });
         }
         for r in c
             .query(
@@ -539,7 +548,11 @@ impl Store {
             .await
             .map_err(db("read subscriptions"))?
         {
-            f.subscriptions.push((r.get(0), r.get(1), r.get(2)));
+            f.subscriptions.push(SubscriptionFact {
+                id: r.get(0),
+                status: r.get(1),
+                plan: r.get(2),
+            });
         }
         for r in c
             .query(
@@ -549,29 +562,50 @@ impl Store {
             .await
             .map_err(db("read invoices"))?
         {
-            f.invoices.push((r.get(0), r.get(1), r.get(2)));
+            f.invoices.push(InvoiceFact {
+                id: r.get(0),
+                status: r.get(1),
+                billing_reason: r.get(2),
+            });
         }
         for r in c
             .query("select id, status, amount, currency, amount_refunded from payments where account_id = $1 order by id", &[&id])
             .await
             .map_err(db("read payments"))?
         {
-            f.payments.push((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
+            f.payments.push(PaymentFact {
+                id: r.get(0),
+                status: r.get(1),
+                amount: r.get(2),
+                currency: r.get(3),
+                amount_refunded: r.get(4),
+            });
         }
-        let payment_ids: Vec<String> = f.payments.iter().map(|p| p.0.clone()).collect();
+        let payment_ids: Vec<String> = f.payments.iter().map(|p| p.id.clone()).collect();
         for r in c
             .query("select payment_id, status, amount, currency from refunds where payment_id = any($1) order by id", &[&payment_ids])
             .await
             .map_err(db("read refunds"))?
         {
-            f.refunds.push((r.get(0), r.get(1), r.get(2), r.get(3)));
+            f.refunds.push(RefundFact {
+                payment_id: r.get(0),
+                status: r.get(1),
+                amount: r.get(2),
+                currency: r.get(3),
+            });
         }
         for r in c
             .query("select id, payment_id, status, amount, currency from disputes where payment_id = any($1) or account_id = $2 order by id", &[&payment_ids, &id])
             .await
             .map_err(db("read disputes"))?
         {
-            f.disputes.push((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
+            f.disputes.push(DisputeFact {
+                id: r.get(0),
+                payment_id: r.get(1),
+                status: r.get(2),
+                amount: r.get(3),
+                currency: r.get(4),
+            });
         }
         for r in c
             .query(
@@ -583,7 +617,7 @@ impl Store {
         {
             f.checkouts.push(r.get(0));
         }
-        let dispute_ids: Vec<String> = f.disputes.iter().map(|d| d.0.clone()).collect();
+        let dispute_ids: Vec<String> = f.disputes.iter().map(|d| d.id.clone()).collect();
         for r in c
             .query(
                 "select kind, source_id, due_at from tasks where account_id = $1 \
@@ -593,7 +627,11 @@ impl Store {
             .await
             .map_err(db("read tasks"))?
         {
-            f.tasks.push((r.get(0), r.get(1), r.get(2)));
+            f.tasks.push(TaskFact {
+                kind: r.get(0),
+                source_id: r.get(1),
+                due_at: r.get(2),
+            });
         }
         Ok(Some(f))
     }

@@ -1,4 +1,5 @@
 //! Integration tests of the pure domain against the shared fixtures and signature vectors.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod account_view;
 mod stripe_vectors;

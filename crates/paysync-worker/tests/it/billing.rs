@@ -28,7 +28,10 @@ pub async fn view_of(store: &Store, external_ref: &str) -> Value {
         .await
         .unwrap()
         .expect("account exists");
-    account_view(&store.account_facts(id).await.unwrap().unwrap())
+    serde_json::to_value(account_view(
+        &store.account_facts(id).await.unwrap().unwrap(),
+    ))
+    .unwrap()
 }
 
 pub fn ev(id: &str, t: &str, created: i64, object: Value) -> Value {

@@ -92,7 +92,10 @@ pub async fn normalized(store: &Store, ns: &str, c: usize) -> Value {
     else {
         return Value::Null;
     };
-    let mut v = account_view(&store.account_facts(id).await.unwrap().unwrap());
+    let mut v = serde_json::to_value(account_view(
+        &store.account_facts(id).await.unwrap().unwrap(),
+    ))
+    .unwrap();
     v["id"] = Value::Null;
     let text = v
         .to_string()
