@@ -181,7 +181,7 @@ fn progress_bar(what: &'static str) -> ProgressBar {
     bar
 }
 
-fn print(v: &Value) -> anyhow::Result<()> {
+fn print(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -199,6 +199,8 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
                     "{:<18} {:>6}  {:<20} {:<20}  TITLE",
                     "GROUP", "COUNT", "FIRST", "LAST"
                 );
+                // The table reads the JSON the --json output prints.
+                let groups = serde_json::to_value(&groups)?;
                 for g in groups.as_array().into_iter().flatten() {
                     println!(
                         "{:<18} {:>6}  {:<20} {:<20}  {} [{}]",
@@ -228,6 +230,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
                     "{:>6} {:<34} {:<32} {:<22} {:>3} {:>3}  ERROR",
                     "ID", "EVENT", "TYPE", "KIND", "ATT", "RED"
                 );
+                let rows = serde_json::to_value(&rows)?;
                 for d in rows.as_array().into_iter().flatten() {
                     println!(
                         "{:>6} {:<34} {:<32} {:<22} {:>3} {:>3}  {}",
@@ -250,6 +253,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
             if json {
                 print(&d)?;
             } else {
+                let d = serde_json::to_value(&d)?;
                 for key in [
                     "id",
                     "event_id",
@@ -328,6 +332,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
                     "{:<26} {:<16} {:<14} {:>6}  TARGET",
                     "AT", "ACTOR", "ACTION", "COUNT"
                 );
+                let actions = serde_json::to_value(&actions)?;
                 for a in actions.as_array().into_iter().flatten() {
                     println!(
                         "{:<26} {:<16} {:<14} {:>6}  {}{}",

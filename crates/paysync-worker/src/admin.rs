@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use paysync_store::DeadLetterFilter;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::json;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -67,7 +67,7 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
     next.run(request).await
 }
 
-fn answer(result: Result<Value, OpsError>) -> Response {
+fn answer<T: serde::Serialize>(result: Result<T, OpsError>) -> Response {
     match result {
         Ok(v) => Json(v).into_response(),
         Err(err) => {
@@ -121,7 +121,7 @@ async fn show(State(s): State<AdminState>, Path(id): Path<i64>) -> Response {
     match s.ops.show(id).await {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such dead letter\n").into_response(),
-        Err(err) => answer(Err(err)),
+        Err(err) => answer::<()>(Err(err)),
     }
 }
 
@@ -209,7 +209,7 @@ async fn export(State(s): State<AdminState>, Query(q): Query<ListQuery>) -> Resp
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Err(err) => answer(Err(err)),
+        Err(err) => answer::<()>(Err(err)),
     }
 }
 

@@ -9,7 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use paysync_amqp::Publisher;
 use paysync_domain::{EventMeta, Provider};
-use paysync_store::{DeadLetterFilter, DeadLetterRow, Store, StoreError};
+use paysync_store::{
+    DeadLetterFilter, DeadLetterGroup, DeadLetterRow, OperatorAction, Store, StoreError,
+};
+use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -54,6 +57,9 @@ pub enum OpsError {
         #[source]
         source: paysync_amqp::PublishError,
     },
+    /// A view could not be written as JSON.
+    #[error("cannot write JSON")]
+    Encode(#[from] serde_json::Error),
     /// A line of an export file is unusable.
     #[error("line {line}: {reason}")]
     BadExportLine {
@@ -75,29 +81,214 @@ fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
-/// The JSON of a dead letter; `full` adds body, headers and the whole chain.
-pub fn letter_json(d: &DeadLetterRow, full: bool) -> Value {
-    let mut v = json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "event_type": d.event_type,
-        "error_kind": d.error_kind,
-        "error": d.error_chain.lines().find(|l| !l.starts_with("retries exhausted")).unwrap_or_default(),
-        "fingerprint": d.fingerprint,
-        "attempts": d.attempts,
-        "redrives": d.redrives,
-        "state": d.state,
-        "first_failed_at": ts(d.first_failed_at),
-        "last_failed_at": ts(d.last_failed_at),
-    });
-    if full {
-        v["error_chain"] = Value::from(d.error_chain.lines().collect::<Vec<_>>());
-        v["routing_key"] = Value::from(d.routing_key.clone());
-        v["headers"] = d.headers.clone();
-        v["body"] = serde_json::from_slice(&d.body).unwrap_or(Value::Null);
-        v["body_base64"] = Value::from(B64.encode(&d.body));
+// The result types below serialise their fields in declaration order, which is alphabetical:
+// the CLI and the admin API printed `serde_json::Value`s before (sorted keys), and their JSON
+// stays byte for byte the same (`tests/it/views.rs` pins it).
+
+/// A dead letter as operators see it; [`LetterView::full`] adds body, headers and the whole
+/// chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LetterView {
+    /// Delivery attempts before it was dead-lettered.
+    pub attempts: i32,
+    /// The body parsed as JSON (`null` if it is not JSON); full view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// The exact body, base64; full view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// The first line of the chain that says what went wrong.
+    pub error: String,
+    /// The whole error chain, a line each; full view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_chain: Option<Vec<String>>,
+    /// The failure kind.
+    pub error_kind: String,
+    /// The event id, when the message had one.
+    pub event_id: Option<String>,
+    /// The event type, when the message had one.
+    pub event_type: Option<String>,
+    /// The group (cause) it belongs to.
+    pub fingerprint: String,
+    /// First failure, RFC 3339.
+    pub first_failed_at: String,
+    /// The message headers; full view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Value>,
+    /// Dead letter id.
+    pub id: i64,
+    /// Last failure, RFC 3339.
+    pub last_failed_at: String,
+    /// How often operators sent it back.
+    pub redrives: i32,
+    /// The routing key it was published with; full view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// `open`, `retried` or `archived`.
+    pub state: String,
+}
+
+impl LetterView {
+    /// The summary of a dead letter, as lists show it.
+    pub fn summary(d: &DeadLetterRow) -> Self {
+        Self {
+            attempts: d.attempts,
+            body: None,
+            body_base64: None,
+            error: d
+                .error_chain
+                .lines()
+                .find(|l| !l.starts_with("retries exhausted"))
+                .unwrap_or_default()
+                .to_owned(),
+            error_chain: None,
+            error_kind: d.error_kind.clone(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            fingerprint: d.fingerprint.clone(),
+            first_failed_at: ts(d.first_failed_at),
+            headers: None,
+            id: d.id,
+            last_failed_at: ts(d.last_failed_at),
+            redrives: d.redrives,
+            routing_key: None,
+            state: d.state.clone(),
+        }
     }
-    v
+
+    /// The whole dead letter: body (parsed and exact), headers, routing key, the chain.
+    pub fn full(d: &DeadLetterRow) -> Self {
+        Self {
+            body: Some(serde_json::from_slice(&d.body).unwrap_or(Value::Null)),
+            body_base64: Some(B64.encode(&d.body)),
+            error_chain: Some(d.error_chain.lines().map(str::to_owned).collect()),
+            headers: Some(d.headers.clone()),
+            routing_key: Some(d.routing_key.clone()),
+            ..Self::summary(d)
+        }
+    }
+}
+
+/// Open dead letters of one cause.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupView {
+    /// How many.
+    pub count: i64,
+    /// The failure kind.
+    pub error_kind: String,
+    /// The event types among them.
+    pub event_types: Vec<String>,
+    /// The earliest first failure, RFC 3339.
+    pub first_failed_at: String,
+    /// The group: the fingerprint.
+    pub group: String,
+    /// The latest failure, RFC 3339.
+    pub last_failed_at: String,
+    /// What went wrong, in one line.
+    pub title: String,
+}
+
+impl From<&DeadLetterGroup> for GroupView {
+    fn from(g: &DeadLetterGroup) -> Self {
+        Self {
+            count: g.count,
+            error_kind: g.error_kind.clone(),
+            event_types: g.event_types.clone(),
+            first_failed_at: ts(g.first_failed_at),
+            group: g.fingerprint.clone(),
+            last_failed_at: ts(g.last_failed_at),
+            title: g.title.clone(),
+        }
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionView {
+    /// What was done (`dlq.retry`, `events.replay`, …).
+    pub action: String,
+    /// Who did it (`cli:$USER`, `admin-api`).
+    pub actor: String,
+    /// How many items it affected.
+    pub affected: i32,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Details of the action.
+    pub details: Value,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// Entry id.
+    pub id: i64,
+    /// What it applied to.
+    pub target: String,
+}
+
+impl From<&OperatorAction> for ActionView {
+    fn from(a: &OperatorAction) -> Self {
+        Self {
+            action: a.action.clone(),
+            actor: a.actor.clone(),
+            affected: a.affected,
+            at: ts(a.at),
+            details: a.details.clone(),
+            dry_run: a.dry_run,
+            id: a.id,
+            target: a.target.clone(),
+        }
+    }
+}
+
+/// What a dead-letter retry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryReport {
+    /// Whether it only counted.
+    pub dry_run: bool,
+    /// The selected letters.
+    pub ids: Vec<i64>,
+    /// How many were republished and marked retried.
+    pub retried: usize,
+    /// How many were selected.
+    pub selected: usize,
+}
+
+/// What an archive did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchiveReport {
+    /// How many were archived.
+    pub archived: u64,
+    /// How many were selected.
+    pub selected: usize,
+}
+
+/// What a purge did, or (without `yes`) would do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// How many were deleted.
+    pub deleted: u64,
+    /// Without `yes`: how to delete them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
+    /// Without `yes`: how many would go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete: Option<u64>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// How many lines were published.
+    pub published: usize,
+}
+
+/// What an event replay did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Whether it only counted.
+    pub dry_run: bool,
+    /// How many were published.
+    pub published: usize,
+    /// How many were selected.
+    pub selected: usize,
 }
 
 impl Ops {
@@ -112,43 +303,24 @@ impl Ops {
     }
 
     /// Open dead letters grouped by fingerprint.
-    pub async fn groups(&self) -> Result<Value, OpsError> {
+    pub async fn groups(&self) -> Result<Vec<GroupView>, OpsError> {
         let groups = self.store.dead_letter_groups().await?;
-        Ok(Value::from(
-            groups
-                .iter()
-                .map(|g| {
-                    json!({
-                        "group": g.fingerprint,
-                        "error_kind": g.error_kind,
-                        "title": g.title,
-                        "count": g.count,
-                        "first_failed_at": ts(g.first_failed_at),
-                        "last_failed_at": ts(g.last_failed_at),
-                        "event_types": g.event_types,
-                    })
-                })
-                .collect::<Vec<_>>(),
-        ))
+        Ok(groups.iter().map(GroupView::from).collect())
     }
 
     /// Dead letters matching `filter`.
-    pub async fn list(&self, filter: &DeadLetterFilter) -> Result<Value, OpsError> {
+    pub async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<LetterView>, OpsError> {
         let rows = self.store.dead_letter_list(filter).await?;
-        Ok(Value::from(
-            rows.iter()
-                .map(|d| letter_json(d, false))
-                .collect::<Vec<_>>(),
-        ))
+        Ok(rows.iter().map(LetterView::summary).collect())
     }
 
     /// One dead letter in full, or `None`.
-    pub async fn show(&self, id: i64) -> Result<Option<Value>, OpsError> {
+    pub async fn show(&self, id: i64) -> Result<Option<LetterView>, OpsError> {
         Ok(self
             .store
             .dead_letter(id)
             .await?
-            .map(|d| letter_json(&d, true)))
+            .map(|d| LetterView::full(&d)))
     }
 
     async fn selected(&self, selection: &Selection) -> Result<Vec<i64>, OpsError> {
@@ -168,7 +340,7 @@ impl Ops {
         dry_run: bool,
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Value, OpsError> {
+    ) -> Result<RetryReport, OpsError> {
         let ids = self.selected(selection).await?;
         let total = ids.len();
         let mut retried = 0usize;
@@ -221,11 +393,20 @@ impl Ops {
             json!({"selected": total}),
         )
         .await?;
-        Ok(json!({"selected": total, "retried": retried, "dry_run": dry_run, "ids": ids}))
+        Ok(RetryReport {
+            dry_run,
+            ids,
+            retried,
+            selected: total,
+        })
     }
 
     /// Archives the selected open dead letters (kept, hidden from the default view).
-    pub async fn archive(&self, selection: &Selection, actor: &str) -> Result<Value, OpsError> {
+    pub async fn archive(
+        &self,
+        selection: &Selection,
+        actor: &str,
+    ) -> Result<ArchiveReport, OpsError> {
         let ids = self.selected(selection).await?;
         let archived = self.store.archive_dead_letters(&ids).await?;
         self.audit(
@@ -237,7 +418,10 @@ impl Ops {
             json!({"selected": ids.len()}),
         )
         .await?;
-        Ok(json!({"selected": ids.len(), "archived": archived}))
+        Ok(ArchiveReport {
+            archived,
+            selected: ids.len(),
+        })
     }
 
     /// Deletes archived dead letters older than `older_than_secs`, only when `yes`;
@@ -247,16 +431,24 @@ impl Ops {
         older_than_secs: i64,
         yes: bool,
         actor: &str,
-    ) -> Result<Value, OpsError> {
+    ) -> Result<PurgeReport, OpsError> {
         let n = self.store.purge_archived(older_than_secs, yes).await?;
         let target = format!("archived older than {older_than_secs} s");
         self.store
             .record_action(actor, "dlq.purge", &target, n as i64, !yes, json!({}))
             .await?;
         Ok(if yes {
-            json!({"deleted": n})
+            PurgeReport {
+                deleted: n,
+                hint: None,
+                would_delete: None,
+            }
         } else {
-            json!({"would_delete": n, "deleted": 0, "hint": "nothing was deleted; add --yes to delete"})
+            PurgeReport {
+                deleted: 0,
+                hint: Some("nothing was deleted; add --yes to delete"),
+                would_delete: Some(n),
+            }
         })
     }
 
@@ -270,8 +462,8 @@ impl Ops {
         let rows = self.store.dead_letter_list(filter).await?;
         let lines: Vec<String> = rows
             .iter()
-            .map(|d| letter_json(d, true).to_string())
-            .collect();
+            .map(|d| serde_json::to_string(&LetterView::full(d)))
+            .collect::<Result<_, _>>()?;
         self.store
             .record_action(
                 actor,
@@ -292,7 +484,7 @@ impl Ops {
         lines: &[String],
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Value, OpsError> {
+    ) -> Result<ImportReport, OpsError> {
         let total = lines.len();
         let mut published = 0;
         for (i, line) in lines.iter().enumerate() {
@@ -336,23 +528,13 @@ impl Ops {
                 json!({}),
             )
             .await?;
-        Ok(json!({"published": published}))
+        Ok(ImportReport { published })
     }
 
     /// The audit trail, newest first.
-    pub async fn history(&self, limit: i64) -> Result<Value, OpsError> {
+    pub async fn history(&self, limit: i64) -> Result<Vec<ActionView>, OpsError> {
         let actions = self.store.actions(limit).await?;
-        Ok(Value::from(
-            actions
-                .iter()
-                .map(|a| {
-                    json!({
-                        "id": a.id, "at": ts(a.at), "actor": a.actor, "action": a.action,
-                        "target": a.target, "affected": a.affected, "dry_run": a.dry_run, "details": a.details,
-                    })
-                })
-                .collect::<Vec<_>>(),
-        ))
+        Ok(actions.iter().map(ActionView::from).collect())
     }
 
     /// Republishes logged events for reprocessing: the handler runs again (it must be
@@ -365,7 +547,7 @@ impl Ops {
         dry_run: bool,
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Value, OpsError> {
+    ) -> Result<ReplayReport, OpsError> {
         let events = self
             .store
             .events_for_replay(Provider::Stripe.as_str(), ids, event_type, since)
@@ -410,7 +592,11 @@ impl Ops {
                 json!({}),
             )
             .await?;
-        Ok(json!({"selected": total, "published": published, "dry_run": dry_run}))
+        Ok(ReplayReport {
+            dry_run,
+            published,
+            selected: total,
+        })
     }
 
     async fn audit(

@@ -18,3 +18,4 @@ mod poison;
 mod retries;
 mod shutdown;
 mod stack;
+mod views;
