@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use paysync_store::{EventFilter, EventRow, Store};
+use paysync_store::{EventFilter, Store};
+use paysync_worker::ops::{EventView, ts};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -53,32 +54,6 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn ts(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
-fn to_json(e: &EventRow) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "provider": e.provider,
-        "event_id": e.event_id,
-        "event_type": e.event_type,
-        "created": e.created,
-        "livemode": e.livemode,
-        "api_version": e.api_version,
-        "account_id": e.account_id,
-        "outcome": e.outcome,
-        "attempts": e.attempts,
-        "duplicates": e.duplicates,
-        "replays": e.replays,
-        "received_at": ts(e.received_at),
-        "processed_at": ts(e.processed_at),
-    });
-    if let Some(p) = &e.payload {
-        v["payload"] = p.clone();
-    }
-    v
 }
 
 pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCode> {
@@ -133,7 +108,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                 .await
                 .context("reading the event log")?;
             if json {
-                let list: Vec<_> = rows.iter().map(to_json).collect();
+                let list: Vec<_> = rows.iter().map(EventView::from).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
@@ -168,7 +143,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                 eprintln!("paysync: no event {provider}/{event_id} in the event log");
                 return Ok(ExitCode::from(2));
             };
-            let v = to_json(&e);
+            let v = serde_json::to_value(EventView::from(&e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

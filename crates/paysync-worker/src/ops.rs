@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use paysync_amqp::Publisher;
 use paysync_domain::{EventMeta, Provider};
 use paysync_store::{
-    DeadLetterFilter, DeadLetterGroup, DeadLetterRow, OperatorAction, Store, StoreError,
+    DeadLetterFilter, DeadLetterGroup, DeadLetterRow, EventRow, OperatorAction, Store, StoreError,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -77,7 +77,8 @@ pub struct Ops {
     publisher: Publisher,
 }
 
-fn ts(t: OffsetDateTime) -> String {
+/// A time as the views show it: RFC 3339.
+pub fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
@@ -234,6 +235,61 @@ impl From<&OperatorAction> for ActionView {
             dry_run: a.dry_run,
             id: a.id,
             target: a.target.clone(),
+        }
+    }
+}
+
+/// An event of the event log; the payload only where it was read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventView {
+    /// The account the handler linked it to.
+    pub account_id: Option<i64>,
+    /// The provider's API version.
+    pub api_version: Option<String>,
+    /// The attempt that committed it.
+    pub attempts: i32,
+    /// The provider's `created`, Unix seconds.
+    pub created: i64,
+    /// Later deliveries skipped as duplicates.
+    pub duplicates: i32,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Live or test mode.
+    pub livemode: bool,
+    /// `applied` or `ignored`.
+    pub outcome: String,
+    /// The body, parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// When the worker committed it, RFC 3339.
+    pub processed_at: String,
+    /// The provider.
+    pub provider: String,
+    /// When the receiver took it, RFC 3339.
+    pub received_at: String,
+    /// How often operators replayed it.
+    pub replays: i32,
+}
+
+impl From<&EventRow> for EventView {
+    fn from(e: &EventRow) -> Self {
+        Self {
+            account_id: e.account_id,
+            api_version: e.api_version.clone(),
+            attempts: e.attempts,
+            created: e.created,
+            duplicates: e.duplicates,
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.clone(),
+            livemode: e.livemode,
+            outcome: e.outcome.clone(),
+            payload: e.payload.clone(),
+            processed_at: ts(e.processed_at),
+            provider: e.provider.clone(),
+            received_at: ts(e.received_at),
+            replays: e.replays,
         }
     }
 }

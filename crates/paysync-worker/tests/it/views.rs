@@ -3,10 +3,10 @@
 //! earlier `serde_json::Value` implementation; the others are its `json!` literals as a `Value`
 //! printed them (keys sorted). The typed views keep every key, its order and its formatting.
 
-use paysync_store::{DeadLetterGroup, DeadLetterRow, OperatorAction};
+use paysync_store::{DeadLetterGroup, DeadLetterRow, EventRow, OperatorAction};
 use paysync_worker::ops::{
-    ActionView, ArchiveReport, GroupView, ImportReport, LetterView, PurgeReport, ReplayReport,
-    RetryReport,
+    ActionView, ArchiveReport, EventView, GroupView, ImportReport, LetterView, PurgeReport,
+    ReplayReport, RetryReport,
 };
 use serde_json::json;
 use time::macros::datetime;
@@ -141,4 +141,37 @@ fn action_reports_keep_the_keys_and_order_printed_before() {
     for (printed, before) in cases {
         assert_eq!(printed.unwrap(), before);
     }
+}
+
+#[test]
+fn a_logged_event_keeps_the_keys_and_order_events_show_printed_before() {
+    let at = datetime!(2026-11-30 12:34:56.5 UTC);
+    let row = EventRow {
+        provider: "stripe".into(),
+        event_id: "evt_1".into(),
+        event_type: "invoice.paid".into(),
+        created: 1_764_500_000,
+        livemode: false,
+        api_version: Some("2020-08-27".into()),
+        account_id: Some(2),
+        outcome: "applied".into(),
+        attempts: 1,
+        duplicates: 1,
+        replays: 0,
+        received_at: at,
+        processed_at: at + time::Duration::milliseconds(7),
+        payload: Some(json!({"object": "event", "id": "evt_1"})),
+    };
+    assert_eq!(
+        serde_json::to_string(&EventView::from(&row)).unwrap(),
+        r#"{"account_id":2,"api_version":"2020-08-27","attempts":1,"created":1764500000,"duplicates":1,"event_id":"evt_1","event_type":"invoice.paid","livemode":false,"outcome":"applied","payload":{"id":"evt_1","object":"event"},"processed_at":"2026-11-30T12:34:56.507Z","provider":"stripe","received_at":"2026-11-30T12:34:56.5Z","replays":0}"#
+    );
+    let listed = EventView::from(&EventRow {
+        payload: None,
+        ..row
+    });
+    assert!(
+        !serde_json::to_string(&listed).unwrap().contains("payload"),
+        "a listed event has no payload key"
+    );
 }
