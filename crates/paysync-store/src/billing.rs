@@ -506,6 +506,18 @@ impl Tx<'_> {
     }
 }
 
+/// Every row of `sql`, each made into a fact by `fact`; `what` names the read in errors.
+async fn facts<T>(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &'static str,
+    fact: impl Fn(&tokio_postgres::Row) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let rows = c.query(sql, params).await.map_err(StoreError::db(what))?;
+    Ok(rows.iter().map(fact).collect())
+}
+
 impl Store {
     /// The facts of account `id`, or `None`.
     pub async fn account_facts(&self, id: i64) -> Result<Option<AccountFacts>, StoreError> {
@@ -527,112 +539,106 @@ impl Store {
             external_ref: acct.get(1),
             ..AccountFacts::default()
         };
-        for r in c
-            .query("select provider, customer_id, email, name, deleted from provider_customers where account_id = $1 order by provider, customer_id", &[&id])
-            .await
-            .map_err(db("read customers"))?
-        {
-            f.customers.push(CustomerFact {
+        f.customers = facts(
+            c,
+            "select provider, customer_id, email, name, deleted from provider_customers \
+                where account_id = $1 order by provider, customer_id",
+            &[&id],
+            "read customers",
+            |r| CustomerFact {
                 provider: r.get(0),
                 customer_id: r.get(1),
                 email: r.get(2),
                 name: r.get(3),
                 deleted: r.get(4),
-            });
-        }
-        for r in c
-            .query(
-                "select id, status, plan from subscriptions where account_id = $1 order by id",
-                &[&id],
-            )
-            .await
-            .map_err(db("read subscriptions"))?
-        {
-            f.subscriptions.push(SubscriptionFact {
+            },
+        )
+        .await?;
+        f.subscriptions = facts(
+            c,
+            "select id, status, plan from subscriptions where account_id = $1 order by id",
+            &[&id],
+            "read subscriptions",
+            |r| SubscriptionFact {
                 id: r.get(0),
                 status: r.get(1),
                 plan: r.get(2),
-            });
-        }
-        for r in c
-            .query(
-                "select id, status, billing_reason from invoices where account_id = $1 order by id",
-                &[&id],
-            )
-            .await
-            .map_err(db("read invoices"))?
-        {
-            f.invoices.push(InvoiceFact {
+            },
+        )
+        .await?;
+        f.invoices = facts(
+            c,
+            "select id, status, billing_reason from invoices where account_id = $1 order by id",
+            &[&id],
+            "read invoices",
+            |r| InvoiceFact {
                 id: r.get(0),
                 status: r.get(1),
                 billing_reason: r.get(2),
-            });
-        }
-        for r in c
-            .query("select id, status, amount, currency, amount_refunded from payments where account_id = $1 order by id", &[&id])
-            .await
-            .map_err(db("read payments"))?
-        {
-            f.payments.push(PaymentFact {
+            },
+        )
+        .await?;
+        f.payments = facts(
+            c,
+            "select id, status, amount, currency, amount_refunded from payments \
+                where account_id = $1 order by id",
+            &[&id],
+            "read payments",
+            |r| PaymentFact {
                 id: r.get(0),
                 status: r.get(1),
                 amount: r.get(2),
                 currency: r.get(3),
                 amount_refunded: r.get(4),
-            });
-        }
+            },
+        )
+        .await?;
         let payment_ids: Vec<String> = f.payments.iter().map(|p| p.id.clone()).collect();
-        for r in c
-            .query("select payment_id, status, amount, currency from refunds where payment_id = any($1) order by id", &[&payment_ids])
-            .await
-            .map_err(db("read refunds"))?
-        {
-            f.refunds.push(RefundFact {
+        f.refunds = facts(
+            c,
+            "select payment_id, status, amount, currency from refunds \
+                where payment_id = any($1) order by id",
+            &[&payment_ids],
+            "read refunds",
+            |r| RefundFact {
                 payment_id: r.get(0),
                 status: r.get(1),
                 amount: r.get(2),
                 currency: r.get(3),
-            });
-        }
-        for r in c
-            .query("select id, payment_id, status, amount, currency from disputes where payment_id = any($1) or account_id = $2 order by id", &[&payment_ids, &id])
-            .await
-            .map_err(db("read disputes"))?
-        {
-            f.disputes.push(DisputeFact {
+            },
+        )
+        .await?;
+        f.disputes = facts(
+            c,
+            "select id, payment_id, status, amount, currency from disputes \
+                where payment_id = any($1) or account_id = $2 order by id",
+            &[&payment_ids, &id],
+            "read disputes",
+            |r| DisputeFact {
                 id: r.get(0),
                 payment_id: r.get(1),
                 status: r.get(2),
                 amount: r.get(3),
                 currency: r.get(4),
-            });
-        }
-        for r in c
-            .query(
-                "select status from checkout_sessions where account_id = $1 order by id",
-                &[&id],
-            )
-            .await
-            .map_err(db("read checkouts"))?
-        {
-            f.checkouts.push(r.get(0));
-        }
+            },
+        )
+        .await?;
+        f.checkouts = facts(
+            c,
+            "select status from checkout_sessions where account_id = $1 order by id",
+            &[&id],
+            "read checkouts",
+            |r| r.get(0),
+        )
+        .await?;
         let dispute_ids: Vec<String> = f.disputes.iter().map(|d| d.id.clone()).collect();
-        for r in c
-            .query(
-                "select kind, source_id, due_at from tasks where account_id = $1 \
+        f.tasks = facts(c, "select kind, source_id, due_at from tasks where account_id = $1 \
                     or (kind = 'dispute_response' and source_id = any($2)) order by kind, source_id",
-                &[&id, &dispute_ids],
-            )
-            .await
-            .map_err(db("read tasks"))?
-        {
-            f.tasks.push(TaskFact {
+                &[&id, &dispute_ids], "read tasks", |r| TaskFact {
                 kind: r.get(0),
                 source_id: r.get(1),
                 due_at: r.get(2),
-            });
-        }
+            }).await?;
         Ok(Some(f))
     }
 

@@ -95,17 +95,19 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
+/// A `since` parameter, an RFC 3339 time.
+fn parse_since(raw: Option<&str>) -> Result<Option<OffsetDateTime>, time::error::Parse> {
+    raw.map(|t| OffsetDateTime::parse(t, &Rfc3339)).transpose()
+}
+
+/// The answer to a `since` that is not an RFC 3339 time.
+fn since_refused() -> Response {
+    (StatusCode::BAD_REQUEST, "since: not an RFC 3339 time\n").into_response()
+}
+
 async fn list(State(s): State<AdminState>, Query(q): Query<ListQuery>) -> Response {
-    let since = match q
-        .since
-        .as_deref()
-        .map(|t| OffsetDateTime::parse(t, &Rfc3339))
-    {
-        Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "since: not an RFC 3339 time\n").into_response();
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
+    let Ok(since) = parse_since(q.since.as_deref()) else {
+        return since_refused();
     };
     let filter = DeadLetterFilter {
         group: q.group,
@@ -224,16 +226,8 @@ struct ReplayBody {
 }
 
 async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Response {
-    let since = match body
-        .since
-        .as_deref()
-        .map(|t| OffsetDateTime::parse(t, &Rfc3339))
-    {
-        Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "since: not an RFC 3339 time\n").into_response();
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
+    let Ok(since) = parse_since(body.since.as_deref()) else {
+        return since_refused();
     };
     if body.event_ids.is_none() && (body.event_type.is_none() || since.is_none()) {
         return (

@@ -70,6 +70,17 @@ pub enum OpsError {
     },
 }
 
+impl OpsError {
+    /// A republish failed after `done` of `total`.
+    fn interrupted(done: usize, total: usize) -> impl FnOnce(paysync_amqp::PublishError) -> Self {
+        move |source| Self::Publish {
+            done,
+            total,
+            source,
+        }
+    }
+}
+
 /// Operator actions over one store and broker.
 #[derive(Clone)]
 pub struct Ops {
@@ -566,11 +577,7 @@ impl Ops {
                     redrives,
                 )
                 .await
-                .map_err(|source| OpsError::Publish {
-                    done: published,
-                    total,
-                    source,
-                })?;
+                .map_err(OpsError::interrupted(published, total))?;
             published += 1;
             progress(published, total);
         }
@@ -624,11 +631,7 @@ impl Ops {
                 self.publisher
                     .publish_replay(&meta, e.payload.as_bytes())
                     .await
-                    .map_err(|source| OpsError::Publish {
-                        done: published,
-                        total,
-                        source,
-                    })?;
+                    .map_err(OpsError::interrupted(published, total))?;
                 published += 1;
                 progress(published, total);
             }
