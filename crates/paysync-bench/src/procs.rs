@@ -164,10 +164,25 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port on loopback (bound, then released), never one this process handed out
+/// before.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    listener.local_addr().context("reading a bound address")
+    // A port is free again once its probe listener is dropped, so the OS may hand it out twice;
+    // the processes of one row need distinct ones (a receiver refuses its metrics on its public
+    // port, and two listeners cannot share one).
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..64 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+        let addr = listener.local_addr().context("reading a bound address")?;
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no local port that this bench has not handed out already")
 }
 
 /// Runs the load generator as a child process (`<exe> loadgen …`) and parses its report. Its
@@ -226,4 +241,18 @@ pub async fn loadgen(
         .find(|l| !l.trim().is_empty())
         .context("the load generator printed no report")?;
     serde_json::from_str(line).with_context(|| format!("parsing the load report {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_addresses_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let addr = free_addr().expect("a free port");
+            assert!(seen.insert(addr.port()), "{addr} handed out twice");
+        }
+    }
 }
