@@ -11,6 +11,8 @@
 //! never a panic; amounts are integer minor units with a lowercase ISO currency.
 
 use serde::Serialize;
+
+pub use crate::intent::{Channel, Intent, Notice};
 use serde_json_borrow::Value as Json;
 
 /// The ordering key of a snapshot (compared lexicographically).
@@ -95,27 +97,25 @@ impl ObjectKind {
     }
 }
 
-/// A follow-up task or an outbox message the event calls for (insert-only, unique per kind
-/// and source, so a redelivery cannot duplicate it).
+/// A follow-up task or an outbox message the event calls for (insert-only, unique per
+/// provider, intent and source, so a redelivery cannot duplicate it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SideEffect {
-    /// `task` or `outbox`.
-    pub channel: Channel,
-    /// e.g. `welcome`, `payment_failed_followup`, `receipt_email`.
-    pub kind: &'static str,
+    /// What is asked for.
+    pub intent: Intent,
     /// The object it is about.
     pub source_id: String,
     /// Due date (unix seconds) for tasks that have one.
     pub due_at: Option<i64>,
+    /// What a message about it needs to say (messages only).
+    pub notice: Notice,
 }
 
-/// Where a side effect goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// A CRM follow-up task.
-    Task,
-    /// A message to dispatch later.
-    Outbox,
+impl SideEffect {
+    /// Where it is recorded.
+    pub fn channel(&self) -> Channel {
+        self.intent.channel()
+    }
 }
 
 /// Everything one event means for the state.
@@ -328,34 +328,60 @@ fn hint_of(o: &Json<'_>) -> Option<String> {
     at(o, "metadata").and_then(|m| text(m, "account_id"))
 }
 
-fn effect(
-    channel: Channel,
-    kind: &'static str,
-    source_id: &str,
-    due_at: Option<i64>,
-) -> SideEffect {
+fn effect(intent: Intent, source_id: &str, due_at: Option<i64>) -> SideEffect {
     SideEffect {
-        channel,
-        kind,
+        intent,
         source_id: source_id.to_owned(),
         due_at,
+        notice: Notice::default(),
     }
 }
 
 /// The follow-up task and the email a failed payment calls for.
-fn payment_failed(c: &mut Changes, source_id: &str) {
-    c.effects.push(effect(
-        Channel::Task,
-        "payment_failed_followup",
-        source_id,
-        None,
-    ));
-    c.effects.push(effect(
-        Channel::Outbox,
-        "payment_failed_email",
-        source_id,
-        None,
-    ));
+fn payment_failed(c: &mut Changes, source_id: &str, notice: Notice) {
+    c.effects
+        .push(effect(Intent::PaymentFailedFollowup, source_id, None));
+    c.effects.push(SideEffect {
+        notice,
+        ..effect(Intent::PaymentFailedEmail, source_id, None)
+    });
+}
+
+/// Where an invoice names its customer's address and name.
+const INVOICE_EMAIL: &[&[&str]] = &[&["customer_email"]];
+const INVOICE_NAME: &[&[&str]] = &[&["customer_name"]];
+/// Where a charge names its payer's address.
+const CHARGE_EMAIL: &[&[&str]] = &[&["billing_details", "email"], &["receipt_email"]];
+
+/// A message's notice: the address, name, amount, what was bought and the link the payload
+/// carries. `email_at`, `name_at` and `link_at` list where to look, first match wins.
+fn notice(
+    o: &Json<'_>,
+    email_at: &[&[&str]],
+    name_at: &[&[&str]],
+    amount: Option<i64>,
+    link_at: &[&str],
+) -> Notice {
+    let first = |paths: &[&[&str]]| {
+        paths.iter().find_map(|p| {
+            at_path(o, p)
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+    };
+    let line = at_path(o, &["lines", "data"])
+        .and_then(Json::as_array)
+        .and_then(|l| l.first())
+        .and_then(|l| text(l, "description"));
+    Notice {
+        email: first(email_at),
+        name: first(name_at),
+        amount,
+        currency: Some(currency(o)).filter(|c| !c.is_empty()),
+        description: line.or_else(|| text(o, "description")),
+        link: link_at.iter().find_map(|k| text(o, k)),
+    }
 }
 
 /// What the event `event_type` with the raw body `body` means: [`changes`] of the body parsed
@@ -416,18 +442,14 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                 refunded: 0,
             });
             match event_type {
-                "customer.subscription.trial_will_end" => c.effects.push(effect(
-                    Channel::Task,
-                    "trial_ending",
-                    &id,
-                    int(o, "trial_end"),
-                )),
-                "customer.subscription.deleted" => {
-                    c.effects.push(effect(Channel::Task, "churn", &id, None))
+                "customer.subscription.trial_will_end" => {
+                    c.effects
+                        .push(effect(Intent::TrialEnding, &id, int(o, "trial_end")))
                 }
+                "customer.subscription.deleted" => c.effects.push(effect(Intent::Churn, &id, None)),
                 _ if status == "past_due" => {
                     c.effects
-                        .push(effect(Channel::Task, "payment_failed_followup", &id, None))
+                        .push(effect(Intent::PaymentFailedFollowup, &id, None))
                 }
                 _ => {}
             }
@@ -468,11 +490,21 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                     None,
                     0,
                 ));
-                c.effects
-                    .push(effect(Channel::Outbox, "receipt_email", &key, None));
+                c.effects.push(SideEffect {
+                    notice: notice(
+                        o,
+                        INVOICE_EMAIL,
+                        INVOICE_NAME,
+                        Some(amount_paid),
+                        &["hosted_invoice_url", "invoice_pdf"],
+                    ),
+                    ..effect(Intent::ReceiptEmail, &key, None)
+                });
             }
             if event_type == "invoice.payment_failed" {
-                payment_failed(&mut c, &id);
+                let due = int(o, "amount_due").filter(|a| *a > 0);
+                let n = notice(o, INVOICE_EMAIL, INVOICE_NAME, due, &["hosted_invoice_url"]);
+                payment_failed(&mut c, &id, n);
             }
         }
         "payment_intent" => {
@@ -495,11 +527,17 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                 failure,
                 0,
             ));
+            let n = notice(o, &[&["receipt_email"]], &[], Some(amount), &[]);
             if succeeded {
-                c.effects
-                    .push(effect(Channel::Outbox, "receipt_email", &id, None));
+                c.effects.push(SideEffect {
+                    notice: n,
+                    ..effect(Intent::ReceiptEmail, &id, None)
+                });
             } else {
-                payment_failed(&mut c, &id);
+                // A payment of an invoice fails with the invoice: one follow-up, one email,
+                // keyed like `invoice.payment_failed`'s.
+                let source = id_of(o, "invoice").unwrap_or(id);
+                payment_failed(&mut c, &source, n);
             }
         }
         "charge" => {
@@ -528,31 +566,40 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                 for r in refunds {
                     if let Some(snap) = refund_snap(r, Some(&key)) {
                         if snap.status == "succeeded" {
-                            c.effects.push(effect(
-                                Channel::Outbox,
-                                "refund_confirmation_email",
-                                &snap.id,
-                                None,
-                            ));
+                            let mut n = notice(
+                                o,
+                                CHARGE_EMAIL,
+                                &[&["billing_details", "name"]],
+                                Some(snap.amount),
+                                &["receipt_url"],
+                            );
+                            n.description = None;
+                            c.effects.push(SideEffect {
+                                notice: n,
+                                ..effect(Intent::RefundConfirmationEmail, &snap.id, None)
+                            });
                         }
                         c.snaps.push(snap);
                     }
                 }
             }
             if event_type == "charge.failed" {
+                let source = id_of(o, "invoice").unwrap_or(key);
                 c.effects
-                    .push(effect(Channel::Task, "payment_failed_followup", &key, None));
+                    .push(effect(Intent::PaymentFailedFollowup, &source, None));
             }
         }
         "charge.refund" | "refund" => {
             let snap = refund_snap(o, None).ok_or(BillingError::Missing("data.object.id"))?;
             if snap.status == "succeeded" {
-                c.effects.push(effect(
-                    Channel::Outbox,
-                    "refund_confirmation_email",
-                    &snap.id,
-                    None,
-                ));
+                c.effects.push(SideEffect {
+                    notice: Notice {
+                        amount: Some(snap.amount),
+                        currency: Some(snap.currency.clone()).filter(|c| !c.is_empty()),
+                        ..Notice::default()
+                    },
+                    ..effect(Intent::RefundConfirmationEmail, &snap.id, None)
+                });
             }
             c.snaps.push(snap);
         }
@@ -570,8 +617,7 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                 at: due,
                 refunded: 0,
             });
-            c.effects
-                .push(effect(Channel::Task, "dispute_response", &id, due));
+            c.effects.push(effect(Intent::DisputeResponse, &id, due));
         }
         "checkout.session" => {
             let id = id()?;
@@ -605,8 +651,16 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
             {
                 c.snaps
                     .push(payment_snap(pi.clone(), "succeeded", amount, cur, None, 0));
-                c.effects
-                    .push(effect(Channel::Outbox, "receipt_email", &pi, None));
+                c.effects.push(SideEffect {
+                    notice: notice(
+                        o,
+                        &[&["customer_details", "email"], &["customer_email"]],
+                        &[&["customer_details", "name"]],
+                        Some(amount),
+                        &[],
+                    ),
+                    ..effect(Intent::ReceiptEmail, &pi, None)
+                });
             }
         }
         _ => return Err(BillingError::Missing("a supported event type")),

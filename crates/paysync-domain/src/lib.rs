@@ -5,8 +5,10 @@
 //! arguments, so every function here is deterministic and tested exhaustively.
 
 pub mod billing;
+pub mod intent;
 mod json;
 pub mod message;
+pub mod outbound;
 pub mod retry;
 pub mod stripe;
 pub mod webhook;

@@ -10,8 +10,8 @@
 //!   account and customer links, the largest refunded amount;
 //! - customers: deletion is sticky, contact details come from the snapshot with the greatest
 //!   `(created, event id)` among those that carry any;
-//! - tasks and outbox rows: once per kind and source, with the first known account (and due
-//!   date).
+//! - tasks and outbox rows: once per provider, intent and source, with the first known account
+//!   (and due date), the notice filled in from later events.
 //!
 //! Rule of thumb: a fold is only correct together with the store's statements, whose rules
 //! ([`SnapRow::apply`] and friends, the model the tests check the fold against) it mirrors.
@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use crate::Provider;
-use crate::billing::{Channel, CustomerSnap, ObjectKind, OrderKey, SideEffect, Snap};
+use crate::billing::{Channel, CustomerSnap, Intent, ObjectKind, OrderKey, SideEffect, Snap};
 
 /// An object snapshot to write: the snapshot, its order key, and the links known when its
 /// event was applied.
@@ -67,6 +67,8 @@ pub struct Contact {
 /// A task or outbox row to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectWrite {
+    /// The event's provider (rows are keyed by provider, intent and source).
+    pub provider: Provider,
     /// The account, when known.
     pub account: Option<i64>,
     /// The task or message.
@@ -81,7 +83,7 @@ pub struct Writes {
     customers: Vec<CustomerWrite>,
     customer_rows: HashMap<(Provider, String), usize>,
     effects: Vec<EffectWrite>,
-    effect_rows: HashMap<(Channel, &'static str, String), usize>,
+    effect_rows: HashMap<(Provider, Intent, String), usize>,
 }
 
 impl Writes {
@@ -132,18 +134,23 @@ impl Writes {
         }
     }
 
-    /// Adds a task or outbox row for `account`.
-    pub fn effect(&mut self, account: Option<i64>, effect: SideEffect) {
-        let row = (effect.channel, effect.kind, effect.source_id.clone());
+    /// Adds a task or outbox row of an event of `provider` for `account`.
+    pub fn effect(&mut self, provider: Provider, account: Option<i64>, effect: SideEffect) {
+        let row = (provider, effect.intent, effect.source_id.clone());
         match self.effect_rows.get(&row) {
             Some(&i) => {
                 let earlier = &mut self.effects[i];
                 earlier.account = earlier.account.or(account);
                 earlier.effect.due_at = earlier.effect.due_at.or(effect.due_at);
+                earlier.effect.notice.fill(&effect.notice);
             }
             None => {
                 self.effect_rows.insert(row, self.effects.len());
-                self.effects.push(EffectWrite { account, effect });
+                self.effects.push(EffectWrite {
+                    provider,
+                    account,
+                    effect,
+                });
             }
         }
     }
@@ -167,7 +174,7 @@ impl Writes {
     pub fn effects(&self, channel: Channel) -> impl Iterator<Item = &EffectWrite> {
         self.effects
             .iter()
-            .filter(move |w| w.effect.channel == channel)
+            .filter(move |w| w.effect.channel() == channel)
     }
 
     /// Whether nothing is to be written.
@@ -408,18 +415,52 @@ mod tests {
     fn an_effect_keeps_the_first_known_account_and_due_date() {
         let mut batch = Writes::new();
         let task = |due| SideEffect {
-            channel: Channel::Task,
-            kind: "dispute_response",
+            intent: Intent::DisputeResponse,
             source_id: "dp_1".into(),
             due_at: due,
+            notice: Default::default(),
         };
-        batch.effect(None, task(None));
-        batch.effect(Some(3), task(Some(99)));
-        batch.effect(Some(4), task(Some(100)));
+        batch.effect(Provider::Stripe, None, task(None));
+        batch.effect(Provider::Stripe, Some(3), task(Some(99)));
+        batch.effect(Provider::Stripe, Some(4), task(Some(100)));
         let all: Vec<_> = batch.effects(Channel::Task).collect();
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].account, all[0].effect.due_at), (Some(3), Some(99)));
         assert_eq!(batch.effects(Channel::Outbox).count(), 0);
+    }
+
+    #[test]
+    fn a_message_gathers_its_notice_from_every_event_about_it() {
+        use crate::intent::Notice;
+        let mut batch = Writes::new();
+        let receipt = |notice| SideEffect {
+            intent: Intent::ReceiptEmail,
+            source_id: "pi_1".into(),
+            due_at: None,
+            notice,
+        };
+        batch.effect(
+            Provider::Stripe,
+            Some(1),
+            receipt(Notice {
+                amount: Some(500),
+                ..Notice::default()
+            }),
+        );
+        batch.effect(
+            Provider::Stripe,
+            Some(1),
+            receipt(Notice {
+                amount: Some(1),
+                email: Some("a@example.com".into()),
+                ..Notice::default()
+            }),
+        );
+        let [w] = batch.effects(Channel::Outbox).collect::<Vec<_>>()[..] else {
+            panic!("one row")
+        };
+        assert_eq!(w.effect.notice.amount, Some(500));
+        assert_eq!(w.effect.notice.email.as_deref(), Some("a@example.com"));
     }
 
     fn any_write() -> impl Strategy<Value = SnapWrite> {

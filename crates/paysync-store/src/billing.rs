@@ -18,6 +18,7 @@ use paysync_domain::billing::{
     AccountFacts, Channel, CustomerFact, DisputeFact, InvoiceFact, ObjectKind, PaymentFact,
     RefundFact, SubscriptionFact, TaskFact,
 };
+use paysync_domain::outbound;
 use paysync_domain::writes::{EffectWrite, SnapWrite, Writes};
 use tokio_postgres::types::ToSql;
 
@@ -179,23 +180,44 @@ const UPDATE_CUSTOMERS: &str = "update provider_customers pc set \
     where pc.provider = u.p and pc.customer_id = u.c \
       and ((u.d and not pc.deleted) or (u.h and (u.kc, u.ke) > (pc.key_created, pc.key_event_id)))";
 
-/// Tasks, once per kind and source: a later write only fills in a missing account or due date.
-pub const INSERT_TASKS: &str = "insert into tasks (account_id, kind, source_id, due_at) \
-    select a, k, s, d from unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) as u(a, k, s, d) \
-    order by k, s \
-    on conflict (kind, source_id) do update set \
+/// Tasks, once per provider, kind and source: a later write only fills in a missing account or
+/// due date.
+pub const INSERT_TASKS: &str = "insert into tasks (account_id, kind, source_id, due_at, provider) \
+    select a, k, s, d, p from unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
+        as u(a, k, s, d, p) \
+    order by p, k, s \
+    on conflict (provider, kind, source_id) do update set \
         account_id = coalesce(tasks.account_id, excluded.account_id), \
         due_at = coalesce(tasks.due_at, excluded.due_at) \
     where (tasks.account_id is null and excluded.account_id is not null) \
        or (tasks.due_at is null and excluded.due_at is not null)";
 
-/// Outbox rows, once per kind and source: a later write only fills in a missing account.
-const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id) \
-    select a, k, s from unnest($1::int8[], $2::text[], $3::text[]) as u(a, k, s) \
-    order by k, s \
-    on conflict (kind, source_id) do update set \
-        account_id = coalesce(outbox.account_id, excluded.account_id) \
-    where outbox.account_id is null and excluded.account_id is not null";
+/// Outbox rows, once per provider, kind and source: a later write only fills in a missing
+/// account and the notice's missing fields (the stored ones win).
+pub const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id, provider, notice) \
+    select a, k, s, p, n from unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+        as u(a, k, s, p, n) \
+    order by p, k, s \
+    on conflict (provider, kind, source_id) do update set \
+        account_id = coalesce(outbox.account_id, excluded.account_id), \
+        notice = excluded.notice || outbox.notice \
+    where (outbox.account_id is null and excluded.account_id is not null) \
+       or not (outbox.notice ?& array(select jsonb_object_keys(excluded.notice)))";
+
+/// The deliveries of a batch's intents, for the destinations a dispatcher configured; once per
+/// destination and key. Wakes the dispatchers' lanes of the destinations that got new work (a
+/// notification is sent at commit, once per destination).
+pub const INSERT_DELIVERIES: &str = "with ins as ( \
+    insert into outbox_deliveries \
+        (destination, operation, idempotency_key, provider, intent, source_id, account_id) \
+    select u.d, u.o, u.k, u.p, u.i, u.s, u.a \
+    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
+        as u(d, o, k, p, i, s, a) \
+    join outbox_destinations od on od.name = u.d and od.configured \
+    order by u.d, u.k \
+    on conflict (destination, idempotency_key) do nothing \
+    returning destination) \
+  select pg_notify('paysync_outbox', d) from (select distinct destination as d from ins) x";
 
 /// The accounts (and their external references) the given customers are mapped to: one
 /// primary-key lookup per customer. (Written as a lateral lookup on purpose: with `= any()`
@@ -206,6 +228,39 @@ pub const CUSTOMER_LINKS: &str = "select u.c, m.account_id, a.external_ref \
     cross join lateral (select pc.account_id from provider_customers pc \
                         where pc.provider = $1 and pc.customer_id = u.c limit 1) as m \
     join accounts a on a.id = m.account_id";
+
+/// The deliveries a batch's intents call for, as the columns of [`INSERT_DELIVERIES`].
+#[derive(Default)]
+struct Routes<'w> {
+    destinations: Vec<&'static str>,
+    operations: Vec<&'static str>,
+    keys: Vec<String>,
+    providers: Vec<&'static str>,
+    intents: Vec<&'static str>,
+    sources: Vec<&'w str>,
+    accounts: Vec<Option<i64>>,
+}
+
+impl<'w> Routes<'w> {
+    fn of(writes: &'w Writes) -> Self {
+        let mut r = Routes::default();
+        for channel in [Channel::Task, Channel::Outbox] {
+            for w in writes.effects(channel) {
+                let e = &w.effect;
+                for route in outbound::routes(w.provider, e.intent, &e.source_id) {
+                    r.destinations.push(route.destination.as_str());
+                    r.operations.push(route.operation.as_str());
+                    r.keys.push(route.key);
+                    r.providers.push(w.provider.as_str());
+                    r.intents.push(e.intent.as_str());
+                    r.sources.push(&e.source_id);
+                    r.accounts.push(w.account);
+                }
+            }
+        }
+        r
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Field {
@@ -369,6 +424,10 @@ impl Tx<'_> {
                 statements.push(self.write_effects(channel, rows).boxed());
             }
         }
+        let routes = Routes::of(writes);
+        if !routes.destinations.is_empty() {
+            statements.push(self.write_deliveries(routes).boxed());
+        }
         futures::future::try_join_all(statements).await?;
         Ok(())
     }
@@ -482,27 +541,50 @@ impl Tx<'_> {
         rows: Vec<&EffectWrite>,
     ) -> Result<u64, StoreError> {
         let accounts: Vec<Option<i64>> = rows.iter().map(|w| w.account).collect();
-        let kinds: Vec<&str> = rows.iter().map(|w| w.effect.kind).collect();
+        let kinds: Vec<&str> = rows.iter().map(|w| w.effect.intent.as_str()).collect();
         let sources: Vec<&str> = rows.iter().map(|w| w.effect.source_id.as_str()).collect();
+        let providers: Vec<&str> = rows.iter().map(|w| w.provider.as_str()).collect();
         match channel {
             Channel::Task => {
                 let due: Vec<Option<i64>> = rows.iter().map(|w| w.effect.due_at).collect();
                 self.exec(
                     INSERT_TASKS,
-                    &[&accounts, &kinds, &sources, &due],
+                    &[&accounts, &kinds, &sources, &due, &providers],
                     "record tasks",
                 )
                 .await
             }
             Channel::Outbox => {
+                // A struct of optional strings and numbers always encodes.
+                let notices: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|w| serde_json::to_value(&w.effect.notice).unwrap_or_default())
+                    .collect();
                 self.exec(
                     INSERT_OUTBOX,
-                    &[&accounts, &kinds, &sources],
+                    &[&accounts, &kinds, &sources, &providers, &notices],
                     "record outbox messages",
                 )
                 .await
             }
         }
+    }
+
+    async fn write_deliveries(&self, r: Routes<'_>) -> Result<u64, StoreError> {
+        self.exec(
+            INSERT_DELIVERIES,
+            &[
+                &r.destinations,
+                &r.operations,
+                &r.keys,
+                &r.providers,
+                &r.intents,
+                &r.sources,
+                &r.accounts,
+            ],
+            "record deliveries",
+        )
+        .await
     }
 }
 

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_log_body",
         sql: include_str!("../../../migrations/0007_event_log_body.sql"),
     },
+    Migration {
+        version: 8,
+        name: "outbox_deliveries",
+        sql: include_str!("../../../migrations/0008_outbox_deliveries.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use paysync_domain::Provider;
-use paysync_domain::billing::{self, BillingError, Changes, Channel, ObjectKind, SideEffect};
+use paysync_domain::billing::{
+    self, BillingError, Changes, Intent, Notice, ObjectKind, SideEffect,
+};
 use paysync_domain::writes::{SnapWrite, Writes};
 use paysync_store::{Resolution, Tx};
 
@@ -130,18 +132,7 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
             }
         };
         let account = match resolution {
-            Resolution::Account { id, created } => {
-                if created {
-                    writes.effect(
-                        Some(id),
-                        SideEffect {
-                            channel: Channel::Outbox,
-                            kind: "new_customer_notification",
-                            source_id: format!("account:{id}"),
-                            due_at: None,
-                        },
-                    );
-                }
+            Resolution::Account { id, .. } => {
                 // The event-log row is linked by the caller (one statement per batch).
                 event.link_account(id);
                 Some(id)
@@ -182,18 +173,19 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
             });
             if let (true, Some(id)) = (welcome, account) {
                 writes.effect(
+                    provider,
                     Some(id),
                     SideEffect {
-                        channel: Channel::Task,
-                        kind: "welcome",
+                        intent: Intent::Welcome,
                         source_id: format!("account:{id}"),
                         due_at: None,
+                        notice: Notice::default(),
                     },
                 );
             }
         }
         for effect in &changes.effects {
-            writes.effect(account, effect.clone());
+            writes.effect(provider, account, effect.clone());
         }
     }
     tx.write(&writes).await.map_err(Failure::from_store)
