@@ -47,7 +47,7 @@ pub enum Resolution {
     },
 }
 
-fn table(kind: ObjectKind) -> &'static str {
+pub(crate) fn table(kind: ObjectKind) -> &'static str {
     match kind {
         ObjectKind::Subscription => "subscriptions",
         ObjectKind::Invoice => "invoices",
@@ -217,7 +217,7 @@ pub const INSERT_DELIVERIES: &str = "with ins as ( \
     order by u.d, u.k \
     on conflict (destination, idempotency_key) do nothing \
     returning destination) \
-  select pg_notify('paysync_outbox', d) from (select distinct destination as d from ins) x";
+  select pg_notify('paysync_outbox', current_schema() || '.' || d) from (select distinct destination as d from ins) x";
 
 /// The accounts (and their external references) the given customers are mapped to: one
 /// primary-key lookup per customer. (Written as a lateral lookup on purpose: with `= any()`

@@ -10,8 +10,10 @@ mod billing;
 mod dead_letters;
 mod error;
 mod events;
+mod lane;
 mod migrate;
 mod operators;
+mod outbox;
 mod settings;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -20,8 +22,13 @@ pub use billing::Resolution;
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};
+pub use lane::{CHANNEL as OUTBOX_CHANNEL, LaneConnection};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
+pub use outbox::{
+    AttemptRecord, AttemptRow, Claimed, Completion, DeliveryContext, DeliveryFilter, DeliveryRow,
+    DestinationRow,
+};
 pub use paysync_domain::billing::AccountFacts;
 pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
@@ -37,6 +44,7 @@ pub mod statements {
 pub struct Store {
     pool: Pool,
     schema: String,
+    pg: tokio_postgres::Config,
 }
 
 /// A pooled connection. Returned to the pool on drop.
@@ -64,7 +72,7 @@ impl Store {
     pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
         let pg = settings.pg_config()?;
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 // Fast: only checks the connection is not closed; a broken one fails its next
@@ -83,6 +91,7 @@ impl Store {
         Ok(Self {
             pool,
             schema: settings.schema.clone(),
+            pg,
         })
     }
 

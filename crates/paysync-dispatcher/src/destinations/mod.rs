@@ -1,0 +1,1 @@
+//! The destinations, one module each behind [`crate::Sender`].
