@@ -55,11 +55,11 @@ impl<'a> Env<'a> {
         Self { get: Box::new(get) }
     }
 
-    fn raw(&self, name: &str) -> Option<String> {
+    pub(crate) fn raw(&self, name: &str) -> Option<String> {
         (self.get)(name).filter(|v| !v.trim().is_empty())
     }
 
-    fn parse<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
+    pub(crate) fn parse<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
     where
         T::Err: std::fmt::Display,
     {
@@ -74,7 +74,7 @@ impl<'a> Env<'a> {
 
     /// A decimal number of seconds (`1.5`): it becomes a [`Duration`] only if it is positive,
     /// finite and at most 10^9.
-    fn seconds(&self, name: &str, default: Duration) -> anyhow::Result<Duration> {
+    pub(crate) fn seconds(&self, name: &str, default: Duration) -> anyhow::Result<Duration> {
         let v: f64 = self.parse(name, default.as_secs_f64())?;
         if v <= 0.0 {
             bail!("{name}: {POSITIVE}");
@@ -86,7 +86,7 @@ impl<'a> Env<'a> {
     }
 
     /// A secret from `name` or the file named by `name_FILE`; errors never show the value.
-    fn secret(&self, name: &str) -> anyhow::Result<Option<String>> {
+    pub(crate) fn secret(&self, name: &str) -> anyhow::Result<Option<String>> {
         let file_var = format!("{name}_FILE");
         if let Some(path) = self.raw(&file_var) {
             let content = std::fs::read_to_string(path.trim())
@@ -105,7 +105,7 @@ impl<'a> Env<'a> {
 const POSITIVE: &str = "must be greater than zero";
 
 /// `PAYSYNC_<VAR>: <what is wrong>`, the form of every configuration error.
-fn refused(var: &str, what: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn refused(var: &str, what: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{var}: {what}")
 }
 

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod config;
+mod dispatch;
 mod dlq;
 mod events;
 mod send;
@@ -29,8 +30,12 @@ enum Command {
     Receiver,
     /// Run the worker (production process): consume, apply, retry, dead-letter.
     Worker,
-    /// Local all-in-one: migrate, declare the topology, run receiver and worker in one
-    /// process. Without PAYSYNC_STRIPE_WEBHOOK_SECRET it uses the public development secret.
+    /// Run the outbox dispatcher (production process): deliver emails, chat messages and CRM
+    /// updates to the configured destinations.
+    Dispatcher,
+    /// Local all-in-one: migrate, declare the topology, run receiver, worker and dispatcher in
+    /// one process. Without PAYSYNC_STRIPE_WEBHOOK_SECRET it uses the public development
+    /// secret; without PAYSYNC_SMTP_URL it sends email to the local catcher.
     Up,
     /// Apply pending database migrations and exit.
     Migrate,
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
 }
 
 const WORKER_METRICS_IN_UP: &str = "127.0.0.1:9465";
+const DISPATCHER_METRICS_IN_UP: &str = "127.0.0.1:9466";
 
 async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
     match command {
@@ -104,6 +110,12 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
             let settings = config::worker(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
             let app = paysync_worker::App::build(settings, handlers()).await?;
             tracing::info!(metrics_port = app.metrics_port(), "worker started");
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Dispatcher => {
+            let settings = dispatch::settings(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
+            let app = paysync_dispatcher::App::build(settings).await?;
+            tracing::info!(metrics_port = app.metrics_port(), "dispatcher started");
             app.run_until_stopped(shutdown_signal()).await?;
         }
         Command::Up => up(env).await?,
@@ -150,6 +162,13 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
         "PAYSYNC_WORKER_METRICS_ADDR",
         WORKER_METRICS_IN_UP.parse().context("built-in address")?,
     )?;
+    let dispatcher_settings = dispatch::settings(
+        env,
+        "PAYSYNC_DISPATCHER_METRICS_ADDR",
+        DISPATCHER_METRICS_IN_UP
+            .parse()
+            .context("built-in address")?,
+    )?;
     let applied = migrate(&worker_settings.store).await?;
     tracing::info!(applied = applied.len(), "database migrated");
     paysync_amqp::declare(&receiver_settings.amqp)
@@ -159,18 +178,22 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
         .await
         .map_err(config::receiver_listen_refused)?;
     let worker = paysync_worker::App::build(worker_settings, handlers()).await?;
+    let dispatcher = paysync_dispatcher::App::build(dispatcher_settings).await?;
     tracing::info!(
         port = receiver.port(),
         metrics_port = receiver.metrics_port(),
         worker_metrics_port = worker.metrics_port(),
-        "paysync up: receiver and worker running; stop with Ctrl-C"
+        dispatcher_metrics_port = dispatcher.metrics_port(),
+        "paysync up: receiver, worker and dispatcher running; stop with Ctrl-C"
     );
     let stop = paysync_telemetry::Shutdown::on(shutdown_signal());
     let receiver = tokio::spawn(receiver.run_until_stopped(stop.waiter()));
     let worker = tokio::spawn(worker.run_until_stopped(stop.waiter()));
+    let dispatcher = tokio::spawn(dispatcher.run_until_stopped(stop.waiter()));
     // The receiver stops first (no new events), the worker finishes what it has.
     receiver.await.context("receiver task")??;
     worker.await.context("worker task")??;
+    dispatcher.await.context("dispatcher task")??;
     Ok(())
 }
 

@@ -81,6 +81,23 @@ impl LaneConfig {
     }
 }
 
+impl LaneConfig {
+    /// Checks the lane's numbers; what is wrong, in words.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate_per_second.is_finite() && self.rate_per_second > 0.0) {
+            return Err("rate must be a positive number of requests per second".into());
+        }
+        if self.burst == 0 || self.concurrency == 0 {
+            return Err("burst and concurrency must be at least 1".into());
+        }
+        if self.max_age.is_some_and(|a| a.is_zero()) {
+            return Err("maximum age must be positive".into());
+        }
+        self.retry.validate().map_err(|e| e.to_string())?;
+        self.breaker.validate().map_err(|e| e.to_string())
+    }
+}
+
 /// What every lane of a process shares.
 #[derive(Clone)]
 pub struct LaneEnv {

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 pub use job::{FailureKind, Job, SendError, Sender, Throttle, Verdict};
 pub use lane::LaneConfig;
 pub use metrics::{BREAKER_STATES, DispatcherMetrics, OUTCOMES};
-pub use settings::{Settings, SettingsError};
+pub use settings::{Lanes, Settings, SettingsError};
 
 use lane::{Lane, LaneEnv};
 

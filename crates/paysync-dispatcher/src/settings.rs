@@ -4,8 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paysync_domain::outbound::Destination;
 use paysync_store::{StoreSettings, StoreSettingsError};
 
+use crate::destinations::chat::{ChatSender, ChatSettings};
+use crate::destinations::hubspot::{HubspotSender, HubspotSettings};
 use crate::{LaneConfig, Sender};
 
 /// Everything the dispatcher needs.
@@ -25,6 +28,33 @@ pub struct Settings {
     pub reap_every: Duration,
     /// How often the queue gauges are read.
     pub monitor_interval: Duration,
+    /// Team chat, when configured.
+    pub chat: Option<ChatSettings>,
+    /// HubSpot, when configured.
+    pub hubspot: Option<HubspotSettings>,
+    /// How each destination's lane runs.
+    pub lanes: Lanes,
+}
+
+/// Each destination's lane settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lanes {
+    /// Email.
+    pub email: LaneConfig,
+    /// Team chat.
+    pub chat: LaneConfig,
+    /// HubSpot.
+    pub hubspot: LaneConfig,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Self {
+            email: LaneConfig::default_for(Destination::Email),
+            chat: LaneConfig::default_for(Destination::Chat),
+            hubspot: LaneConfig::default_for(Destination::Hubspot),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -37,6 +67,9 @@ impl Default for Settings {
             poll: Duration::from_secs(5),
             reap_every: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(5),
+            chat: None,
+            hubspot: None,
+            lanes: Lanes::default(),
         }
     }
 }
@@ -67,6 +100,20 @@ pub enum SettingsError {
     /// The owner name is empty.
     #[error("dispatcher owner name must not be empty")]
     Owner,
+    /// A lane's settings.
+    #[error("{destination} lane: {what}")]
+    Lane {
+        /// Its destination.
+        destination: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// The chat settings.
+    #[error(transparent)]
+    Chat(#[from] crate::destinations::chat::ChatSettingsError),
+    /// The HubSpot settings.
+    #[error(transparent)]
+    Hubspot(#[from] crate::destinations::hubspot::HubspotStartError),
 }
 
 impl Settings {
@@ -86,13 +133,42 @@ impl Settings {
         if self.owner.trim().is_empty() {
             return Err(SettingsError::Owner);
         }
+        for (destination, lane) in [
+            ("email", &self.lanes.email),
+            ("chat", &self.lanes.chat),
+            ("hubspot", &self.lanes.hubspot),
+        ] {
+            lane.validate()
+                .map_err(|what| SettingsError::Lane { destination, what })?;
+        }
+        if let Some(c) = &self.chat {
+            c.validate()?;
+        }
+        if let Some(h) = &self.hubspot {
+            h.validate()?;
+        }
         Ok(())
     }
 }
 
-/// The senders of the destinations `settings` configures.
+/// The senders of the destinations `settings` configures, each checked (HubSpot's stages
+/// resolved against the portal).
 pub(crate) async fn senders(
-    _settings: &Settings,
+    settings: &Settings,
 ) -> anyhow::Result<Vec<(Arc<dyn Sender>, LaneConfig)>> {
-    Ok(Vec::new())
+    let mut out: Vec<(Arc<dyn Sender>, LaneConfig)> = Vec::new();
+    if let Some(c) = &settings.chat {
+        out.push((Arc::new(ChatSender::new(c)?), settings.lanes.chat.clone()));
+    }
+    if let Some(h) = &settings.hubspot {
+        let sender = HubspotSender::connect(h).await?;
+        tracing::info!(
+            pipeline = %sender.stages().pipeline,
+            won = %sender.stages().won,
+            lost = %sender.stages().lost,
+            "HubSpot deal stages resolved"
+        );
+        out.push((Arc::new(sender), settings.lanes.hubspot.clone()));
+    }
+    Ok(out)
 }

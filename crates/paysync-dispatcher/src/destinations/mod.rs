@@ -1,6 +1,7 @@
 //! The destinations, one module each behind [`crate::Sender`].
 
 pub mod chat;
+pub mod email;
 mod http;
 pub mod hubspot;
 mod money;

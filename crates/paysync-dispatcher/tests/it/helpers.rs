@@ -22,6 +22,7 @@ pub fn settings(db: &TestDb, owner: &str) -> Settings {
         poll: Duration::from_millis(200),
         reap_every: Duration::from_millis(300),
         monitor_interval: Duration::from_millis(200),
+        ..Settings::default()
     }
 }
 
