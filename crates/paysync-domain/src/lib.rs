@@ -5,9 +5,11 @@
 //! arguments, so every function here is deterministic and tested exhaustively.
 
 pub mod billing;
+pub mod breaker;
 pub mod intent;
 mod json;
 pub mod message;
+pub mod money;
 pub mod outbound;
 pub mod retry;
 pub mod stripe;

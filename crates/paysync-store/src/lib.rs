@@ -27,7 +27,7 @@ pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
 pub use outbox::{
     AttemptRecord, AttemptRow, Claimed, Completion, DeliveryContext, DeliveryFilter, DeliveryRow,
-    DestinationRow,
+    DestinationControl, DestinationRow,
 };
 pub use paysync_domain::billing::AccountFacts;
 pub use settings::{StoreSettings, StoreSettingsError, valid_schema};

@@ -198,6 +198,19 @@ pub struct DestinationRow {
     pub oldest_pending_s: Option<f64>,
 }
 
+/// A destination's switches, as a lane reads them before each claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationControl {
+    /// `auto`, `open` or `closed`.
+    pub forced: String,
+    /// Milliseconds of pause left (0 when not paused).
+    pub paused_ms: f64,
+    /// Why it is disabled, when it is.
+    pub disabled_reason: Option<String>,
+    /// The breaker as last saved.
+    pub breaker: Option<serde_json::Value>,
+}
+
 /// Which deliveries an operator means.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryFilter {
@@ -252,7 +265,8 @@ const COMPLETE: &str = "with u as ( \
   a as (insert into outbox_attempts \
       (delivery_id, attempt, lease_token, owner, started_at, duration_ms, outcome, status, \
        error, retry_after_s) \
-    select u.id, $11, $2, $12, now() - $13 * interval '1 millisecond', $13, $14, $7, $6, $15 \
+    select u.id, $11, $2, $12, now() - $13::int4 * interval '1 millisecond', $13::int4, $14, \
+           $7, $6, $15 \
     from u) \
   select age from u";
 
@@ -568,6 +582,34 @@ impl Store {
             .await?
             .into_iter()
             .find(|d| d.name == name))
+    }
+
+    /// What a lane checks before each claim: the operator's override, the pause left (ms),
+    /// why it is disabled. `None` when the destination has no row.
+    pub async fn destination_control(
+        &self,
+        name: &str,
+    ) -> Result<Option<DestinationControl>, StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .0
+            .prepare_cached(
+                "select forced, greatest(extract(epoch from paused_until - now()) * 1000, 0)::float8, \
+                   disabled_reason, breaker from outbox_destinations where name = $1",
+            )
+            .await
+            .map_err(StoreError::db("read destination control"))?;
+        let row = conn
+            .0
+            .query_opt(&stmt, &[&name])
+            .await
+            .map_err(StoreError::db("read destination control"))?;
+        Ok(row.map(|r| DestinationControl {
+            forced: r.get(0),
+            paused_ms: r.get::<_, Option<f64>>(1).unwrap_or(0.0),
+            disabled_reason: r.get(2),
+            breaker: r.get(3),
+        }))
     }
 
     /// Saves the lane's view of its breaker and who owns the lane.

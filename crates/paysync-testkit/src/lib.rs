@@ -5,6 +5,7 @@
 //! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
 //! and poll the real ones.
 
+pub mod fakes;
 mod message;
 mod metrics;
 mod proxy;

@@ -1,0 +1,5 @@
+//! The dispatcher against the real PostgreSQL: leases, fencing, the reaper, breakers, rate
+//! limits, and the destinations' fakes speaking their real protocols.
+
+mod helpers;
+mod lanes;
