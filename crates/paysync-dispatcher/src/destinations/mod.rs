@@ -3,4 +3,3 @@
 pub mod chat;
 mod http;
 pub mod hubspot;
-mod money;
