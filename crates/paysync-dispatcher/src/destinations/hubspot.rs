@@ -25,6 +25,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use paysync_domain::billing::{AccountFacts, AccountView, account_view};
 use paysync_domain::intent::Intent;
+use paysync_domain::money::{decimals, format_amount};
 use paysync_domain::outbound::{Destination, Operation};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,7 +33,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::http::{self, DETAIL_MAX, escape_html};
-use super::money::major_units;
 use crate::job::{FailureKind, Job, SendError, Sender, Throttle, Verdict, excerpt};
 
 /// HubSpot's API.
@@ -453,6 +453,24 @@ fn until_next_utc_midnight(now: OffsetDateTime) -> Duration {
     (next - now).unsigned_abs()
 }
 
+/// `minor` in major units as a plain decimal for HubSpot's `amount` (`1234` usd → `12.34`,
+/// `500` jpy → `500`): no grouping, no symbol.
+fn major_units(minor: i64, currency: &str) -> String {
+    let places = decimals(currency);
+    if places == 0 {
+        return minor.to_string();
+    }
+    let scale = 10u64.pow(places);
+    let abs = minor.unsigned_abs();
+    let sign = if minor < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = places as usize
+    )
+}
+
 /// The account's key in HubSpot (contact and deal).
 fn account_key(id: i64) -> String {
     format!("acct-{id}")
@@ -599,11 +617,7 @@ fn task_body(job: &Job, view: Option<&AccountView>) -> String {
     }
     lines.push(format!("{} {}", job.provider, job.source_id));
     if let (Some(a), Some(c)) = (job.notice.amount, job.notice.currency.as_deref()) {
-        lines.push(format!(
-            "Amount: {} {}",
-            major_units(a, c),
-            c.to_ascii_uppercase()
-        ));
+        lines.push(format!("Amount: {}", format_amount(a, c)));
     }
     if let Some(link) = &job.notice.link {
         lines.push(link.clone());
@@ -1322,6 +1336,18 @@ mod tests {
     }
 
     #[test]
+    fn major_units_follow_the_currency_decimals() {
+        assert_eq!(major_units(1234, "usd"), "12.34");
+        assert_eq!(major_units(123_456, "EUR"), "1234.56");
+        assert_eq!(major_units(5, "eur"), "0.05");
+        assert_eq!(major_units(-5, "usd"), "-0.05");
+        assert_eq!(major_units(500, "jpy"), "500");
+        assert_eq!(major_units(1234, "kwd"), "1.234");
+        assert_eq!(major_units(0, "usd"), "0.00");
+        assert_eq!(major_units(i64::MIN, "usd"), "-92233720368547758.08");
+    }
+
+    #[test]
     fn the_contact_is_keyed_by_account_and_the_name_split() {
         let view = account_view(&facts());
         let c = contact_input(&view, 99);
@@ -1444,7 +1470,7 @@ mod tests {
             body.contains("Ada King Lovelace (ada@example.com)"),
             "{body}"
         );
-        assert!(body.contains("Amount: 49.00 USD"), "{body}");
+        assert!(body.contains("Amount: $49.00"), "{body}");
         assert!(body.contains("a=1&amp;b=&lt;2&gt;"), "{body}");
     }
 

@@ -4,4 +4,3 @@ pub mod chat;
 pub mod email;
 mod http;
 pub mod hubspot;
-mod money;
