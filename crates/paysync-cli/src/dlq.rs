@@ -150,20 +150,26 @@ impl FilterArgs {
     }
 }
 
-/// `<n>s|m|h|d` in seconds.
+/// `<n>s|m|h|d` in seconds (`--older-than`).
 pub fn parse_duration(s: &str) -> anyhow::Result<i64> {
+    parse_duration_for(s, "--older-than")
+}
+
+/// `<n>s|m|h|d` in seconds; errors name `flag`.
+pub fn parse_duration_for(s: &str, flag: &str) -> anyhow::Result<i64> {
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
     let n: i64 = num
         .parse()
-        .with_context(|| format!("--older-than: expected <n>s|m|h|d, got {s:?}"))?;
+        .with_context(|| format!("{flag}: expected <n>s|m|h|d, got {s:?}"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => anyhow::bail!("--older-than: expected <n>s|m|h|d, got {s:?}"),
+        _ => anyhow::bail!("{flag}: expected <n>s|m|h|d, got {s:?}"),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("{flag}: {s:?} is too long"))
 }
 
 pub async fn ops(env: &Env<'_>) -> anyhow::Result<Ops> {
@@ -181,7 +187,7 @@ fn progress_bar(what: &'static str) -> ProgressBar {
     bar
 }
 
-fn print(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub fn print(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

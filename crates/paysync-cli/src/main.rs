@@ -5,6 +5,7 @@ mod config;
 mod dispatch;
 mod dlq;
 mod events;
+mod outbox;
 mod send;
 
 use std::net::SocketAddr;
@@ -49,6 +50,12 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Work the outbox: deliveries (list, show, retry, skip) and destinations (pause, resume,
+    /// force the breaker).
+    Outbox {
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
     },
     /// Inspect and replay the event log.
     Events {
@@ -125,6 +132,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         }
         Command::Events { command } => return events::run(env, command).await,
         Command::Dlq { command } => return dlq::run(env, command).await,
+        Command::Outbox { command } => return outbox::run(env, command).await,
         Command::Accounts { command } => return accounts::run(env, command).await,
         Command::Send {
             file,

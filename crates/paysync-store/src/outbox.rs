@@ -811,18 +811,20 @@ impl Store {
             .map_err(StoreError::db("begin"))?;
         let rows = tx
             .query(
-                "with m as ( \
-                   select id, destination, \
-                     row_number() over (partition by destination order by id) - 1 as n \
-                   from outbox_deliveries \
+                "with locked as ( \
+                   select id, destination from outbox_deliveries \
                    where state in ('dead', 'skipped', 'expired') \
                      and (cardinality($1::int8[]) = 0 or id = any($1)) \
                      and ($2::text is null or state = $2) \
                      and ($3::text is null or destination = $3) \
                      and ($4::text is null or operation = $4) \
-                   for update) \
+                   for update), \
+                 m as ( \
+                   select id, \
+                     row_number() over (partition by destination order by id) - 1 as n \
+                   from locked) \
                  update outbox_deliveries d set state = 'pending', attempts = 0, \
-                   next_attempt_at = now() + (m.n / $5) * interval '1 second', \
+                   next_attempt_at = now() + (m.n / $5::float8) * interval '1 second', \
                    fingerprint = null, reason = null, done_at = null \
                  from m where d.id = m.id and not $6 \
                  returning d.id",

@@ -2,6 +2,11 @@
 //! operator actions of [`crate::ops`] for dashboards and scripts. Off unless a token is
 //! configured (`PAYSYNC_ADMIN_TOKEN`); every request needs `Authorization: Bearer <token>`,
 //! compared in constant time.
+//!
+//! Errors answer `{"error": "<message>"}`: 400 for a request that is not valid, 404 for
+//! something that does not exist, 503 when the operation itself failed.
+
+mod outbox;
 
 use std::sync::Arc;
 
@@ -42,6 +47,7 @@ pub fn router(ops: Ops, token: SecretString) -> Router {
         .route("/admin/dlq/purge", post(purge))
         .route("/admin/dlq/export", get(export))
         .route("/admin/events/replay", post(replay))
+        .merge(outbox::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -71,12 +77,15 @@ fn answer<T: serde::Serialize>(result: Result<T, OpsError>) -> Response {
     match result {
         Ok(v) => Json(v).into_response(),
         Err(err) => {
-            tracing::warn!(error = %err, "admin action failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"error": err.to_string()})),
-            )
-                .into_response()
+            let status = match err {
+                OpsError::Refused(_) => StatusCode::BAD_REQUEST,
+                OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => {
+                    tracing::warn!(error = %err, "admin action failed");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            (status, Json(json!({"error": err.to_string()}))).into_response()
         }
     }
 }

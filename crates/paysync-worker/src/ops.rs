@@ -4,6 +4,10 @@
 //! Rule of thumb: a dead letter is marked `retried` only after its republish was confirmed,
 //! one at a time, so a retry interrupted halfway can simply be run again: it picks up the
 //! letters still open.
+//!
+//! The outbox's deliveries and destinations are in [`outbox`].
+
+pub mod outbox;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,6 +64,12 @@ pub enum OpsError {
     /// A view could not be written as JSON.
     #[error("cannot write JSON")]
     Encode(#[from] serde_json::Error),
+    /// The request is not valid (an unknown name, a missing reason); nothing was done.
+    #[error("{0}")]
+    Refused(String),
+    /// What the request names does not exist; nothing was done.
+    #[error("{0}")]
+    NotFound(String),
     /// A line of an export file is unusable.
     #[error("line {line}: {reason}")]
     BadExportLine {

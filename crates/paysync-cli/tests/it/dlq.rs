@@ -5,7 +5,7 @@ use base64::Engine as _;
 use paysync_store::NewDeadLetter;
 use paysync_testkit::{TestBroker, TestDb, paysync_env, stripe_fixture};
 
-fn paysync(broker: &TestBroker, db: &TestDb, args: &[&str]) -> Output {
+pub(crate) fn paysync(broker: &TestBroker, db: &TestDb, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_paysync"))
         .args(args)
         .envs(paysync_env(broker, db))

@@ -13,6 +13,7 @@ mod helpers;
 mod observability;
 mod operators;
 mod outages;
+mod outbox_ops;
 mod pipeline;
 mod poison;
 mod retries;
