@@ -132,8 +132,28 @@ ensure_just() {
   command -v just >/dev/null 2>&1 || die "just installed but not on PATH (add ~/.cargo/bin)"
 }
 
+# A local SMTP catcher for `paysync up` (no PAYSYNC_SMTP_URL): Debian's aiosmtpd, listening on
+# 127.0.0.1:1025 and writing every message it receives into a maildir, so a newcomer sees the
+# receipts the dispatcher sends. Not used by the tests (they run their own fake per test).
+MAILDIR="${PAYSYNC_LOCAL_MAILDIR:-/tmp/paysync-mail}"
+ensure_mail_catcher() {
+  if port_open 1025; then
+    say "mail catcher: listening on 127.0.0.1:1025 (maildir $MAILDIR)"
+    return
+  fi
+  # Debian's interpreter, where the package installs (a pyenv or venv python3 may shadow it).
+  local py=/usr/bin/python3
+  "$py" -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
+  mkdir -p "$MAILDIR/tmp" "$MAILDIR/new" "$MAILDIR/cur"
+  nohup "$py" -m aiosmtpd -n -l 127.0.0.1:1025 -c aiosmtpd.handlers.Mailbox "$MAILDIR" \
+    >/tmp/paysync-mail-catcher.log 2>&1 &
+  wait_for "mail catcher" port_open 1025
+  say "mail catcher: listening on 127.0.0.1:1025 (maildir $MAILDIR)"
+}
+
 ensure_rabbitmq
 ensure_postgres
 ensure_tools
 ensure_just
+ensure_mail_catcher
 say "all services up"

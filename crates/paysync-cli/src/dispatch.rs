@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use paysync_dispatcher::destinations::chat::ChatSettings;
+use paysync_dispatcher::destinations::email::EmailSettings;
 use paysync_dispatcher::destinations::hubspot::HubspotSettings;
 use paysync_dispatcher::{LaneConfig, Lanes, Settings};
 use secrecy::SecretString;
@@ -14,11 +15,13 @@ use crate::config::{Env, database, refused};
 
 /// The dispatcher's settings; `metrics_var` names the listener's variable
 /// (`PAYSYNC_METRICS_ADDR` for `paysync dispatcher`, `PAYSYNC_DISPATCHER_METRICS_ADDR` in
-/// `paysync up`).
+/// `paysync up`). `local_smtp`: the relay to use when `PAYSYNC_SMTP_URL` is unset (`paysync up`
+/// sends to the local catcher; production processes send no email then).
 pub fn settings(
     env: &Env<'_>,
     metrics_var: &str,
     metrics_default: SocketAddr,
+    local_smtp: Option<&str>,
 ) -> anyhow::Result<Settings> {
     let d = Settings::default();
     let lanes = Lanes::default();
@@ -33,6 +36,7 @@ pub fn settings(
         poll: env.seconds("PAYSYNC_DISPATCHER_POLL_SECS", d.poll)?,
         reap_every: env.seconds("PAYSYNC_DISPATCHER_REAP_SECS", d.reap_every)?,
         monitor_interval: d.monitor_interval,
+        email: email(env, local_smtp)?,
         chat: chat(env)?,
         hubspot: hubspot(env)?,
         lanes: Lanes {
@@ -71,6 +75,40 @@ fn lane(env: &Env<'_>, prefix: &str, default: LaneConfig) -> anyhow::Result<Lane
         concurrency,
         ..default
     })
+}
+
+/// The sender when `PAYSYNC_EMAIL_FROM` is unset with the local catcher.
+const LOCAL_FROM: &str = "paysync (local) <billing@paysync.localhost>";
+
+fn email(env: &Env<'_>, local_smtp: Option<&str>) -> anyhow::Result<Option<EmailSettings>> {
+    let (url, local) = match (env.secret("PAYSYNC_SMTP_URL")?, local_smtp) {
+        (Some(url), _) => (url, false),
+        (None, Some(local)) => (local.to_owned(), true),
+        (None, None) => return Ok(None),
+    };
+    let from = match env.raw("PAYSYNC_EMAIL_FROM") {
+        Some(f) => f.trim().to_owned(),
+        None if local => LOCAL_FROM.to_owned(),
+        None => {
+            return Err(refused(
+                "PAYSYNC_EMAIL_FROM",
+                "required with PAYSYNC_SMTP_URL (the sender, e.g. `Billing <billing@example.com>`)",
+            ));
+        }
+    };
+    let mut s = EmailSettings::new(SecretString::from(url), from);
+    s.templates_dir = env
+        .raw("PAYSYNC_EMAIL_TEMPLATES_DIR")
+        .map(|d| d.trim().into());
+    s.validate().map_err(|e| {
+        use paysync_dispatcher::destinations::email::EmailSettingsError as E;
+        match e {
+            E::Url(..) => refused("PAYSYNC_SMTP_URL", e),
+            E::From(_) => refused("PAYSYNC_EMAIL_FROM", e),
+            E::TemplatesDir(_) | E::Template(..) => refused("PAYSYNC_EMAIL_TEMPLATES_DIR", e),
+        }
+    })?;
+    Ok(Some(s))
 }
 
 fn chat(env: &Env<'_>) -> anyhow::Result<Option<ChatSettings>> {

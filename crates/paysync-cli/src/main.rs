@@ -98,6 +98,8 @@ fn main() -> ExitCode {
 
 const WORKER_METRICS_IN_UP: &str = "127.0.0.1:9465";
 const DISPATCHER_METRICS_IN_UP: &str = "127.0.0.1:9466";
+/// The local SMTP catcher `deploy/local/services.sh` runs (mail lands in its maildir).
+const LOCAL_SMTP: &str = "smtp://127.0.0.1:1025";
 
 async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
     match command {
@@ -120,7 +122,8 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
             app.run_until_stopped(shutdown_signal()).await?;
         }
         Command::Dispatcher => {
-            let settings = dispatch::settings(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
+            let settings =
+                dispatch::settings(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr(), None)?;
             let app = paysync_dispatcher::App::build(settings).await?;
             tracing::info!(metrics_port = app.metrics_port(), "dispatcher started");
             app.run_until_stopped(shutdown_signal()).await?;
@@ -176,6 +179,7 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
         DISPATCHER_METRICS_IN_UP
             .parse()
             .context("built-in address")?,
+        Some(LOCAL_SMTP),
     )?;
     let applied = migrate(&worker_settings.store).await?;
     tracing::info!(applied = applied.len(), "database migrated");

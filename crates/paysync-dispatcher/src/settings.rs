@@ -8,6 +8,7 @@ use paysync_domain::outbound::Destination;
 use paysync_store::{StoreSettings, StoreSettingsError};
 
 use crate::destinations::chat::{ChatSender, ChatSettings};
+use crate::destinations::email::{EmailSender, EmailSettings};
 use crate::destinations::hubspot::{HubspotSender, HubspotSettings};
 use crate::{LaneConfig, Sender};
 
@@ -28,6 +29,8 @@ pub struct Settings {
     pub reap_every: Duration,
     /// How often the queue gauges are read.
     pub monitor_interval: Duration,
+    /// Email, when configured.
+    pub email: Option<EmailSettings>,
     /// Team chat, when configured.
     pub chat: Option<ChatSettings>,
     /// HubSpot, when configured.
@@ -67,6 +70,7 @@ impl Default for Settings {
             poll: Duration::from_secs(5),
             reap_every: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(5),
+            email: None,
             chat: None,
             hubspot: None,
             lanes: Lanes::default(),
@@ -108,6 +112,9 @@ pub enum SettingsError {
         /// What is wrong.
         what: String,
     },
+    /// The email settings.
+    #[error(transparent)]
+    Email(#[from] crate::destinations::email::EmailSettingsError),
     /// The chat settings.
     #[error(transparent)]
     Chat(#[from] crate::destinations::chat::ChatSettingsError),
@@ -141,6 +148,9 @@ impl Settings {
             lane.validate()
                 .map_err(|what| SettingsError::Lane { destination, what })?;
         }
+        if let Some(e) = &self.email {
+            e.validate()?;
+        }
         if let Some(c) = &self.chat {
             c.validate()?;
         }
@@ -157,6 +167,9 @@ pub(crate) async fn senders(
     settings: &Settings,
 ) -> anyhow::Result<Vec<(Arc<dyn Sender>, LaneConfig)>> {
     let mut out: Vec<(Arc<dyn Sender>, LaneConfig)> = Vec::new();
+    if let Some(e) = &settings.email {
+        out.push((Arc::new(EmailSender::new(e)?), settings.lanes.email.clone()));
+    }
     if let Some(c) = &settings.chat {
         out.push((Arc::new(ChatSender::new(c)?), settings.lanes.chat.clone()));
     }
