@@ -21,6 +21,9 @@ alter table outbox alter column provider drop default;
 create table outbox_destinations (
     name            text primary key,
     configured      boolean     not null default false,
+    -- New deliveries wait this long before their first attempt, so the other events about the
+    -- same payment (sent by the provider within seconds) fill in what the message shows.
+    hold_ms         integer     not null default 0,
     paused_until    timestamptz,
     pause_reason    text,
     disabled_reason text,

@@ -152,8 +152,12 @@ pub trait Sender: Send + Sync + 'static {
     fn send<'a>(&'a self, job: &'a Job, throttle: &'a Throttle) -> BoxFuture<'a, Verdict>;
 }
 
-/// The destination's rate limit (a GCRA token bucket): every request waits its turn.
-pub struct Throttle(governor::DefaultDirectRateLimiter);
+/// The destination's rate limit (a GCRA token bucket): every request waits its turn, and none
+/// goes while the destination is paused (a 429 seen by any request pauses them all).
+pub struct Throttle {
+    bucket: governor::DefaultDirectRateLimiter,
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
 
 impl Throttle {
     /// `per_second` requests a second on average, at most `burst` at once.
@@ -162,7 +166,10 @@ impl Throttle {
         let quota = governor::Quota::with_period(period)
             .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
             .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
-        Self(governor::RateLimiter::direct(quota))
+        Self {
+            bucket: governor::RateLimiter::direct(quota),
+            paused_until: std::sync::Mutex::new(None),
+        }
     }
 
     /// No limit (tests of a sender on its own).
@@ -170,9 +177,38 @@ impl Throttle {
         Self::new(1e6, 1_000_000)
     }
 
-    /// Waits until a request may go.
+    /// Holds every request for `d` from now (never shortening a longer pause).
+    pub fn pause(&self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        let mut p = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if p.is_none_or(|current| current < until) {
+            *p = Some(until);
+        }
+    }
+
+    /// Waits until a request may go: no pause, and a token. A pause that began while this
+    /// request waited for its token holds it too.
     pub async fn ready(&self) {
-        self.0.until_ready().await;
+        loop {
+            while let Some(u) = self.paused() {
+                tokio::time::sleep_until(u).await;
+            }
+            self.bucket.until_ready().await;
+            if self.paused().is_none() {
+                return;
+            }
+        }
+    }
+
+    fn paused(&self) -> Option<tokio::time::Instant> {
+        let until = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.filter(|u| *u > tokio::time::Instant::now())
     }
 }
 

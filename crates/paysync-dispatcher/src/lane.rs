@@ -8,6 +8,9 @@
 //! guarantee a delivery is never sent by two processes at once, even if two owners overlapped.
 
 use std::sync::Arc;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paysync_domain::billing::{AccountFacts, ObjectKind};
@@ -34,6 +37,10 @@ pub struct LaneConfig {
     pub retry: RetryPolicy,
     /// Deliveries older than this are expired instead of sent (chat: news goes stale).
     pub max_age: Option<Duration>,
+    /// New deliveries wait this long before their first attempt, so the other events about
+    /// the same payment fill in what the message shows (email: the invoice's address and
+    /// link may come a second after the payment's event).
+    pub hold: Duration,
     /// When the breaker opens and for how long.
     pub breaker: BreakerPolicy,
 }
@@ -56,6 +63,7 @@ impl LaneConfig {
                 concurrency: 4,
                 retry: retry(10, 12 * 3600, 8),
                 max_age: None,
+                hold: Duration::from_secs(10),
                 breaker: BreakerPolicy::default(),
             },
             // Slack: "no more than one message per second", short bursts allowed.
@@ -65,6 +73,7 @@ impl LaneConfig {
                 concurrency: 1,
                 retry: retry(5, 30 * 60, 6),
                 max_age: Some(Duration::from_secs(6 * 3600)),
+                hold: Duration::ZERO,
                 breaker: BreakerPolicy::default(),
             },
             // HubSpot: 100 requests per 10 s per app on the smallest plans; 9/s keeps a
@@ -75,6 +84,7 @@ impl LaneConfig {
                 concurrency: 4,
                 retry: retry(30, 24 * 3600, 9),
                 max_age: None,
+                hold: Duration::ZERO,
                 breaker: BreakerPolicy::default(),
             },
         }
@@ -115,12 +125,17 @@ pub struct LaneEnv {
 
 /// A destination's lane.
 pub struct Lane {
+    ctx: Arc<Ctx>,
+    breaker: Breaker,
+    saved_state: &'static str,
+}
+
+/// What the lane's attempts share while they run beside its breaker.
+struct Ctx {
     sender: Arc<dyn Sender>,
     config: LaneConfig,
     env: LaneEnv,
-    throttle: Arc<Throttle>,
-    breaker: Breaker,
-    saved_state: &'static str,
+    throttle: Throttle,
 }
 
 fn unix_now() -> Duration {
@@ -140,20 +155,22 @@ struct Finished {
 impl Lane {
     /// A lane for `sender` (not yet running).
     pub fn new(sender: Arc<dyn Sender>, config: LaneConfig, env: LaneEnv) -> Self {
-        let throttle = Arc::new(Throttle::new(config.rate_per_second, config.burst));
+        let throttle = Throttle::new(config.rate_per_second, config.burst);
         let breaker = Breaker::new(config.breaker.clone());
         Self {
-            sender,
-            config,
-            env,
-            throttle,
+            ctx: Arc::new(Ctx {
+                sender,
+                config,
+                env,
+                throttle,
+            }),
             breaker,
             saved_state: "closed",
         }
     }
 
     fn destination(&self) -> Destination {
-        self.sender.destination()
+        self.ctx.sender.destination()
     }
 
     fn name(&self) -> &'static str {
@@ -163,16 +180,17 @@ impl Lane {
     /// Runs until `stop`: waits to own the destination, then delivers while it does.
     pub async fn run(mut self, stop: Shutdown) {
         let owned = self
+            .ctx
             .env
             .metrics
             .lane_owned
             .with_label_values(&[self.name()]);
         while !stop.fired() {
-            let mut conn = match self.env.store.lane_connection(self.name()).await {
+            let mut conn = match self.ctx.env.store.lane_connection(self.name()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(destination = self.name(), error = %e, "lane connection failed");
-                    pause(self.env.poll, &stop).await;
+                    pause(self.ctx.env.poll, &stop).await;
                     continue;
                 }
             };
@@ -181,18 +199,19 @@ impl Lane {
                 Ok(false) => continue,
                 Err(e) => {
                     tracing::warn!(destination = self.name(), error = %e, "lane lock failed");
-                    pause(self.env.poll, &stop).await;
+                    pause(self.ctx.env.poll, &stop).await;
                     continue;
                 }
             }
-            tracing::info!(destination = self.name(), owner = %self.env.owner, "lane owned");
+            tracing::info!(destination = self.name(), owner = %self.ctx.env.owner, "lane owned");
             owned.set(1);
             if let Err(e) = self.deliver(&mut conn, &stop).await {
                 tracing::warn!(destination = self.name(), error = %e, "lane stopped delivering");
-                pause(self.env.poll, &stop).await;
+                pause(self.ctx.env.poll, &stop).await;
             }
             owned.set(0);
             let _ = self
+                .ctx
                 .env
                 .store
                 .save_lane(
@@ -221,7 +240,7 @@ impl Lane {
             }
             tokio::select! {
                 _ = stop.wait() => return Ok(false),
-                _ = tokio::time::sleep(self.env.poll) => {}
+                _ = tokio::time::sleep(self.ctx.env.poll) => {}
             }
         }
     }
@@ -235,8 +254,9 @@ impl Lane {
         let state = self.breaker.state_name();
         if state != self.saved_state {
             let d = self.destination();
-            self.env.metrics.set_breaker(d, state);
-            self.env
+            self.ctx.env.metrics.set_breaker(d, state);
+            self.ctx
+                .env
                 .metrics
                 .breaker_transitions
                 .with_label_values(&[d.as_str(), state])
@@ -248,13 +268,14 @@ impl Lane {
                 "breaker"
             );
             self.saved_state = state;
-            self.env
+            self.ctx
+                .env
                 .store
                 .save_lane(
                     d.as_str(),
                     &self.breaker_json(),
                     state,
-                    Some(&self.env.owner),
+                    Some(&self.ctx.env.owner),
                 )
                 .await?;
         }
@@ -270,7 +291,7 @@ impl Lane {
         let d = self.destination();
         let name = d.as_str();
         // The previous owner's breaker: an open breaker stays open across a failover.
-        if let Some(control) = self.env.store.destination_control(name).await?
+        if let Some(control) = self.ctx.env.store.destination_control(name).await?
             && let Some(saved) = control.breaker
             && let Ok(breaker) = serde_json::from_value::<Breaker>(saved)
         {
@@ -283,11 +304,11 @@ impl Lane {
             if stop.fired() || !conn.is_alive() {
                 return Ok(());
             }
-            if last_ping.elapsed() > self.env.poll {
+            if last_ping.elapsed() > self.ctx.env.poll {
                 conn.ping().await?;
                 last_ping = Instant::now();
             }
-            let Some(control) = self.env.store.destination_control(name).await? else {
+            let Some(control) = self.ctx.env.store.destination_control(name).await? else {
                 return Ok(());
             };
             self.breaker.force(match control.forced.as_str() {
@@ -297,19 +318,21 @@ impl Lane {
             });
             self.note_breaker().await?;
             let disabled = control.disabled_reason.is_some();
-            self.env
+            self.ctx
+                .env
                 .metrics
                 .disabled
                 .with_label_values(&[name])
                 .set(i64::from(disabled));
             let paused = control.paused_ms > 0.0;
-            self.env
+            self.ctx
+                .env
                 .metrics
                 .paused
                 .with_label_values(&[name])
                 .set(i64::from(paused));
             if disabled {
-                wait(conn, self.env.poll, stop).await;
+                wait(conn, self.ctx.env.poll, stop).await;
                 continue;
             }
             if paused {
@@ -317,20 +340,20 @@ impl Lane {
                 // Wake-ups do not end a pause: sleep it out (or until the next look).
                 tokio::select! {
                     _ = stop.wait() => return Ok(()),
-                    _ = tokio::time::sleep(left.min(self.env.poll)) => {}
+                    _ = tokio::time::sleep(left.min(self.ctx.env.poll)) => {}
                 }
                 continue;
             }
             let now = unix_now();
             let (limit, probe) = match self.breaker.admit(now) {
-                Admit::Yes => (self.config.concurrency as i64, false),
+                Admit::Yes => (self.ctx.config.concurrency as i64, false),
                 Admit::Probe => (1, true),
                 Admit::No { until } => {
                     self.note_breaker().await?;
                     let wait_for = until
                         .map(|u| u.saturating_sub(now))
-                        .unwrap_or(self.env.poll)
-                        .min(self.env.poll)
+                        .unwrap_or(self.ctx.env.poll)
+                        .min(self.ctx.env.poll)
                         .max(Duration::from_millis(10));
                     tokio::select! {
                         _ = stop.wait() => return Ok(()),
@@ -341,26 +364,198 @@ impl Lane {
             };
             self.note_breaker().await?;
             let claimed = self
+                .ctx
                 .env
                 .store
-                .claim(name, limit, self.env.lease, &self.env.owner)
+                .claim(name, limit, self.ctx.env.lease, &self.ctx.env.owner)
                 .await?;
             if claimed.is_empty() {
                 if probe {
                     self.breaker.probe_abandoned();
                 }
-                wait(conn, self.env.poll, stop).await;
+                wait(conn, self.ctx.env.poll, stop).await;
                 continue;
             }
-            let runs = claimed.into_iter().map(|c| self.attempt(c));
-            let finished = futures::future::join_all(runs).await;
-            for f in finished {
+            // Each attempt is completed as soon as it ends, not when the slowest of the batch
+            // does: a stalled send cannot hold the others' completions (and a crash then
+            // resends only what was really in flight).
+            let mut running: FuturesUnordered<_> = claimed
+                .into_iter()
+                .map(|c| {
+                    let ctx = self.ctx.clone();
+                    async move { ctx.attempt(c).await }
+                })
+                .collect();
+            while let Some(f) = running.next().await {
                 self.settle(f, probe).await?;
             }
             self.note_breaker().await?;
         }
     }
 
+    /// Completes one attempt: the delivery's new state, the breaker, the destination's pause
+    /// or disablement, the metrics.
+    async fn settle(&mut self, f: Finished, probe: bool) -> Result<(), StoreError> {
+        let d = self.destination();
+        let name = d.as_str();
+        let m = &self.ctx.env.metrics;
+        let now = unix_now();
+        let unit: f64 = rand::random();
+        let mut record = AttemptRecord {
+            owner: self.ctx.env.owner.clone(),
+            duration_ms: i32::try_from(f.took.as_millis()).unwrap_or(i32::MAX),
+            outcome: String::new(),
+            status: None,
+            error: None,
+            retry_after_s: None,
+        };
+        m.attempt_duration
+            .with_label_values(&[name])
+            .observe(f.took.as_secs_f64());
+        let completion = match &f.verdict {
+            Verdict::Sent { external_ref } => {
+                self.breaker.record(now, Outcome::Success, unit);
+                record.outcome = "sent".into();
+                Completion::Sent {
+                    external_ref: external_ref.clone(),
+                }
+            }
+            Verdict::Skip { reason } if *reason == EXPIRED => {
+                if probe {
+                    self.breaker.probe_abandoned();
+                }
+                record.outcome = "expired".into();
+                m.expired.with_label_values(&[name]).inc();
+                Completion::Expired
+            }
+            Verdict::Skip { reason } => {
+                if probe {
+                    self.breaker.probe_abandoned();
+                }
+                record.outcome = "skipped".into();
+                record.error = Some(format!("skipped: {reason}"));
+                m.skipped.with_label_values(&[name, reason]).inc();
+                Completion::Skipped {
+                    reason: (*reason).to_owned(),
+                }
+            }
+            Verdict::Failed(e) => {
+                record.status = e.status.map(i32::from);
+                record.error = Some(excerpt(&format!("{}: {}", e.code, e.detail), 2048));
+                record.retry_after_s = e.retry_after.map(|r| r.as_secs_f64());
+                match e.kind {
+                    FailureKind::Transient { .. } => {
+                        self.breaker.record(now, Outcome::Failure, unit);
+                        let attempt = u32::try_from(f.claimed.attempts).unwrap_or(u32::MAX);
+                        match self.ctx.config.retry.delay(attempt, unit) {
+                            Some(step) => {
+                                record.outcome = "retry".into();
+                                // A Retry-After lengthens a step, never shortens it.
+                                let delay = step.max(e.retry_after.unwrap_or_default());
+                                Completion::Retry {
+                                    delay_ms: delay.as_secs_f64() * 1000.0,
+                                }
+                            }
+                            None => {
+                                record.outcome = "dead".into();
+                                let fingerprint = format!("{name}:exhausted:{}", e.code);
+                                m.dead.with_label_values(&[name, &fingerprint]).inc();
+                                Completion::Dead { fingerprint }
+                            }
+                        }
+                    }
+                    FailureKind::RateLimited { pause: p } | FailureKind::Quota { pause: p } => {
+                        if probe {
+                            self.breaker.probe_abandoned();
+                        }
+                        let p = p.max(e.retry_after.unwrap_or_default());
+                        // Hold every request of this lane at once, the ones in flight included.
+                        self.ctx.throttle.pause(p);
+                        let why = if matches!(e.kind, FailureKind::Quota { .. }) {
+                            "quota"
+                        } else {
+                            "rate_limited"
+                        };
+                        self.ctx
+                            .env
+                            .store
+                            .pause_destination(
+                                name,
+                                p,
+                                &format!("{why}: {}", e.code),
+                                &self.ctx.env.owner,
+                            )
+                            .await?;
+                        m.rate_limit_pauses.with_label_values(&[name]).inc();
+                        m.paused.with_label_values(&[name]).set(1);
+                        tracing::info!(
+                            destination = name,
+                            pause_s = p.as_secs_f64(),
+                            why,
+                            "destination paused"
+                        );
+                        record.outcome = "rate_limited".into();
+                        Completion::Release {
+                            delay_ms: p.as_secs_f64() * 1000.0,
+                        }
+                    }
+                    FailureKind::Config => {
+                        if probe {
+                            self.breaker.probe_abandoned();
+                        }
+                        let reason = excerpt(&format!("{}: {}", e.code, e.detail), 512);
+                        self.ctx
+                            .env
+                            .store
+                            .disable_destination(name, &reason, &self.ctx.env.owner)
+                            .await?;
+                        m.disabled.with_label_values(&[name]).set(1);
+                        tracing::error!(destination = name, code = %e.code, "destination disabled: fix its configuration, then `paysync outbox resume`");
+                        record.outcome = "disabled".into();
+                        Completion::Release { delay_ms: 0.0 }
+                    }
+                    FailureKind::Payload => {
+                        // The destination answered: it is up.
+                        self.breaker.record(now, Outcome::Success, unit);
+                        record.outcome = "dead".into();
+                        let fingerprint = format!("{name}:{}", e.code);
+                        m.dead.with_label_values(&[name, &fingerprint]).inc();
+                        Completion::Dead { fingerprint }
+                    }
+                }
+            }
+        };
+        match self
+            .ctx
+            .env
+            .store
+            .complete(&f.claimed, &completion, &record)
+            .await?
+        {
+            Some(age) => {
+                m.attempts
+                    .with_label_values(&[name, f.operation, &record.outcome])
+                    .inc();
+                if matches!(completion, Completion::Sent { .. }) {
+                    m.latency.with_label_values(&[name]).observe(age.max(0.0));
+                }
+            }
+            None => {
+                m.attempts
+                    .with_label_values(&[name, f.operation, "lease_lost"])
+                    .inc();
+                tracing::warn!(
+                    destination = name,
+                    delivery = f.claimed.id,
+                    "lease lost before completion: the reaper or an operator took the delivery back"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Ctx {
     /// One attempt: prepare the job, check it still holds, send it.
     async fn attempt(&self, claimed: Claimed) -> Finished {
         let started = Instant::now();
@@ -469,162 +664,6 @@ impl Lane {
             _ => {}
         }
         Ok(None)
-    }
-
-    /// Completes one attempt: the delivery's new state, the breaker, the destination's pause
-    /// or disablement, the metrics.
-    async fn settle(&mut self, f: Finished, probe: bool) -> Result<(), StoreError> {
-        let d = self.destination();
-        let name = d.as_str();
-        let m = &self.env.metrics;
-        let now = unix_now();
-        let unit: f64 = rand::random();
-        let mut record = AttemptRecord {
-            owner: self.env.owner.clone(),
-            duration_ms: i32::try_from(f.took.as_millis()).unwrap_or(i32::MAX),
-            outcome: String::new(),
-            status: None,
-            error: None,
-            retry_after_s: None,
-        };
-        m.attempt_duration
-            .with_label_values(&[name])
-            .observe(f.took.as_secs_f64());
-        let completion = match &f.verdict {
-            Verdict::Sent { external_ref } => {
-                self.breaker.record(now, Outcome::Success, unit);
-                record.outcome = "sent".into();
-                Completion::Sent {
-                    external_ref: external_ref.clone(),
-                }
-            }
-            Verdict::Skip { reason } if *reason == EXPIRED => {
-                if probe {
-                    self.breaker.probe_abandoned();
-                }
-                record.outcome = "expired".into();
-                m.expired.with_label_values(&[name]).inc();
-                Completion::Expired
-            }
-            Verdict::Skip { reason } => {
-                if probe {
-                    self.breaker.probe_abandoned();
-                }
-                record.outcome = "skipped".into();
-                record.error = Some(format!("skipped: {reason}"));
-                m.skipped.with_label_values(&[name, reason]).inc();
-                Completion::Skipped {
-                    reason: (*reason).to_owned(),
-                }
-            }
-            Verdict::Failed(e) => {
-                record.status = e.status.map(i32::from);
-                record.error = Some(excerpt(&format!("{}: {}", e.code, e.detail), 2048));
-                record.retry_after_s = e.retry_after.map(|r| r.as_secs_f64());
-                match e.kind {
-                    FailureKind::Transient { .. } => {
-                        self.breaker.record(now, Outcome::Failure, unit);
-                        let attempt = u32::try_from(f.claimed.attempts).unwrap_or(u32::MAX);
-                        match self.config.retry.delay(attempt, unit) {
-                            Some(step) => {
-                                record.outcome = "retry".into();
-                                // A Retry-After lengthens a step, never shortens it.
-                                let delay = step.max(e.retry_after.unwrap_or_default());
-                                Completion::Retry {
-                                    delay_ms: delay.as_secs_f64() * 1000.0,
-                                }
-                            }
-                            None => {
-                                record.outcome = "dead".into();
-                                let fingerprint = format!("{name}:exhausted:{}", e.code);
-                                m.dead.with_label_values(&[name, &fingerprint]).inc();
-                                Completion::Dead { fingerprint }
-                            }
-                        }
-                    }
-                    FailureKind::RateLimited { pause: p } | FailureKind::Quota { pause: p } => {
-                        if probe {
-                            self.breaker.probe_abandoned();
-                        }
-                        let p = p.max(e.retry_after.unwrap_or_default());
-                        let why = if matches!(e.kind, FailureKind::Quota { .. }) {
-                            "quota"
-                        } else {
-                            "rate_limited"
-                        };
-                        self.env
-                            .store
-                            .pause_destination(
-                                name,
-                                p,
-                                &format!("{why}: {}", e.code),
-                                &self.env.owner,
-                            )
-                            .await?;
-                        m.rate_limit_pauses.with_label_values(&[name]).inc();
-                        m.paused.with_label_values(&[name]).set(1);
-                        tracing::info!(
-                            destination = name,
-                            pause_s = p.as_secs_f64(),
-                            why,
-                            "destination paused"
-                        );
-                        record.outcome = "rate_limited".into();
-                        Completion::Release {
-                            delay_ms: p.as_secs_f64() * 1000.0,
-                        }
-                    }
-                    FailureKind::Config => {
-                        if probe {
-                            self.breaker.probe_abandoned();
-                        }
-                        let reason = excerpt(&format!("{}: {}", e.code, e.detail), 512);
-                        self.env
-                            .store
-                            .disable_destination(name, &reason, &self.env.owner)
-                            .await?;
-                        m.disabled.with_label_values(&[name]).set(1);
-                        tracing::error!(destination = name, code = %e.code, "destination disabled: fix its configuration, then `paysync outbox resume`");
-                        record.outcome = "disabled".into();
-                        Completion::Release { delay_ms: 0.0 }
-                    }
-                    FailureKind::Payload => {
-                        // The destination answered: it is up.
-                        self.breaker.record(now, Outcome::Success, unit);
-                        record.outcome = "dead".into();
-                        let fingerprint = format!("{name}:{}", e.code);
-                        m.dead.with_label_values(&[name, &fingerprint]).inc();
-                        Completion::Dead { fingerprint }
-                    }
-                }
-            }
-        };
-        match self
-            .env
-            .store
-            .complete(&f.claimed, &completion, &record)
-            .await?
-        {
-            Some(age) => {
-                m.attempts
-                    .with_label_values(&[name, f.operation, &record.outcome])
-                    .inc();
-                if matches!(completion, Completion::Sent { .. }) {
-                    m.latency.with_label_values(&[name]).observe(age.max(0.0));
-                }
-            }
-            None => {
-                m.attempts
-                    .with_label_values(&[name, f.operation, "lease_lost"])
-                    .inc();
-                tracing::warn!(
-                    destination = name,
-                    delivery = f.claimed.id,
-                    "lease lost before completion: the reaper or an operator took the delivery back"
-                );
-            }
-        }
-        Ok(())
     }
 }
 

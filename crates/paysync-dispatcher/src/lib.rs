@@ -66,8 +66,12 @@ impl App {
             .register_destinations(&names, &settings.owner)
             .await
             .context("registering the configured destinations")?;
-        for (s, _) in &senders {
+        for (s, lane) in &senders {
             metrics.touch(s.destination());
+            store
+                .set_destination_hold(s.destination().as_str(), lane.hold)
+                .await
+                .context("setting the destinations' hold")?;
         }
         let database_ok = Arc::new(AtomicBool::new(true));
         let readiness: paysync_telemetry::Readiness = {

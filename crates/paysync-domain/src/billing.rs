@@ -447,10 +447,13 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                         .push(effect(Intent::TrialEnding, &id, int(o, "trial_end")))
                 }
                 "customer.subscription.deleted" => c.effects.push(effect(Intent::Churn, &id, None)),
-                _ if status == "past_due" => {
-                    c.effects
-                        .push(effect(Intent::PaymentFailedFollowup, &id, None))
-                }
+                // Past due because its latest invoice failed: keyed on that invoice, like the
+                // invoice's own failure, so one failure asks for one follow-up.
+                _ if status == "past_due" => c.effects.push(effect(
+                    Intent::PaymentFailedFollowup,
+                    &id_of(o, "latest_invoice").unwrap_or(id),
+                    None,
+                )),
                 _ => {}
             }
         }

@@ -209,8 +209,9 @@ pub const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id
 /// notification is sent at commit, once per destination).
 pub const INSERT_DELIVERIES: &str = "with ins as ( \
     insert into outbox_deliveries \
-        (destination, operation, idempotency_key, provider, intent, source_id, account_id) \
-    select u.d, u.o, u.k, u.p, u.i, u.s, u.a \
+        (destination, operation, idempotency_key, provider, intent, source_id, account_id, \
+         next_attempt_at) \
+    select u.d, u.o, u.k, u.p, u.i, u.s, u.a, now() + od.hold_ms * interval '1 millisecond' \
     from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
         as u(d, o, k, p, i, s, a) \
     join outbox_destinations od on od.name = u.d and od.configured \

@@ -319,6 +319,24 @@ impl Store {
         Ok(())
     }
 
+    /// Sets how long new deliveries of `name` wait before their first attempt.
+    pub async fn set_destination_hold(
+        &self,
+        name: &str,
+        hold: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let ms = i32::try_from(hold.as_millis()).unwrap_or(i32::MAX);
+        let conn = self.conn().await?;
+        conn.0
+            .execute(
+                "update outbox_destinations set hold_ms = $2 where name = $1",
+                &[&name, &ms],
+            )
+            .await
+            .map_err(StoreError::db("set destination hold"))?;
+        Ok(())
+    }
+
     /// Claims up to `limit` due deliveries of `destination` for `lease`, unless an operator or
     /// a rate limit paused it, it is disabled, or its breaker is forced open. Each claim counts
     /// an attempt and takes a new fencing token.

@@ -39,6 +39,7 @@ pub fn fast_lane(destination: Destination) -> LaneConfig {
             jitter: 0.0,
             max_attempts: 5,
         },
+        hold: Duration::ZERO,
         ..LaneConfig::default_for(destination)
     }
 }

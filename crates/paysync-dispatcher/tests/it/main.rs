@@ -1,5 +1,6 @@
 //! The dispatcher against the real PostgreSQL: leases, fencing, the reaper, breakers, rate
 //! limits, and the destinations' fakes speaking their real protocols.
 
+mod acceptance;
 mod helpers;
 mod lanes;
