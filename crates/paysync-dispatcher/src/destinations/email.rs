@@ -307,14 +307,10 @@ pub fn recipient(job: &Job) -> Option<(String, Option<String>)> {
         .find_map(|c| c.email.clone().map(|e| (e, c.name.clone())))
 }
 
-/// How an SMTP failure is treated: `code` is the reply code when the server sent one.
-pub fn classify(
-    code: Option<u16>,
-    permanent: bool,
-    transient: bool,
-    timeout: bool,
-    detail: &str,
-) -> SendError {
+/// How an SMTP failure is treated: `code` is the reply code when the server sent one. A 5xx
+/// refuses this message (dead); a timeout may have delivered (ambiguous); everything else, 4xx
+/// and connection or TLS trouble, is worth another try.
+pub fn classify(code: Option<u16>, permanent: bool, timeout: bool, detail: &str) -> SendError {
     let code_text = code.map_or_else(|| "connection".to_owned(), |c| c.to_string());
     if permanent {
         SendError::new(FailureKind::Payload, code, code_text, detail)
@@ -324,13 +320,6 @@ pub fn classify(
             FailureKind::Transient { ambiguous: true },
             code,
             "timeout",
-            detail,
-        )
-    } else if transient {
-        SendError::new(
-            FailureKind::Transient { ambiguous: false },
-            code,
-            code_text,
             detail,
         )
     } else {
@@ -352,7 +341,6 @@ fn verdict_of(e: &SmtpError) -> SendError {
     classify(
         code,
         e.is_permanent(),
-        e.is_transient(),
         e.is_timeout(),
         &excerpt(&e.to_string(), 1024),
     )
@@ -538,20 +526,20 @@ mod tests {
     #[test]
     fn failures_are_classified_by_reply_code() {
         assert_eq!(
-            classify(Some(550), true, false, false, "no such user").kind,
+            classify(Some(550), true, false, "no such user").kind,
             FailureKind::Payload
         );
-        assert_eq!(classify(Some(550), true, false, false, "").code, "550");
+        assert_eq!(classify(Some(550), true, false, "").code, "550");
         assert_eq!(
-            classify(Some(451), false, true, false, "try later").kind,
+            classify(Some(451), false, false, "try later").kind,
             FailureKind::Transient { ambiguous: false }
         );
         assert_eq!(
-            classify(None, false, false, true, "timed out").kind,
+            classify(None, false, true, "timed out").kind,
             FailureKind::Transient { ambiguous: true }
         );
         assert_eq!(
-            classify(None, false, false, false, "refused").kind,
+            classify(None, false, false, "refused").kind,
             FailureKind::Transient { ambiguous: false }
         );
     }
