@@ -459,7 +459,7 @@ impl Lane {
                             None => {
                                 record.outcome = "dead".into();
                                 let fingerprint = format!("{name}:exhausted:{}", e.code);
-                                m.dead.with_label_values(&[name, &fingerprint]).inc();
+                                m.dead.with_label_values(&[name]).inc();
                                 Completion::Dead { fingerprint }
                             }
                         }
@@ -519,7 +519,7 @@ impl Lane {
                         self.breaker.record(now, Outcome::Success, unit);
                         record.outcome = "dead".into();
                         let fingerprint = format!("{name}:{}", e.code);
-                        m.dead.with_label_values(&[name, &fingerprint]).inc();
+                        m.dead.with_label_values(&[name]).inc();
                         Completion::Dead { fingerprint }
                     }
                 }

@@ -17,6 +17,9 @@ pub const OUTCOMES: &[&str] = &[
     "lease_lost",
 ];
 
+/// Reasons of `paysync_outbox_skipped_total`.
+pub const SKIP_REASONS: &[&str] = &["no_recipient", "superseded", "not_won"];
+
 /// Breaker states of `paysync_outbox_breaker_state`.
 pub const BREAKER_STATES: &[&str] = &[
     "closed",
@@ -49,7 +52,8 @@ pub struct DispatcherMetrics {
     pub rate_limit_pauses: IntCounterVec,
     /// `paysync_outbox_destination_disabled{destination}`.
     pub disabled: IntGaugeVec,
-    /// `paysync_outbox_dead_total{destination,fingerprint}`.
+    /// `paysync_outbox_dead_total{destination}` (the fingerprints are in the deliveries:
+    /// `paysync outbox list --state dead`).
     pub dead: IntCounterVec,
     /// `paysync_outbox_skipped_total{destination,reason}`.
     pub skipped: IntCounterVec,
@@ -139,8 +143,8 @@ impl DispatcherMetrics {
             )?,
             dead: counter(
                 "paysync_outbox_dead_total",
-                "Deliveries given up, by destination and fingerprint.",
-                &["destination", "fingerprint"],
+                "Deliveries given up (refused payload or exhausted retries).",
+                &["destination"],
             )?,
             skipped: counter(
                 "paysync_outbox_skipped_total",
@@ -199,6 +203,10 @@ impl DispatcherMetrics {
         self.rate_limit_pauses.with_label_values(&[d]);
         self.disabled.with_label_values(&[d]);
         self.expired.with_label_values(&[d]);
+        self.dead.with_label_values(&[d]);
+        for reason in SKIP_REASONS {
+            self.skipped.with_label_values(&[d, reason]);
+        }
         self.lane_owned.with_label_values(&[d]);
     }
 

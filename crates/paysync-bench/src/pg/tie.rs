@@ -126,9 +126,9 @@ fn events_n() -> [Tie; 4] {
             diffs: &[
                 Diff::OwnRows {
                     from: "select a, k,",
-                    until: " order by k, s",
+                    until: " order by p, k, s",
                 },
-                Diff::Swap("order by k, s", "order by 2, 3"),
+                Diff::Swap("order by p, k, s", "order by 5, 2, 3"),
             ],
         },
     ]

@@ -112,7 +112,7 @@ async fn a_payload_error_is_dead_at_once_and_a_config_error_disables_the_destina
         sample(
             &text,
             "paysync_outbox_dead_total",
-            &[("destination", "chat"), ("fingerprint", "chat:scripted")]
+            &[("destination", "chat")]
         ),
         1.0
     );

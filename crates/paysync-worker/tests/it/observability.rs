@@ -184,7 +184,13 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         4.0
     );
 
-    for (name, scrape) in [("receiver", &receiver_scrape), ("worker", &worker_scrape)] {
+    let (dispatcher, _db) = dispatcher_with_every_destination().await;
+    let dispatcher_scrape = paysync_testkit::scrape(dispatcher.1).await.unwrap();
+    for (name, scrape) in [
+        ("receiver", &receiver_scrape),
+        ("worker", &worker_scrape),
+        ("dispatcher", &dispatcher_scrape),
+    ] {
         let (ok, report) = promtool(&["check", "metrics"], Some(scrape));
         assert!(
             ok,
@@ -196,13 +202,17 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
     let scraped: BTreeSet<String> = families(&receiver_scrape)
         .union(&families(&worker_scrape))
         .cloned()
+        .collect::<BTreeSet<_>>()
+        .union(&families(&dispatcher_scrape))
+        .cloned()
         .collect();
-    let histograms: BTreeSet<String> = format!("{receiver_scrape}\n{worker_scrape}")
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter(|l| l.ends_with(" histogram"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
+    let histograms: BTreeSet<String> =
+        format!("{receiver_scrape}\n{worker_scrape}\n{dispatcher_scrape}")
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter(|l| l.ends_with(" histogram"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
     let dashboard =
         std::fs::read_to_string(repo().join("deploy/grafana/dashboards/paysync.json")).unwrap();
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
@@ -216,7 +226,57 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         missing.is_empty(),
         "named in the dashboard or rules but not exported: {missing:?}"
     );
+    dispatcher.0.stop().await.unwrap();
     stack.stop().await;
+}
+
+/// A destination that accepts everything (the test only reads the dispatcher's metrics).
+struct Accepting(paysync_domain::outbound::Destination);
+
+impl paysync_dispatcher::Sender for Accepting {
+    fn destination(&self) -> paysync_domain::outbound::Destination {
+        self.0
+    }
+
+    fn send<'a>(
+        &'a self,
+        _job: &'a paysync_dispatcher::Job,
+        _throttle: &'a paysync_dispatcher::Throttle,
+    ) -> futures::future::BoxFuture<'a, paysync_dispatcher::Verdict> {
+        Box::pin(async { paysync_dispatcher::Verdict::Sent { external_ref: None } })
+    }
+}
+
+/// A dispatcher with every destination, on a schema of its own, and its metrics port.
+async fn dispatcher_with_every_destination()
+-> ((paysync_testkit::RunningApp, u16), paysync_testkit::TestDb) {
+    use paysync_domain::outbound::Destination;
+    let db = paysync_testkit::TestDb::new();
+    db.store().await.unwrap();
+    let settings = paysync_dispatcher::Settings {
+        store: db.settings(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        owner: "observability".into(),
+        ..paysync_dispatcher::Settings::default()
+    };
+    let senders: Vec<(
+        std::sync::Arc<dyn paysync_dispatcher::Sender>,
+        paysync_dispatcher::LaneConfig,
+    )> = Destination::ALL
+        .into_iter()
+        .map(|d| {
+            (
+                std::sync::Arc::new(Accepting(d)) as std::sync::Arc<dyn paysync_dispatcher::Sender>,
+                paysync_dispatcher::LaneConfig::default_for(d),
+            )
+        })
+        .collect();
+    let app = paysync_dispatcher::App::with_senders(settings, senders)
+        .await
+        .unwrap();
+    let port = app.metrics_port();
+    let running = paysync_testkit::RunningApp::spawn(|stop| app.run_until_stopped(stop));
+    ((running, port), db)
 }
 
 #[test]
@@ -225,7 +285,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
     let tests = repo().join("deploy/prometheus/alerts.test.yml");
     let (ok, report) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
     assert!(ok, "{report}");
-    assert!(report.contains("SUCCESS: 9 rules found"), "{report}");
+    assert!(report.contains("SUCCESS: 14 rules found"), "{report}");
     let (ok, report) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
     assert!(ok, "{report}");
     let config = repo().join("deploy/prometheus/prometheus.yml");
