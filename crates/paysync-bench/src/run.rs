@@ -57,6 +57,8 @@ pub enum Group {
     E2e,
     /// The long memory run.
     Memory,
+    /// The outbox: the dispatcher's drain rate, and end to end with the dispatcher running.
+    Outbox,
 }
 
 /// Counts and durations of one benchmark.
@@ -80,6 +82,8 @@ pub struct Plan {
     pub worker_messages: u64,
     /// Events of the sustained end-to-end run.
     pub e2e_count: u64,
+    /// Deliveries of the outbox drain row's backlog.
+    pub outbox_backlog: u64,
     /// Rate of the long memory run.
     pub soak_rate: f64,
     /// Length of the long memory run.
@@ -108,6 +112,7 @@ impl Plan {
             batch: 50,
             worker_messages: if quick { 20_000 } else { 100_000 },
             e2e_count: if quick { 20_000 } else { 60_000 },
+            outbox_backlog: if quick { 2_000 } else { 10_000 },
             soak_rate: 500.0,
             soak_secs: if quick { 45 } else { 600 },
             soak_early_secs: if quick { 15 } else { 60 },

@@ -30,7 +30,7 @@ pub(super) fn names(bench: &Bench) -> Vec<String> {
 /// One load of `paysync up` on a quiet machine, its process named `name`: checks every answer
 /// and that every accepted event was committed. Returns the load's report, how many were
 /// committed and the pattern of its event ids.
-async fn load(
+pub(super) async fn load(
     bench: &Bench,
     run: usize,
     name: &str,

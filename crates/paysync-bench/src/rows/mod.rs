@@ -1,6 +1,6 @@
 //! The rows of the table, each measured `runs` times (except the long memory run): one module
 //! per group of rows that `--only` selects (`broker`, `receiver`, `pgbench`, `worker`, `e2e`,
-//! `memory`), what they share in `common`, and here the order of the table.
+//! `outbox`, `memory`), what they share in `common`, and here the order of the table.
 //!
 //! A row that fails is reported as `FAILED` with its error, and the others still run. Checks
 //! that do not stop a measurement (every answer 2xx, every message in the queue, every event
@@ -11,6 +11,7 @@ mod broker;
 mod common;
 mod e2e;
 mod memory;
+mod outbox;
 mod pgbench;
 mod receiver;
 mod worker;
@@ -58,6 +59,10 @@ pub async fn all(bench: &Bench) -> Vec<Row> {
     if bench.measures(Group::E2e) {
         let measured = e2e::measure(bench).await;
         rows.extend(or_failed(bench, measured, e2e::names(bench)));
+    }
+    if bench.measures(Group::Outbox) {
+        let measured = outbox::measure(bench).await;
+        rows.extend(or_failed(bench, measured, outbox::names()));
     }
     rows.extend(receiver_peak);
     rows.extend(worker_peak);
