@@ -9,8 +9,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paysync_domain::billing::{AccountFacts, ObjectKind};
@@ -376,18 +374,24 @@ impl Lane {
                 wait(conn, self.ctx.env.poll, stop).await;
                 continue;
             }
-            // Each attempt is completed as soon as it ends, not when the slowest of the batch
-            // does: a stalled send cannot hold the others' completions (and a crash then
-            // resends only what was really in flight).
-            let mut running: FuturesUnordered<_> = claimed
-                .into_iter()
-                .map(|c| {
-                    let ctx = self.ctx.clone();
-                    async move { ctx.attempt(c).await }
-                })
-                .collect();
-            while let Some(f) = running.next().await {
-                self.settle(f, probe).await?;
+            // Each attempt runs as a task of its own and is completed as soon as it ends, not
+            // when the slowest of the batch does: a stalled send cannot hold the others'
+            // completions (and a crash then resends only what was really in flight). Tasks,
+            // not futures polled here: an attempt waiting on the database must progress while
+            // this loop completes another one. Dropping the set (the lane stopped) ends them.
+            let mut running = tokio::task::JoinSet::new();
+            for c in claimed {
+                let ctx = self.ctx.clone();
+                running.spawn(async move { ctx.attempt(c).await });
+            }
+            while let Some(done) = running.join_next().await {
+                match done {
+                    Ok(f) => self.settle(f, probe).await?,
+                    // Its lease expires and the reaper hands the delivery back.
+                    Err(e) => {
+                        tracing::error!(destination = d.as_str(), error = %e, "an attempt panicked")
+                    }
+                }
             }
             self.note_breaker().await?;
         }
