@@ -78,7 +78,7 @@ fn lane(env: &Env<'_>, prefix: &str, default: LaneConfig) -> anyhow::Result<Lane
 }
 
 /// The sender when `PAYSYNC_EMAIL_FROM` is unset with the local catcher.
-const LOCAL_FROM: &str = "paysync (local) <billing@paysync.localhost>";
+const LOCAL_FROM: &str = "paysync local <billing@paysync.localhost>";
 
 fn email(env: &Env<'_>, local_smtp: Option<&str>) -> anyhow::Result<Option<EmailSettings>> {
     let (url, local) = match (env.secret("PAYSYNC_SMTP_URL")?, local_smtp) {
