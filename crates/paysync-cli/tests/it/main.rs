@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod crash;
+mod dispatcher_kill;
 mod dlq;
 mod outbox;

@@ -2,5 +2,6 @@
 //! limits, and the destinations' fakes speaking their real protocols.
 
 mod acceptance;
+mod chat_hubspot;
 mod helpers;
 mod lanes;
