@@ -1,5 +1,7 @@
 //! The pure domain of paysync: provider signature checks and event envelopes, the message
-//! contract between receiver and worker, and the retry schedule.
+//! contract between receiver and worker, the retry schedule, billing changes and their folded
+//! writes, intents and their outbound routes, a destination's circuit breaker, and money
+//! formatted for people.
 //!
 //! Rule of thumb: no IO, no clock, no randomness of its own. Time and random numbers are
 //! arguments, so every function here is deterministic and tested exhaustively.
