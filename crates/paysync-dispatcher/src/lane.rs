@@ -291,8 +291,10 @@ impl Lane {
         // The previous owner's breaker: an open breaker stays open across a failover.
         if let Some(control) = self.ctx.env.store.destination_control(name).await?
             && let Some(saved) = control.breaker
-            && let Ok(breaker) = serde_json::from_value::<Breaker>(saved)
+            && let Ok(mut breaker) = serde_json::from_value::<Breaker>(saved)
         {
+            // Its state, with this process's policy (the configuration may have changed).
+            breaker.set_policy(self.ctx.config.breaker.clone());
             self.breaker = breaker;
         }
         self.saved_state = "";
