@@ -69,7 +69,10 @@ create index outbox_deliveries_due_idx on outbox_deliveries (destination, next_a
     where state = 'pending';
 create index outbox_deliveries_lease_idx on outbox_deliveries (lease_expires_at)
     where state = 'in_flight';
-create index outbox_deliveries_state_idx on outbox_deliveries (state, destination, id);
+-- What operators look for: the deliveries that need a person. Partial, so the worker's inserts
+-- (pending rows) do not maintain it.
+create index outbox_deliveries_attention_idx on outbox_deliveries (destination, id)
+    where state in ('dead', 'skipped', 'expired');
 
 create table outbox_attempts (
     delivery_id   bigint      not null references outbox_deliveries (id) on delete cascade,
