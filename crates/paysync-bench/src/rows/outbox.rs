@@ -71,7 +71,7 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             DRAIN,
             &rates,
             "deliveries/s",
-            &format!("×{:.2} of the limit", rates.median() / f64::from(LIMIT)),
+            format!("×{:.2} of the limit", rates.median() / f64::from(LIMIT)),
             format!(
                 "{} chat deliveries, dispatcher rate {} req/s, 32 at once; first to last request at the fake; 429 share median {} % (target < 1 %), ratio target ≥ 0.90; {}",
                 num(bench.plan.outbox_backlog as f64),

@@ -55,7 +55,10 @@ async fn all_sent(db: &TestDb, n: i64) {
     let c = db.client().await.unwrap();
     poll_until(Duration::from_secs(90), "every delivery sent", || async {
         let sent: i64 = c
-            .query_one("select count(*) from outbox_deliveries where state = 'sent'", &[])
+            .query_one(
+                "select count(*) from outbox_deliveries where state = 'sent'",
+                &[],
+            )
             .await
             .ok()?
             .get(0);
@@ -68,7 +71,8 @@ async fn all_sent(db: &TestDb, n: i64) {
 fn message_ids(smtp: &FakeSmtp) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
     for m in smtp.messages() {
-        *ids.entry(m.message_id().expect("a Message-ID")).or_default() += 1;
+        *ids.entry(m.message_id().expect("a Message-ID"))
+            .or_default() += 1;
     }
     ids
 }
