@@ -65,6 +65,8 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         let mut env = database_env(bench, &schema);
         env.extend(receiver_env(bench, http)?);
         env.push(("PAYSYNC_WORKER_METRICS_ADDR", worker_metrics.to_string()));
+        // `paysync up` runs the dispatcher too: a free port, not its fixed default.
+        env.push(("PAYSYNC_DISPATCHER_METRICS_ADDR", free_addr()?.to_string()));
         let mut up = spawn_paysync(bench, &format!("up-{run}"), "up", &prefix, env)?;
         let url = format!("http://{http}/webhooks/stripe");
         ready(&mut up, http).await?;
