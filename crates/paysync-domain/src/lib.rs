@@ -13,6 +13,7 @@ mod json;
 pub mod message;
 pub mod money;
 pub mod outbound;
+pub mod paypal;
 pub mod retry;
 pub mod stripe;
 pub mod webhook;

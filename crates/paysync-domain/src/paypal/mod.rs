@@ -1,0 +1,3 @@
+//! PayPal webhooks: the offline signature check.
+
+pub mod signature;
