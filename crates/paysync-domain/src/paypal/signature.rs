@@ -221,10 +221,13 @@ impl TrustStore {
 
     /// Trusts every certificate in `pem` as a root (a local test CA, or PayPal's next root).
     /// Fails, adding nothing, if `pem` holds no certificate or one that cannot be a trust anchor.
+    /// As in webpki and RFC 5280, a root's own validity period is not checked; the bundled
+    /// intermediate's (until 2028-10-22) still bounds PayPal's paths.
     pub fn add_root_pem(&mut self, pem: &[u8]) -> Result<(), CertError> {
         let mut anchors = Vec::new();
         for der in pem_certs(pem, usize::MAX)? {
-            let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|_| CertError::Malformed)?;
+            let anchor =
+                webpki::anchor_from_trusted_cert(&der).map_err(|_| CertError::Malformed)?;
             anchors.push(anchor.to_owned());
         }
         self.anchors.extend(anchors);
@@ -422,13 +425,7 @@ pub fn crc32_decimal(body: &[u8]) -> String {
 
 /// The string PayPal signs: `transmission_id|transmission_time|webhook_id|crc32(body)`.
 pub fn signed_string(t: &Transmission<'_>, webhook_id: &str, body: &[u8]) -> String {
-    format!(
-        "{}|{}|{}|{}",
-        t.id,
-        t.time,
-        webhook_id,
-        crc32_decimal(body)
-    )
+    format!("{}|{}|{}|{}", t.id, t.time, webhook_id, crc32_decimal(body))
 }
 
 /// Checks one delivery: the pinned algorithm, the certificate's validity at `now` (a cached
@@ -451,6 +448,9 @@ pub fn verify(
     let signature = STANDARD
         .decode(t.sig_b64)
         .map_err(|_| SignatureError::MalformedSignature)?;
+    if signature.is_empty() {
+        return Err(SignatureError::MalformedSignature);
+    }
     let message = signed_string(t, webhook_id, body);
     let end_entity = EndEntityCert::try_from(&cert.der).map_err(|_| CertError::Malformed)?;
     end_entity

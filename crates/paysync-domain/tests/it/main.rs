@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod account_view;
+mod paypal_vectors;
 mod stripe_vectors;
