@@ -6,6 +6,7 @@
 //! Rule of thumb: no IO, no clock, no randomness of its own. Time and random numbers are
 //! arguments, so every function here is deterministic and tested exhaustively.
 
+pub mod authorizenet;
 pub mod billing;
 pub mod breaker;
 pub mod intent;
@@ -15,8 +16,11 @@ pub mod money;
 pub mod outbound;
 pub mod paypal;
 pub mod retry;
+pub mod square;
 pub mod stripe;
+pub mod timestamp;
+pub mod verify;
 pub mod webhook;
 pub mod writes;
 
-pub use webhook::{EventMeta, Mode, Provider, VerifiedWebhook};
+pub use webhook::{Envelope, EventMeta, Mode, Provider, VerifiedWebhook};

@@ -164,13 +164,18 @@ pub fn message_type(meta: &EventMeta) -> String {
 }
 
 /// The headers of an event message (format 2) at `attempt` (1 for the first delivery): the
-/// receive time, and the attempt from the second one on. Everything else is in the body or in
+/// receive time, the mode for providers whose body has none, and the attempt from the second
+/// one on. Everything else is in the body or in
 /// standard properties ([`message_type`], `message_id`).
 pub fn headers(meta: &EventMeta, attempt: u32) -> Vec<(&'static str, HeaderValue)> {
     let mut out = vec![(
         header::RECEIVED_AT_MS,
         HeaderValue::Int(meta.received_at_ms),
     )];
+    if meta.provider != Provider::Stripe {
+        // Stripe's body says its mode; the other providers' bodies do not.
+        out.push((header::LIVEMODE, HeaderValue::Bool(meta.livemode)));
+    }
     if attempt != 1 {
         out.push((header::ATTEMPT, HeaderValue::Int(i64::from(attempt))));
     }
@@ -242,12 +247,9 @@ pub fn read_message<'a, 'b>(
         Some(_) => return Err(MessageError::MissingHeader(header::ATTEMPT).into()),
     };
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
-    let envelope = match provider {
-        Provider::Stripe => crate::stripe::parse_envelope(body),
-    }
-    .map_err(|e| BodyError::BadEnvelope {
+    let envelope = parse_envelope(provider, body).map_err(|reason| BodyError::BadEnvelope {
         provider,
-        reason: e.to_string(),
+        reason,
     })?;
     if envelope.id != event_id {
         return Err(BodyError::IdMismatch {
@@ -263,11 +265,29 @@ pub fn read_message<'a, 'b>(
         }
         .into());
     }
+    // Only Stripe's body says its mode; the others' mode travels in a header.
+    let mode = match (envelope.livemode, get(header::LIVEMODE)) {
+        (Some(_), _) => crate::Mode::Test,
+        (None, Some(HeaderValue::Bool(live))) => crate::Mode::from_livemode(*live),
+        (None, _) => return Err(MessageError::MissingHeader(header::LIVEMODE).into()),
+    };
     Ok(ReadMessage {
-        meta: envelope.into_meta(received_at_ms),
+        meta: envelope.into_meta(provider, mode, received_at_ms),
         attempt,
         body: text,
     })
+}
+
+/// The envelope of `body` as `provider` writes it; the error is the parser's reason.
+pub fn parse_envelope(provider: Provider, body: &[u8]) -> Result<crate::Envelope, String> {
+    match provider {
+        Provider::Stripe => crate::stripe::parse_envelope(body).map_err(|e| e.to_string()),
+        Provider::Square => crate::square::parse_envelope(body).map_err(|e| e.to_string()),
+        Provider::AuthorizeNet => {
+            crate::authorizenet::parse_envelope(body).map_err(|e| e.to_string())
+        }
+        Provider::Paypal => crate::paypal::envelope::parse_envelope(body).map_err(|e| e.to_string()),
+    }
 }
 
 /// Reads [`EventMeta`] and the attempt back from a format 1 message: `event_id` comes from the

@@ -13,13 +13,30 @@ use bytes::Bytes;
 pub enum Provider {
     /// Stripe.
     Stripe,
+    /// Square.
+    Square,
+    /// Authorize.Net.
+    AuthorizeNet,
+    /// PayPal.
+    Paypal,
 }
 
 impl Provider {
+    /// Every provider, in the order they are listed to people.
+    pub const ALL: [Provider; 4] = [
+        Self::Stripe,
+        Self::Square,
+        Self::AuthorizeNet,
+        Self::Paypal,
+    ];
+
     /// The lowercase name used in URLs, routing keys, headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stripe => "stripe",
+            Self::Square => "square",
+            Self::AuthorizeNet => "authorizenet",
+            Self::Paypal => "paypal",
         }
     }
 }
@@ -33,10 +50,10 @@ impl fmt::Display for Provider {
 impl FromStr for Provider {
     type Err = UnknownProvider;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stripe" => Ok(Self::Stripe),
-            _ => Err(UnknownProvider(s.chars().take(40).collect())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownProvider(s.chars().take(40).collect()))
     }
 }
 
@@ -48,9 +65,9 @@ pub struct UnknownProvider(pub String);
 /// Test or live mode. An endpoint takes events of one mode only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// Test mode (`livemode: false`).
+    /// Test mode (Stripe `livemode: false`; the providers' sandboxes).
     Test,
-    /// Live mode (`livemode: true`).
+    /// Live mode (Stripe `livemode: true`; the providers' production).
     Live,
 }
 
@@ -94,9 +111,11 @@ pub struct EventMeta {
     pub event_id: String,
     /// The provider's event type, e.g. `invoice.paid`.
     pub event_type: String,
-    /// The provider's creation time, unix seconds.
+    /// The provider's creation time of the event, unix seconds (0 when the provider's
+    /// timestamp does not parse: PayPal's simulator sends impossible dates).
     pub created: i64,
-    /// Live or test mode.
+    /// Live or test mode: the event's own flag (Stripe), else the mode of the endpoint that
+    /// verified it.
     pub livemode: bool,
     /// The provider API version that rendered the payload, when known.
     pub api_version: Option<String>,
@@ -108,6 +127,39 @@ impl EventMeta {
     /// The routing key for this event: `<provider>.<event type>`.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.provider, self.event_type)
+    }
+}
+
+/// The fields of an event envelope that routing, dedupe and the event log need, whatever the
+/// provider. Each provider's parser fills it from its own envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The provider's event id, the dedupe key (Stripe `evt_…`, Square `event_id`,
+    /// Authorize.Net `notificationId` in lowercase, PayPal `WH-…`).
+    pub id: String,
+    /// The event type, e.g. `invoice.paid`.
+    pub event_type: String,
+    /// Unix seconds (0 when the provider's timestamp does not parse).
+    pub created: i64,
+    /// The event's own mode flag; only Stripe has one.
+    pub livemode: Option<bool>,
+    /// The API version that rendered the payload, when the envelope names one.
+    pub api_version: Option<String>,
+}
+
+impl Envelope {
+    /// The event's metadata, stamped with the time our receiver accepted it. `mode` is the
+    /// mode of the endpoint, which holds for providers whose events carry none.
+    pub fn into_meta(self, provider: Provider, mode: Mode, received_at_ms: i64) -> EventMeta {
+        EventMeta {
+            provider,
+            event_id: self.id,
+            event_type: self.event_type,
+            created: self.created,
+            livemode: self.livemode.unwrap_or(mode == Mode::Live),
+            api_version: self.api_version,
+            received_at_ms,
+        }
     }
 }
 
@@ -141,8 +193,11 @@ mod tests {
 
     #[test]
     fn provider_and_mode_names_round_trip() {
-        assert_eq!("stripe".parse::<Provider>(), Ok(Provider::Stripe));
-        assert!("paypal".parse::<Provider>().is_err());
+        for p in Provider::ALL {
+            assert_eq!(p.as_str().parse::<Provider>(), Ok(p));
+        }
+        assert!("Stripe".parse::<Provider>().is_err());
+        assert!("authorize.net".parse::<Provider>().is_err());
         for mode in [Mode::Test, Mode::Live] {
             assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
         }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::json::Loose;
-use crate::webhook::{EventMeta, Mode, Provider, VerifiedWebhook};
+pub use crate::webhook::Envelope;
+use crate::webhook::{Mode, Provider, VerifiedWebhook};
 pub use signature::SignatureError;
 
 /// The header Stripe signs with.
@@ -117,7 +118,7 @@ impl StripeVerifier {
         let header = signature.ok_or(StripeWebhookError::MissingSignature)?;
         signature::verify(&self.secrets, header, &body, now, self.tolerance_secs)?;
         let envelope = parse_envelope(&body)?;
-        let got = Mode::from_livemode(envelope.livemode);
+        let got = Mode::from_livemode(envelope.livemode == Some(true));
         if got != self.mode {
             return Err(StripeWebhookError::WrongMode {
                 expected: self.mode,
@@ -125,39 +126,9 @@ impl StripeVerifier {
             });
         }
         Ok(VerifiedWebhook::new(
-            envelope.into_meta(received_at_ms),
+            envelope.into_meta(Provider::Stripe, self.mode, received_at_ms),
             body,
         ))
-    }
-}
-
-/// The fields of a Stripe event envelope that routing, dedupe and ordering need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// `evt_…`, the dedupe key.
-    pub id: String,
-    /// The event type, e.g. `invoice.paid`.
-    pub event_type: String,
-    /// Unix seconds (1-second resolution).
-    pub created: i64,
-    /// Live or test mode.
-    pub livemode: bool,
-    /// The API version that rendered `data` (null for some events).
-    pub api_version: Option<String>,
-}
-
-impl Envelope {
-    /// The event's metadata, stamped with the time our receiver accepted it.
-    pub fn into_meta(self, received_at_ms: i64) -> EventMeta {
-        EventMeta {
-            provider: Provider::Stripe,
-            event_id: self.id,
-            event_type: self.event_type,
-            created: self.created,
-            livemode: self.livemode,
-            api_version: self.api_version,
-            received_at_ms,
-        }
     }
 }
 
@@ -207,13 +178,13 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
         id,
         event_type,
         created,
-        livemode,
+        livemode: Some(livemode),
         api_version,
     })
 }
 
 /// A non-empty string of printable ASCII without spaces, short enough for AMQP short strings.
-fn short_token(value: &Loose<'_>) -> Option<String> {
+pub(crate) fn short_token(value: &Loose<'_>) -> Option<String> {
     let s = value.as_str()?;
     let ok = !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| s.to_owned())

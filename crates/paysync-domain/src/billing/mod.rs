@@ -1,4 +1,10 @@
-//! Stripe events as billing/CRM changes, and the rules that make their order irrelevant.
+//! Provider events as billing/CRM changes, and the rules that make their order irrelevant.
+//!
+//! The model is provider-neutral: canonical object kinds and statuses (Stripe's vocabulary,
+//! which the other providers' mappers translate into), the order key, account hints and side
+//! effects. One mapper per provider turns its event types into [`Changes`]: [`stripe`],
+//! [`square`], [`authorizenet`], [`paypal`]; [`handled_types`] and [`changes_of_body`] pick
+//! the mapper by provider, so two providers' events of the same type never meet.
 //!
 //! Every provider object (subscription, invoice, payment, refund, dispute, checkout session,
 //! customer) is applied as a snapshot with an [`OrderKey`]: `(terminal, created, status rank,
@@ -12,6 +18,13 @@
 
 use serde::Serialize;
 
+pub mod authorizenet;
+pub mod paypal;
+pub mod square;
+pub mod stripe;
+
+use crate::webhook::Provider;
+
 pub use crate::intent::{Channel, Intent, Notice};
 use serde_json_borrow::Value as Json;
 
@@ -20,7 +33,8 @@ use serde_json_borrow::Value as Json;
 pub struct OrderKey {
     /// Terminal statuses win over everything else.
     pub terminal: bool,
-    /// The provider's `created` of the event (1-second resolution).
+    /// The provider's time of the state (Stripe: the event's `created`, seconds; the others:
+    /// milliseconds, see [`Changes::order_at`]).
     pub created: i64,
     /// Lifecycle precedence of the status, for same-second ties.
     pub rank: i16,
@@ -131,6 +145,47 @@ pub struct Changes {
     pub snaps: Vec<Snap>,
     /// Tasks and outbox messages.
     pub effects: Vec<SideEffect>,
+    /// The provider's own time of this state, in the finest resolution it gives (milliseconds
+    /// for Square, Authorize.Net and PayPal), used for the order key instead of the event's
+    /// `created` (Stripe: `None`, the event's seconds). Only compared within one object of
+    /// one provider, so the units need not agree across providers.
+    pub order_at: Option<i64>,
+    /// Data the event needs from the provider's API before it can be applied (the worker
+    /// fetches it and maps again); `None` for complete events.
+    pub needs: Option<Enrichment>,
+}
+
+/// A lookup the worker makes before applying an event whose payload is incomplete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrichment {
+    /// Authorize.Net's `getTransactionDetails` of this transaction id.
+    AuthorizeNetTransaction(String),
+}
+
+/// Event types `provider`'s mapper applies; any other type is recorded as `ignored`.
+pub fn handled_types(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::Stripe => stripe::HANDLED_TYPES,
+        Provider::Square => square::HANDLED_TYPES,
+        Provider::AuthorizeNet => authorizenet::HANDLED_TYPES,
+        Provider::Paypal => paypal::HANDLED_TYPES,
+    }
+}
+
+/// What `provider`'s event `event_type` with the raw body `body` means, by that provider's
+/// mapper. The body is parsed into a borrowed tree that lives only for this call.
+pub fn changes_of_body(
+    provider: Provider,
+    event_type: &str,
+    body: &str,
+) -> Result<Changes, BillingError> {
+    let event: Json<'_> = serde_json::from_str(body).map_err(|_| BillingError::NotJson)?;
+    match provider {
+        Provider::Stripe => stripe::changes(event_type, &event),
+        Provider::Square => square::changes(event_type, &event),
+        Provider::AuthorizeNet => authorizenet::changes(event_type, &event),
+        Provider::Paypal => paypal::changes(event_type, &event),
+    }
 }
 
 /// Why an event's payload cannot be applied.
@@ -144,50 +199,18 @@ pub enum BillingError {
     NotJson,
 }
 
-/// Event types the billing handlers apply.
-pub const HANDLED_TYPES: &[&str] = &[
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-    "customer.created",
-    "customer.updated",
-    "customer.deleted",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "customer.subscription.trial_will_end",
-    "customer.subscription.paused",
-    "customer.subscription.resumed",
-    "invoice.finalized",
-    "invoice.paid",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "charge.succeeded",
-    "charge.failed",
-    "charge.refunded",
-    "charge.refund.updated",
-    "refund.created",
-    "refund.updated",
-    "refund.failed",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-];
-
 /// The member `key` of an object (`None` when `v` is not an object or has no such member; an
 /// explicit `null` is `Some`).
-fn at<'v>(v: &'v Json<'v>, key: &str) -> Option<&'v Json<'v>> {
+pub(crate) fn at<'v>(v: &'v Json<'v>, key: &str) -> Option<&'v Json<'v>> {
     v.as_object()?.get(key)
 }
 
 /// The value at `path` of nested members, as a JSON pointer would find it.
-fn at_path<'v>(v: &'v Json<'v>, path: &[&str]) -> Option<&'v Json<'v>> {
+pub(crate) fn at_path<'v>(v: &'v Json<'v>, path: &[&str]) -> Option<&'v Json<'v>> {
     path.iter().try_fold(v, |v, key| at(v, key))
 }
 
-fn text(v: &Json<'_>, key: &str) -> Option<String> {
+pub(crate) fn text(v: &Json<'_>, key: &str) -> Option<String> {
     at(v, key)?
         .as_str()
         .filter(|s| !s.is_empty())
@@ -195,7 +218,7 @@ fn text(v: &Json<'_>, key: &str) -> Option<String> {
 }
 
 /// An id field that may be a string or an expanded object with `id`.
-fn id_of(v: &Json<'_>, key: &str) -> Option<String> {
+pub(crate) fn id_of(v: &Json<'_>, key: &str) -> Option<String> {
     match at(v, key)? {
         Json::Str(s) if !s.is_empty() => Some(s.to_string()),
         expanded @ Json::Object(_) => at(expanded, "id")?.as_str().map(str::to_owned),
@@ -203,11 +226,11 @@ fn id_of(v: &Json<'_>, key: &str) -> Option<String> {
     }
 }
 
-fn int(v: &Json<'_>, key: &str) -> Option<i64> {
+pub(crate) fn int(v: &Json<'_>, key: &str) -> Option<i64> {
     at(v, key)?.as_i64()
 }
 
-fn currency(v: &Json<'_>) -> String {
+pub(crate) fn currency(v: &Json<'_>) -> String {
     text(v, "currency").unwrap_or_default().to_ascii_lowercase()
 }
 
@@ -266,7 +289,9 @@ pub fn rank(kind: ObjectKind, status: &str) -> i16 {
         .map_or(-1, |p| p as i16)
 }
 
-/// The ordering key of `snap` from an event created at `created` with id `event_id`.
+/// The ordering key of `snap` from an event whose state dates from `created` (the provider's
+/// time in its own resolution: [`Changes::order_at`], else the event's `created`) with id
+/// `event_id`.
 pub fn order_key(snap: &Snap, created: i64, event_id: &str) -> OrderKey {
     OrderKey {
         terminal: terminal(snap.kind, &snap.status),
@@ -285,7 +310,7 @@ pub fn entitlement(status: &str) -> &'static str {
     }
 }
 
-fn payment_snap(
+pub(crate) fn payment_snap(
     id: String,
     status: &str,
     amount: i64,
@@ -306,29 +331,7 @@ fn payment_snap(
     }
 }
 
-fn refund_snap(r: &Json<'_>, fallback_payment: Option<&str>) -> Option<Snap> {
-    Some(Snap {
-        kind: ObjectKind::Refund,
-        id: text(r, "id")?,
-        status: text(r, "status").unwrap_or_else(|| "pending".into()),
-        amount: int(r, "amount").unwrap_or(0),
-        currency: currency(r),
-        // Keyed like payments: the intent when known, so a refund embedded in its charge
-        // (which names only the charge) still joins the payment row.
-        parent: id_of(r, "payment_intent")
-            .or_else(|| fallback_payment.map(str::to_owned))
-            .or_else(|| id_of(r, "charge")),
-        detail: None,
-        at: None,
-        refunded: 0,
-    })
-}
-
-fn hint_of(o: &Json<'_>) -> Option<String> {
-    at(o, "metadata").and_then(|m| text(m, "account_id"))
-}
-
-fn effect(intent: Intent, source_id: &str, due_at: Option<i64>) -> SideEffect {
+pub(crate) fn effect(intent: Intent, source_id: &str, due_at: Option<i64>) -> SideEffect {
     SideEffect {
         intent,
         source_id: source_id.to_owned(),
@@ -338,337 +341,13 @@ fn effect(intent: Intent, source_id: &str, due_at: Option<i64>) -> SideEffect {
 }
 
 /// The follow-up task and the email a failed payment calls for.
-fn payment_failed(c: &mut Changes, source_id: &str, notice: Notice) {
+pub(crate) fn payment_failed(c: &mut Changes, source_id: &str, notice: Notice) {
     c.effects
         .push(effect(Intent::PaymentFailedFollowup, source_id, None));
     c.effects.push(SideEffect {
         notice,
         ..effect(Intent::PaymentFailedEmail, source_id, None)
     });
-}
-
-/// Where an invoice names its customer's address and name.
-const INVOICE_EMAIL: &[&[&str]] = &[&["customer_email"]];
-const INVOICE_NAME: &[&[&str]] = &[&["customer_name"]];
-/// Where a charge names its payer's address.
-const CHARGE_EMAIL: &[&[&str]] = &[&["billing_details", "email"], &["receipt_email"]];
-
-/// A message's notice: the address, name, amount, what was bought and the link the payload
-/// carries. `email_at`, `name_at` and `link_at` list where to look, first match wins.
-fn notice(
-    o: &Json<'_>,
-    email_at: &[&[&str]],
-    name_at: &[&[&str]],
-    amount: Option<i64>,
-    link_at: &[&str],
-) -> Notice {
-    let first = |paths: &[&[&str]]| {
-        paths.iter().find_map(|p| {
-            at_path(o, p)
-                .and_then(Json::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        })
-    };
-    let line = at_path(o, &["lines", "data"])
-        .and_then(Json::as_array)
-        .and_then(|l| l.first())
-        .and_then(|l| text(l, "description"));
-    Notice {
-        email: first(email_at),
-        name: first(name_at),
-        amount,
-        currency: Some(currency(o)).filter(|c| !c.is_empty()),
-        description: line.or_else(|| text(o, "description")),
-        link: link_at.iter().find_map(|k| text(o, k)),
-    }
-}
-
-/// What the event `event_type` with the raw body `body` means: [`changes`] of the body parsed
-/// into a borrowed tree, which lives only for this call.
-pub fn changes_of_body(event_type: &str, body: &str) -> Result<Changes, BillingError> {
-    let event: Json<'_> = serde_json::from_str(body).map_err(|_| BillingError::NotJson)?;
-    changes(event_type, &event)
-}
-
-/// What the event `event_type` with payload `event` (the whole Stripe event, parsed into a
-/// borrowed JSON tree: strings are not copied, objects are vectors) means. Where a member
-/// appears twice in an object, the first one counts.
-pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingError> {
-    let o = at_path(event, &["data", "object"])
-        .filter(|o| o.is_object())
-        .ok_or(BillingError::Missing("data.object"))?;
-    let id = || text(o, "id").ok_or(BillingError::Missing("data.object.id"));
-    let mut c = Changes {
-        account_hint: hint_of(o),
-        ..Changes::default()
-    };
-    let family = event_type.rsplit_once('.').map_or(event_type, |(f, _)| f);
-    match family {
-        "customer" => {
-            let id = id()?;
-            c.customer = Some(id.clone());
-            c.customer_snap = Some(CustomerSnap {
-                id,
-                email: text(o, "email"),
-                name: text(o, "name"),
-                deleted: event_type == "customer.deleted"
-                    || at(o, "deleted").and_then(Json::as_bool) == Some(true),
-            });
-        }
-        "customer.subscription" => {
-            let id = id()?;
-            c.customer = id_of(o, "customer");
-            let item = at_path(o, &["items", "data"])
-                .and_then(Json::as_array)
-                .and_then(|items| items.first());
-            let plan = item
-                .and_then(|i| at_path(i, &["price", "id"]).or_else(|| at_path(i, &["plan", "id"])))
-                .or_else(|| at_path(o, &["plan", "id"]))
-                .and_then(Json::as_str)
-                .map(str::to_owned);
-            let period_end = int(o, "current_period_end")
-                .or_else(|| item.and_then(|i| int(i, "current_period_end")));
-            let status = text(o, "status").ok_or(BillingError::Missing("data.object.status"))?;
-            c.snaps.push(Snap {
-                kind: ObjectKind::Subscription,
-                id: id.clone(),
-                status: status.clone(),
-                amount: 0,
-                currency: String::new(),
-                parent: None,
-                detail: plan,
-                at: period_end,
-                refunded: 0,
-            });
-            match event_type {
-                "customer.subscription.trial_will_end" => {
-                    c.effects
-                        .push(effect(Intent::TrialEnding, &id, int(o, "trial_end")))
-                }
-                "customer.subscription.deleted" => c.effects.push(effect(Intent::Churn, &id, None)),
-                // Past due because its latest invoice failed: keyed on that invoice, like the
-                // invoice's own failure, so one failure asks for one follow-up.
-                _ if status == "past_due" => c.effects.push(effect(
-                    Intent::PaymentFailedFollowup,
-                    &id_of(o, "latest_invoice").unwrap_or(id),
-                    None,
-                )),
-                _ => {}
-            }
-        }
-        "invoice" => {
-            let id = id()?;
-            c.customer = id_of(o, "customer");
-            // The type decides the status (fixtures carry inconsistent hand-edited statuses).
-            let status = match event_type {
-                "invoice.paid" | "invoice.payment_succeeded" => "paid".to_owned(),
-                "invoice.payment_failed" => "open".to_owned(),
-                _ => text(o, "status").unwrap_or_else(|| "open".into()),
-            };
-            let amount_paid = int(o, "amount_paid").unwrap_or(0);
-            let cur = currency(o);
-            let reason = text(o, "billing_reason");
-            c.snaps.push(Snap {
-                kind: ObjectKind::Invoice,
-                id: id.clone(),
-                status: status.clone(),
-                amount: int(o, "amount_due").unwrap_or(0),
-                currency: cur.clone(),
-                parent: id_of(o, "subscription"),
-                detail: reason,
-                at: None,
-                refunded: 0,
-            });
-            if status == "paid" && amount_paid > 0 {
-                // Money in: keyed like the charge and intent events of the same payment.
-                let key = id_of(o, "payment_intent")
-                    .or_else(|| id_of(o, "charge"))
-                    .unwrap_or(id.clone());
-                c.snaps.push(payment_snap(
-                    key.clone(),
-                    "succeeded",
-                    amount_paid,
-                    cur,
-                    None,
-                    0,
-                ));
-                c.effects.push(SideEffect {
-                    notice: notice(
-                        o,
-                        INVOICE_EMAIL,
-                        INVOICE_NAME,
-                        Some(amount_paid),
-                        &["hosted_invoice_url", "invoice_pdf"],
-                    ),
-                    ..effect(Intent::ReceiptEmail, &key, None)
-                });
-            }
-            if event_type == "invoice.payment_failed" {
-                let due = int(o, "amount_due").filter(|a| *a > 0);
-                let n = notice(o, INVOICE_EMAIL, INVOICE_NAME, due, &["hosted_invoice_url"]);
-                payment_failed(&mut c, &id, n);
-            }
-        }
-        "payment_intent" => {
-            let id = id()?;
-            c.customer = id_of(o, "customer");
-            let succeeded = event_type == "payment_intent.succeeded";
-            let status = if succeeded { "succeeded" } else { "failed" };
-            let amount = int(o, "amount_received")
-                .filter(|a| *a > 0)
-                .or_else(|| int(o, "amount"))
-                .unwrap_or(0);
-            let failure = at_path(o, &["last_payment_error", "code"])
-                .and_then(Json::as_str)
-                .map(str::to_owned);
-            c.snaps.push(payment_snap(
-                id.clone(),
-                status,
-                amount,
-                currency(o),
-                failure,
-                0,
-            ));
-            let n = notice(o, &[&["receipt_email"]], &[], Some(amount), &[]);
-            if succeeded {
-                c.effects.push(SideEffect {
-                    notice: n,
-                    ..effect(Intent::ReceiptEmail, &id, None)
-                });
-            } else {
-                // A payment of an invoice fails with the invoice: one follow-up, one email,
-                // keyed like `invoice.payment_failed`'s.
-                let source = id_of(o, "invoice").unwrap_or(id);
-                payment_failed(&mut c, &source, n);
-            }
-        }
-        "charge" => {
-            let id = id()?;
-            c.customer = id_of(o, "customer");
-            let key = id_of(o, "payment_intent").unwrap_or(id.clone());
-            let status = match text(o, "status").as_deref() {
-                Some("succeeded") => "succeeded",
-                Some("failed") => "failed",
-                _ => "pending",
-            };
-            let amount = int(o, "amount_captured")
-                .filter(|a| *a > 0)
-                .or_else(|| int(o, "amount"))
-                .unwrap_or(0);
-            let refunded = int(o, "amount_refunded").unwrap_or(0);
-            c.snaps.push(payment_snap(
-                key.clone(),
-                status,
-                amount,
-                currency(o),
-                text(o, "failure_code"),
-                refunded,
-            ));
-            if let Some(refunds) = at_path(o, &["refunds", "data"]).and_then(Json::as_array) {
-                for r in refunds {
-                    if let Some(snap) = refund_snap(r, Some(&key)) {
-                        if snap.status == "succeeded" {
-                            let mut n = notice(
-                                o,
-                                CHARGE_EMAIL,
-                                &[&["billing_details", "name"]],
-                                Some(snap.amount),
-                                &["receipt_url"],
-                            );
-                            n.description = None;
-                            c.effects.push(SideEffect {
-                                notice: n,
-                                ..effect(Intent::RefundConfirmationEmail, &snap.id, None)
-                            });
-                        }
-                        c.snaps.push(snap);
-                    }
-                }
-            }
-            if event_type == "charge.failed" {
-                let source = id_of(o, "invoice").unwrap_or(key);
-                c.effects
-                    .push(effect(Intent::PaymentFailedFollowup, &source, None));
-            }
-        }
-        "charge.refund" | "refund" => {
-            let snap = refund_snap(o, None).ok_or(BillingError::Missing("data.object.id"))?;
-            if snap.status == "succeeded" {
-                c.effects.push(SideEffect {
-                    notice: Notice {
-                        amount: Some(snap.amount),
-                        currency: Some(snap.currency.clone()).filter(|c| !c.is_empty()),
-                        ..Notice::default()
-                    },
-                    ..effect(Intent::RefundConfirmationEmail, &snap.id, None)
-                });
-            }
-            c.snaps.push(snap);
-        }
-        "charge.dispute" => {
-            let id = id()?;
-            let due = at_path(o, &["evidence_details", "due_by"]).and_then(Json::as_i64);
-            c.snaps.push(Snap {
-                kind: ObjectKind::Dispute,
-                id: id.clone(),
-                status: text(o, "status").ok_or(BillingError::Missing("data.object.status"))?,
-                amount: int(o, "amount").unwrap_or(0),
-                currency: currency(o),
-                parent: id_of(o, "payment_intent").or_else(|| id_of(o, "charge")),
-                detail: text(o, "reason"),
-                at: due,
-                refunded: 0,
-            });
-            c.effects.push(effect(Intent::DisputeResponse, &id, due));
-        }
-        "checkout.session" => {
-            let id = id()?;
-            c.customer = id_of(o, "customer");
-            c.account_hint = c.account_hint.or_else(|| text(o, "client_reference_id"));
-            let payment_status = text(o, "payment_status").unwrap_or_default();
-            let status = match event_type {
-                "checkout.session.expired" => "expired",
-                "checkout.session.async_payment_failed" => "failed",
-                "checkout.session.async_payment_succeeded" => "paid",
-                _ if matches!(payment_status.as_str(), "paid" | "no_payment_required") => "paid",
-                _ => "unpaid",
-            };
-            let amount = int(o, "amount_total").unwrap_or(0);
-            let cur = currency(o);
-            c.snaps.push(Snap {
-                kind: ObjectKind::Checkout,
-                id: id.clone(),
-                status: status.to_owned(),
-                amount,
-                currency: cur.clone(),
-                parent: id_of(o, "subscription"),
-                detail: text(o, "mode"),
-                at: None,
-                refunded: 0,
-            });
-            if status == "paid"
-                && text(o, "mode").as_deref() == Some("payment")
-                && amount > 0
-                && let Some(pi) = id_of(o, "payment_intent")
-            {
-                c.snaps
-                    .push(payment_snap(pi.clone(), "succeeded", amount, cur, None, 0));
-                c.effects.push(SideEffect {
-                    notice: notice(
-                        o,
-                        &[&["customer_details", "email"], &["customer_email"]],
-                        &[&["customer_details", "name"]],
-                        Some(amount),
-                        &[],
-                    ),
-                    ..effect(Intent::ReceiptEmail, &pi, None)
-                });
-            }
-        }
-        _ => return Err(BillingError::Missing("a supported event type")),
-    }
-    Ok(c)
 }
 
 /// A provider customer linked to an account.
@@ -998,6 +677,7 @@ impl TotalView {
 
 #[cfg(test)]
 mod tests {
+    use super::stripe::{HANDLED_TYPES, changes, changes_of_body};
     use super::*;
     use serde_json::Value;
     use serde_json::json;
