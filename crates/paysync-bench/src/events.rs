@@ -290,8 +290,9 @@ mod tests {
             assert!(ids.insert(hook.meta().event_id.clone()));
             types.insert(hook.meta().event_type.clone());
             let text = std::str::from_utf8(&body).unwrap();
-            let changes = paysync_domain::billing::changes_of_body(factory.event_type(i), text)
-                .expect("billing");
+            let changes =
+                paysync_domain::billing::stripe::changes_of_body(factory.event_type(i), text)
+                    .expect("billing");
             if let Some(c) = &changes.customer {
                 assert!(c.starts_with("cus_bench"), "{c}");
             }

@@ -218,21 +218,36 @@ pub enum SecretPolicy {
 
 /// Receiver settings: the Stripe endpoint, `PAYSYNC_HTTP_*`, the listeners and the broker.
 pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverSettings> {
+    let square = square(env, policy)?;
+    let authorizenet = authorizenet(env, policy)?;
+    let paypal = paypal(env, policy)?;
+    let others = square.is_some() || authorizenet.is_some() || paypal.is_some();
     let secrets = match (stripe_secrets(env)?, policy) {
-        (Some(s), _) => s,
+        (Some(s), _) => Some(s),
         (None, SecretPolicy::DevFallback) => {
             tracing::warn!(
                 "PAYSYNC_STRIPE_WEBHOOK_SECRET is not set: using the public development secret; \
                  never expose this receiver"
             );
-            vec![DEV_WEBHOOK_SECRET.to_owned()]
+            Some(vec![DEV_WEBHOOK_SECRET.to_owned()])
         }
+        (None, SecretPolicy::Required) if others => None,
         (None, SecretPolicy::Required) => bail!(
-            "PAYSYNC_STRIPE_WEBHOOK_SECRET is not set (the endpoint's signing secret, whsec_…; \
-             comma-separated during rotation, or a file path in PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE)"
+            "no provider is configured: set PAYSYNC_STRIPE_WEBHOOK_SECRET (the endpoint's \
+             signing secret, whsec_…; comma-separated during rotation, or a file path in \
+             PAYSYNC_STRIPE_WEBHOOK_SECRET_FILE), PAYSYNC_SQUARE_SIGNATURE_KEY, \
+             PAYSYNC_AUTHORIZENET_SIGNATURE_KEY or PAYSYNC_PAYPAL_WEBHOOK_ID"
         ),
     };
-    let mut s = ReceiverSettings::local(secrets.into_iter().map(SecretString::from).collect());
+    let mut s = ReceiverSettings::local(Vec::new());
+    s.stripe = secrets.map(|secrets| paysync_receiver::StripeSettings {
+        secrets: secrets.into_iter().map(SecretString::from).collect(),
+        mode: Mode::Test,
+        tolerance_secs: paysync_domain::stripe::DEFAULT_TOLERANCE_SECS,
+    });
+    s.square = square;
+    s.authorizenet = authorizenet;
+    s.paypal = paypal;
     s.http_addr = env.parse::<SocketAddr>("PAYSYNC_HTTP_ADDR", s.http_addr)?;
     s.metrics_addr = env.parse::<SocketAddr>("PAYSYNC_METRICS_ADDR", s.metrics_addr)?;
     s.body_limit = env.parse("PAYSYNC_BODY_LIMIT_BYTES", s.body_limit)?;
@@ -244,12 +259,128 @@ pub fn receiver(env: &Env<'_>, policy: SecretPolicy) -> anyhow::Result<ReceiverS
         "PAYSYNC_HTTP_HEADER_TIMEOUT_SECS",
         s.header_timeout.as_secs(),
     )?);
-    s.stripe.mode = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", s.stripe.mode)?;
-    s.stripe.tolerance_secs =
-        env.parse("PAYSYNC_STRIPE_TOLERANCE_SECS", s.stripe.tolerance_secs)?;
+    if let Some(stripe) = s.stripe.as_mut() {
+        stripe.mode = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", stripe.mode)?;
+        stripe.tolerance_secs =
+            env.parse("PAYSYNC_STRIPE_TOLERANCE_SECS", stripe.tolerance_secs)?;
+    }
     s.amqp = amqp(env, "receiver")?;
     s.validate().map_err(receiver_refused)?;
     Ok(s)
+}
+
+/// Comma- or newline-separated secrets of `var` (or its `_FILE`); `None` when unset.
+fn secret_list(env: &Env<'_>, var: &str) -> anyhow::Result<Option<Vec<SecretString>>> {
+    let Some(raw) = env.secret(var)? else {
+        return Ok(None);
+    };
+    let keys: Vec<SecretString> = raw
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| SecretString::from(s.to_owned()))
+        .collect();
+    if keys.is_empty() {
+        bail!("{var}: no key in the value");
+    }
+    Ok(Some(keys))
+}
+
+/// The public development keys `paysync up` falls back to (never for a receiver that is
+/// exposed: `paysync receiver` requires real ones).
+pub mod dev {
+    /// Square's development signature key.
+    pub const SQUARE_KEY: &str = "paysync-dev-square-signature-key";
+    /// The notification URL `paysync up` registers for Square.
+    pub const SQUARE_URL: &str = "http://127.0.0.1:8080/webhooks/square";
+    /// Authorize.Net's development signature key (128 hex characters, as the real ones).
+    pub const AUTHORIZENET_KEY: &str = "0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC0DE5A5EC";
+    /// PayPal's development webhook id (the one PayPal's simulator signs with).
+    pub const PAYPAL_WEBHOOK_ID: &str = "WEBHOOK_ID";
+    /// The local test CA `paysync send --provider paypal` signs under (fixtures/paypal-local).
+    pub const PAYPAL_CA: &[u8] = include_bytes!("../../../fixtures/paypal-local/ca.pem");
+    /// Where `paysync send --provider paypal` serves its test certificate.
+    pub const PAYPAL_CERT_HOST: &str = "127.0.0.1:8089";
+}
+
+/// The Square endpoint from `PAYSYNC_SQUARE_*`; `None` when no key is set (and no
+/// development fallback applies).
+fn square(
+    env: &Env<'_>,
+    policy: SecretPolicy,
+) -> anyhow::Result<Option<paysync_receiver::SquareSettings>> {
+    let keys = match (secret_list(env, "PAYSYNC_SQUARE_SIGNATURE_KEY")?, policy) {
+        (Some(k), _) => k,
+        (None, SecretPolicy::DevFallback) => vec![SecretString::from(dev::SQUARE_KEY.to_owned())],
+        (None, SecretPolicy::Required) => return Ok(None),
+    };
+    let url = match (env.raw("PAYSYNC_SQUARE_NOTIFICATION_URL"), policy) {
+        (Some(u), _) => u.trim().to_owned(),
+        (None, SecretPolicy::DevFallback) => dev::SQUARE_URL.to_owned(),
+        (None, SecretPolicy::Required) => bail!(
+            "PAYSYNC_SQUARE_NOTIFICATION_URL is not set (the URL exactly as registered on the \
+             Square webhook subscription: Square signs it)"
+        ),
+    };
+    Ok(Some(paysync_receiver::SquareSettings {
+        notification_url: url,
+        keys,
+        mode: env.parse::<Mode>("PAYSYNC_SQUARE_MODE", Mode::Test)?,
+    }))
+}
+
+/// The Authorize.Net endpoint from `PAYSYNC_AUTHORIZENET_*`.
+fn authorizenet(
+    env: &Env<'_>,
+    policy: SecretPolicy,
+) -> anyhow::Result<Option<paysync_receiver::AuthorizeNetSettings>> {
+    let keys = match (
+        secret_list(env, "PAYSYNC_AUTHORIZENET_SIGNATURE_KEY")?,
+        policy,
+    ) {
+        (Some(k), _) => k,
+        (None, SecretPolicy::DevFallback) => {
+            vec![SecretString::from(dev::AUTHORIZENET_KEY.to_owned())]
+        }
+        (None, SecretPolicy::Required) => return Ok(None),
+    };
+    Ok(Some(paysync_receiver::AuthorizeNetSettings {
+        keys,
+        mode: env.parse::<Mode>("PAYSYNC_AUTHORIZENET_MODE", Mode::Test)?,
+    }))
+}
+
+/// The PayPal endpoint from `PAYSYNC_PAYPAL_*`.
+fn paypal(
+    env: &Env<'_>,
+    policy: SecretPolicy,
+) -> anyhow::Result<Option<paysync_receiver::PaypalSettings>> {
+    let (webhook_id, dev_mode) = match (env.raw("PAYSYNC_PAYPAL_WEBHOOK_ID"), policy) {
+        (Some(id), _) => (id.trim().to_owned(), false),
+        (None, SecretPolicy::DevFallback) => (dev::PAYPAL_WEBHOOK_ID.to_owned(), true),
+        (None, SecretPolicy::Required) => return Ok(None),
+    };
+    let mode = env.parse::<Mode>("PAYSYNC_PAYPAL_MODE", Mode::Test)?;
+    let mut p = paysync_receiver::PaypalSettings::new(webhook_id, mode);
+    if let Some(hosts) = env.raw("PAYSYNC_PAYPAL_CERT_HOSTS") {
+        p.cert_hosts = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+    } else if dev_mode {
+        p.cert_hosts.push(dev::PAYPAL_CERT_HOST.to_owned());
+    }
+    if let Some(path) = env.raw("PAYSYNC_PAYPAL_CA_FILE") {
+        let pem = std::fs::read(path.trim())
+            .with_context(|| format!("PAYSYNC_PAYPAL_CA_FILE: cannot read {}", path.trim()))?;
+        p.extra_roots.push(pem);
+    } else if dev_mode {
+        p.extra_roots.push(dev::PAYPAL_CA.to_vec());
+    }
+    p.tolerance_secs = env.parse("PAYSYNC_PAYPAL_TOLERANCE_SECS", p.tolerance_secs)?;
+    Ok(Some(p))
 }
 
 /// Names the variable behind a refused receiver field.
@@ -263,6 +394,22 @@ fn receiver_refused(err: ReceiverSettingsError) -> anyhow::Error {
         E::BodyLimit => refused("PAYSYNC_BODY_LIMIT_BYTES", POSITIVE),
         E::RequestTimeout => refused("PAYSYNC_HTTP_REQUEST_TIMEOUT_SECS", POSITIVE),
         E::HeaderTimeout => refused("PAYSYNC_HTTP_HEADER_TIMEOUT_SECS", POSITIVE),
+        E::NoProvider => refused("PAYSYNC_STRIPE_WEBHOOK_SECRET", "no provider is configured"),
+        E::SquareUrl => refused(
+            "PAYSYNC_SQUARE_NOTIFICATION_URL",
+            "must be the https URL registered on the subscription",
+        ),
+        E::SquareKeyMissing => refused("PAYSYNC_SQUARE_SIGNATURE_KEY", "no key in the value"),
+        E::AuthorizeNetKey => refused(
+            "PAYSYNC_AUTHORIZENET_SIGNATURE_KEY",
+            "each key is the 128-character hex Signature Key from the Merchant Interface",
+        ),
+        E::PaypalWebhookId => refused("PAYSYNC_PAYPAL_WEBHOOK_ID", "must not be empty"),
+        E::Paypal(what) => refused("PAYSYNC_PAYPAL_CERT_HOSTS / PAYSYNC_PAYPAL_CA_FILE", what),
+        E::PaypalTolerance => refused(
+            "PAYSYNC_PAYPAL_TOLERANCE_SECS",
+            "must be ≥ 0 (0 disables the check)",
+        ),
         E::StripeSecretMissing => {
             refused("PAYSYNC_STRIPE_WEBHOOK_SECRET", "no secret in the value")
         }
@@ -478,8 +625,9 @@ mod tests {
         let s = receiver(&with(&vars), SecretPolicy::Required).unwrap();
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.metrics_addr.to_string(), "127.0.0.1:9464");
-        assert_eq!(s.stripe.mode, Mode::Test);
-        assert_eq!(s.stripe.tolerance_secs, 300);
+        let stripe = s.stripe.as_ref().expect("Stripe is configured");
+        assert_eq!(stripe.mode, Mode::Test);
+        assert_eq!(stripe.tolerance_secs, 300);
         assert_eq!(s.body_limit, 1024 * 1024);
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.amqp.prefix, "paysync");

@@ -1,5 +1,6 @@
 //! `paysync events list|show`: the event log for people (a table) and scripts (`--json`).
 
+use paysync_domain::Provider;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -31,7 +32,10 @@ pub enum EventsCommand {
     /// Republish stored events for reprocessing (after a bug fix): the handler runs again,
     /// so it must be idempotent; the event's `replays` count goes up.
     Replay {
-        /// Event ids (evt_…).
+        /// The provider whose events are replayed (stripe, square, authorizenet, paypal).
+        #[arg(long, default_value = "stripe", value_parser = parse_provider)]
+        provider: Provider,
+        /// Event ids (Stripe evt_…, Square event_id, Authorize.Net notificationId, PayPal WH-…).
         event_ids: Vec<String>,
         /// Every event of this type (with --since).
         #[arg(long = "type", conflicts_with = "event_ids")]
@@ -56,10 +60,19 @@ pub enum EventsCommand {
     },
 }
 
+/// A `--provider` value.
+pub fn parse_provider(s: &str) -> Result<Provider, String> {
+    s.parse()
+        .map_err(|e: paysync_domain::webhook::UnknownProvider| {
+            format!("{e} (expected stripe, square, authorizenet or paypal)")
+        })
+}
+
 pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::new(&config::database(env)?)?;
     match command {
         EventsCommand::Replay {
+            provider,
             event_ids,
             event_type,
             since,
@@ -76,6 +89,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
             let ids = (!event_ids.is_empty()).then_some(event_ids.as_slice());
             let report = ops
                 .replay(
+                    provider,
                     ids,
                     event_type.as_deref(),
                     since,

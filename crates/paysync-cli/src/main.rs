@@ -64,13 +64,18 @@ enum Command {
     },
     /// Sign a payload the way Stripe does and POST it to a receiver.
     Send {
+        /// The provider to sign as: stripe, square, authorizenet or paypal.
+        #[arg(long, default_value = "stripe", value_parser = events::parse_provider)]
+        provider: paysync_domain::Provider,
         /// The event JSON file; its bytes are sent exactly as they are.
         file: PathBuf,
-        /// Where to post (default: http://$PAYSYNC_HTTP_ADDR/webhooks/stripe).
+        /// Where to post (default: http://$PAYSYNC_HTTP_ADDR/webhooks/<provider>).
         #[arg(long)]
         url: Option<String>,
-        /// Signing secret (default: PAYSYNC_STRIPE_WEBHOOK_SECRET, else the development
-        /// secret). Prefer the variable: arguments are visible in the process list.
+        /// Signing secret or key (default: the provider's variable, e.g.
+        /// PAYSYNC_STRIPE_WEBHOOK_SECRET, else the development key). Prefer the variable:
+        /// arguments are visible in the process list. PayPal always signs with the local test
+        /// key.
         #[arg(long)]
         secret: Option<String>,
         /// Unix timestamp to sign with (default: now). Useful to test the tolerance window.
@@ -138,11 +143,24 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         Command::Outbox { command } => return outbox::run(env, command).await,
         Command::Accounts { command } => return accounts::run(env, command).await,
         Command::Send {
+            provider,
             file,
             url,
             secret,
             timestamp,
-        } => return send::run(env, &file, url, secret, timestamp).await,
+        } => {
+            return send::run(
+                env,
+                send::SendArgs {
+                    provider,
+                    file,
+                    url,
+                    secret,
+                    timestamp,
+                },
+            )
+            .await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -247,10 +247,8 @@ pub fn read_message<'a, 'b>(
         Some(_) => return Err(MessageError::MissingHeader(header::ATTEMPT).into()),
     };
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
-    let envelope = parse_envelope(provider, body).map_err(|reason| BodyError::BadEnvelope {
-        provider,
-        reason,
-    })?;
+    let envelope = parse_envelope(provider, body)
+        .map_err(|reason| BodyError::BadEnvelope { provider, reason })?;
     if envelope.id != event_id {
         return Err(BodyError::IdMismatch {
             body: envelope.id.chars().take(80).collect(),
@@ -286,7 +284,9 @@ pub fn parse_envelope(provider: Provider, body: &[u8]) -> Result<crate::Envelope
         Provider::AuthorizeNet => {
             crate::authorizenet::parse_envelope(body).map_err(|e| e.to_string())
         }
-        Provider::Paypal => crate::paypal::envelope::parse_envelope(body).map_err(|e| e.to_string()),
+        Provider::Paypal => {
+            crate::paypal::envelope::parse_envelope(body).map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::webhook::{Mode, Provider, VerifiedWebhook};
 /// A request as a verifier sees it.
 pub struct Inbound<'a> {
     /// Looks up a request header by name, case-insensitively.
-    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    pub header: &'a (dyn Fn(&str) -> Option<&'a str> + Sync),
     /// The body, exactly as received.
     pub body: Bytes,
     /// The current time, unix seconds.

@@ -23,12 +23,7 @@ pub enum Provider {
 
 impl Provider {
     /// Every provider, in the order they are listed to people.
-    pub const ALL: [Provider; 4] = [
-        Self::Stripe,
-        Self::Square,
-        Self::AuthorizeNet,
-        Self::Paypal,
-    ];
+    pub const ALL: [Provider; 4] = [Self::Stripe, Self::Square, Self::AuthorizeNet, Self::Paypal];
 
     /// The lowercase name used in URLs, routing keys, headers and metric labels.
     pub fn as_str(self) -> &'static str {

@@ -4,6 +4,7 @@
 //! Rule of thumb: the receiver never touches PostgreSQL and never answers 2xx before the
 //! broker confirmed. Everything else (dedupe, state) is the worker's job.
 
+mod certs;
 mod metrics;
 mod routes;
 mod serve;
@@ -17,15 +18,21 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use paysync_amqp::Publisher;
+use paysync_domain::authorizenet::AuthorizeNetVerifier;
+use paysync_domain::paypal::PaypalVerifier;
+use paysync_domain::paypal::signature::TrustStore;
+use paysync_domain::square::SquareVerifier;
 use paysync_domain::stripe::StripeVerifier;
+use paysync_domain::verify::Verifier;
 use paysync_telemetry::{Readiness, Shutdown};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::{OUTCOMES, ReceiverMetrics};
 pub use settings::{
-    STRIPE_SECRET_PREFIX, Settings, SettingsError, StripeSettings, valid_stripe_secret,
+    AuthorizeNetSettings, DEFAULT_CERT_URL_HOSTS, PaypalSettings, STRIPE_SECRET_PREFIX, Settings,
+    SettingsError, SquareSettings, StripeSettings, valid_stripe_secret,
 };
 
 use routes::AppState;
@@ -56,18 +63,13 @@ impl App {
                 reconnects.inc();
             }
         }));
-        let secrets = settings
-            .stripe
-            .secrets
-            .iter()
-            .map(|s| s.expose_secret().to_owned())
-            .collect();
+        let cert_timeout = settings
+            .paypal
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |p| p.cert_timeout);
         let state = Arc::new(AppState {
-            stripe: StripeVerifier::new(
-                secrets,
-                settings.stripe.mode,
-                settings.stripe.tolerance_secs,
-            ),
+            verifiers: verifiers(&settings)?,
+            certs: certs::CertCache::new(cert_timeout),
             publisher: publisher.clone(),
             metrics,
             body_limit: settings.body_limit,
@@ -155,6 +157,50 @@ async fn listen(
     })
 }
 
+/// The verifiers of the configured providers.
+fn verifiers(settings: &Settings) -> Result<Vec<Verifier>, SettingsError> {
+    let expose = |keys: &[SecretString]| -> Vec<String> {
+        keys.iter().map(|k| k.expose_secret().to_owned()).collect()
+    };
+    let mut out = Vec::new();
+    if let Some(s) = &settings.stripe {
+        out.push(Verifier::Stripe(StripeVerifier::new(
+            expose(&s.secrets),
+            s.mode,
+            s.tolerance_secs,
+        )));
+    }
+    if let Some(s) = &settings.square {
+        out.push(Verifier::Square(SquareVerifier::new(
+            s.notification_url.clone(),
+            expose(&s.keys),
+            s.mode,
+        )));
+    }
+    if let Some(a) = &settings.authorizenet {
+        out.push(Verifier::AuthorizeNet(AuthorizeNetVerifier::new(
+            expose(&a.keys),
+            a.mode,
+        )));
+    }
+    if let Some(p) = &settings.paypal {
+        let mut trust = TrustStore::paypal();
+        for root in &p.extra_roots {
+            trust
+                .add_root_pem(root)
+                .map_err(|e| SettingsError::Paypal(format!("extra root: {e}")))?;
+        }
+        out.push(Verifier::Paypal(PaypalVerifier::new(
+            p.webhook_id.clone(),
+            p.cert_hosts.clone(),
+            trust,
+            p.mode,
+            p.tolerance_secs,
+        )));
+    }
+    Ok(out)
+}
+
 fn readiness(publisher: &Publisher) -> Readiness {
     let publisher = publisher.clone();
     Arc::new(move || {
@@ -168,7 +214,7 @@ fn readiness(publisher: &Publisher) -> Readiness {
 
 fn public_router(state: Arc<AppState>, request_timeout: std::time::Duration) -> Router {
     Router::new()
-        .route("/webhooks/stripe", post(routes::stripe_webhook))
+        .route("/webhooks/{provider}", post(routes::webhook))
         .route("/healthz", get(paysync_telemetry::healthz))
         .route("/readyz", get(routes::readyz))
         .with_state(state)
@@ -200,7 +246,7 @@ mod tests {
             ))
         );
         s.amqp.prefix = "paysync".into();
-        s.stripe.secrets.clear();
+        s.stripe.as_mut().unwrap().secrets.clear();
         let err = App::build(s).await.err().expect("no secret is refused");
         assert_eq!(
             err.to_string(),

@@ -1,5 +1,6 @@
 //! Every metric the receiver exports, declared in one place.
 
+use paysync_domain::Provider;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
@@ -12,6 +13,10 @@ pub const OUTCOMES: &[&str] = &[
     "stale_timestamp",
     "malformed",
     "wrong_mode",
+    "bad_cert_url",
+    "bad_certificate",
+    "cert_expired",
+    "bad_algorithm",
     "too_large",
     "bad_request",
     "unavailable",
@@ -28,11 +33,11 @@ pub struct ReceiverMetrics {
     pub confirm_duration: Histogram,
     /// `paysync_broker_reconnects_total{link="publisher"}`: connections re-opened.
     pub broker_reconnects: prometheus::IntCounterVec,
-    /// The series every accepted Stripe webhook touches, resolved once: a label lookup hashes
-    /// the values and takes a lock on each call.
-    pub(crate) stripe_accepted: IntCounter,
-    /// See `stripe_accepted`.
-    pub(crate) stripe_duration: Histogram,
+    /// The series every accepted webhook touches, resolved once per provider (in
+    /// [`Provider::ALL`] order): a label lookup hashes the values and takes a lock on each call.
+    accepted: Vec<IntCounter>,
+    /// See `accepted`.
+    duration: Vec<Histogram>,
 }
 
 /// Buckets from 0.5 ms to 10 s: a confirm takes a few ms; the tail shows broker trouble.
@@ -71,16 +76,42 @@ impl ReceiverMetrics {
         let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
         broker_reconnects.with_label_values(&["publisher"]);
         // Pre-create every series so dashboards see zeros rather than gaps.
-        for outcome in OUTCOMES {
-            received.with_label_values(&["stripe", outcome]);
+        for provider in Provider::ALL {
+            for outcome in OUTCOMES {
+                received.with_label_values(&[provider.as_str(), outcome]);
+            }
         }
         Ok(Self {
-            stripe_accepted: received.with_label_values(&["stripe", "accepted"]),
-            stripe_duration: request_duration.with_label_values(&["stripe"]),
+            accepted: Provider::ALL
+                .iter()
+                .map(|p| received.with_label_values(&[p.as_str(), "accepted"]))
+                .collect(),
+            duration: Provider::ALL
+                .iter()
+                .map(|p| request_duration.with_label_values(&[p.as_str()]))
+                .collect(),
             received,
             request_duration,
             confirm_duration,
             broker_reconnects,
         })
+    }
+}
+
+impl ReceiverMetrics {
+    /// Counts one request of `provider` that ended as `outcome`, taking `secs`.
+    pub(crate) fn observe(&self, provider: Provider, outcome: &str, secs: f64) {
+        let i = Provider::ALL
+            .iter()
+            .position(|p| *p == provider)
+            .unwrap_or_default();
+        if outcome == "accepted" {
+            self.accepted[i].inc();
+        } else {
+            self.received
+                .with_label_values(&[provider.as_str(), outcome])
+                .inc();
+        }
+        self.duration[i].observe(secs);
     }
 }

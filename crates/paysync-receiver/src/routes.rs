@@ -9,19 +9,24 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use paysync_amqp::{PublishError, Publisher};
-use paysync_domain::stripe::{SIGNATURE_HEADER, StripeVerifier};
+use paysync_domain::Provider;
+use paysync_domain::verify::{Inbound, Verifier, WebhookError};
 
+use crate::certs::{CertCache, CertFailure};
 use crate::metrics::ReceiverMetrics;
 
 /// Shared state of the handlers.
 pub(crate) struct AppState {
-    pub(crate) stripe: StripeVerifier,
+    /// The configured providers' verifiers; any other provider is a 404.
+    pub(crate) verifiers: Vec<Verifier>,
+    /// PayPal's certificates.
+    pub(crate) certs: CertCache,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: ReceiverMetrics,
     pub(crate) body_limit: usize,
@@ -41,6 +46,19 @@ impl Outcome {
             response: (status, plain(reason)).into_response(),
         }
     }
+
+    fn unavailable(state: &AppState, reason: &str) -> Self {
+        let mut outcome = Self::reject(
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            reason.to_owned(),
+        );
+        outcome
+            .response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, state.retry_after.clone());
+        outcome
+    }
 }
 
 fn plain(reason: String) -> ([(header::HeaderName, &'static str); 1], String) {
@@ -50,49 +68,72 @@ fn plain(reason: String) -> ([(header::HeaderName, &'static str); 1], String) {
     )
 }
 
-/// `POST /webhooks/stripe`.
-pub(crate) async fn stripe_webhook(
+/// `POST /webhooks/{provider}`: a configured provider's endpoint; any other name is a 404.
+pub(crate) async fn webhook(
     State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let Some(verifier) = name
+        .parse::<Provider>()
+        .ok()
+        .and_then(|p| state.verifiers.iter().find(|v| v.provider() == p))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            plain("no such webhook endpoint".into()),
+        )
+            .into_response();
+    };
     // The request's own header map, not a copy of it (axum's `HeaderMap` extractor clones).
     let (parts, body) = request.into_parts();
-    let outcome = handle_stripe(&state, &parts.headers, body).await;
-    let metrics = &state.metrics;
-    if outcome.label == "accepted" {
-        metrics.stripe_accepted.inc();
-    } else {
-        metrics
-            .received
-            .with_label_values(&["stripe", outcome.label])
-            .inc();
-    }
-    metrics
-        .stripe_duration
-        .observe(started.elapsed().as_secs_f64());
+    let outcome = handle(&state, verifier, &parts.headers, body).await;
+    state.metrics.observe(
+        verifier.provider(),
+        outcome.label,
+        started.elapsed().as_secs_f64(),
+    );
     outcome.response
 }
 
-async fn handle_stripe(state: &AppState, headers: &HeaderMap, body: Body) -> Outcome {
+async fn handle(state: &AppState, verifier: &Verifier, headers: &HeaderMap, body: Body) -> Outcome {
+    let provider = verifier.provider().as_str();
     let body = match read_body(body, headers, state.body_limit).await {
         Ok(body) => body,
         Err(outcome) => return outcome,
     };
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .map(|v| v.to_str().unwrap_or_default());
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or_default());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
-    let hook = match state.stripe.verify(signature, body, now_secs, now_ms) {
+    let inbound = Inbound {
+        header: &header,
+        body,
+        now: now_secs,
+        received_at_ms: now_ms,
+    };
+    let refuse = |err: WebhookError| {
+        tracing::info!(provider, outcome = err.outcome(), reason = %err, "webhook refused");
+        Outcome::reject(err.outcome(), StatusCode::BAD_REQUEST, err.to_string())
+    };
+    let cert = match verifier.cert_url(&inbound) {
+        None => None,
+        Some(Err(err)) => return refuse(err),
+        Some(Ok(url)) => match state.certs.get(verifier, &url, now_secs).await {
+            Ok(cert) => Some(cert),
+            Err(CertFailure::Refused(err)) => return refuse(err),
+            Err(CertFailure::Unavailable(reason)) => {
+                tracing::warn!(provider, error = %reason, "signing certificate not fetched; answered 503");
+                return Outcome::unavailable(state, "signing certificate unavailable; retry later");
+            }
+        },
+    };
+    let hook = match verifier.verify(inbound, cert.as_deref()) {
         Ok(hook) => hook,
-        Err(err) => {
-            tracing::info!(provider = "stripe", outcome = err.outcome(), reason = %err, "webhook refused");
-            return Outcome::reject(err.outcome(), StatusCode::BAD_REQUEST, err.to_string());
-        }
+        Err(err) => return refuse(err),
     };
     let publish_started = Instant::now();
     let published = state.publisher.publish(&hook).await;
@@ -103,32 +144,24 @@ async fn handle_stripe(state: &AppState, headers: &HeaderMap, body: Body) -> Out
                 .metrics
                 .confirm_duration
                 .observe(publish_started.elapsed().as_secs_f64());
-            tracing::debug!(provider = "stripe", event.id = %meta.event_id, event.r#type = %meta.event_type, "webhook accepted");
-            let body = format!("{{\"received\":true,\"event_id\":\"{}\"}}\n", meta.event_id);
+            tracing::debug!(provider, event.id = %meta.event_id, event.r#type = %meta.event_type, "webhook accepted");
+            let body =
+                serde_json::json!({"received": true, "event_id": meta.event_id}).to_string() + "\n";
             Outcome {
                 label: "accepted",
                 response: ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             }
         }
         Err(err) => {
-            log_publish_failure(&err, &meta.event_id, &meta.event_type);
-            let mut outcome = Outcome::reject(
-                "unavailable",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "event could not be made durable; retry later".into(),
-            );
-            outcome
-                .response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, state.retry_after.clone());
-            outcome
+            log_publish_failure(&err, provider, &meta.event_id, &meta.event_type);
+            Outcome::unavailable(state, "event could not be made durable; retry later")
         }
     }
 }
 
-fn log_publish_failure(err: &PublishError, event_id: &str, event_type: &str) {
+fn log_publish_failure(err: &PublishError, provider: &str, event_id: &str, event_type: &str) {
     let chain = error_chain(err);
-    tracing::warn!(provider = "stripe", event.id = %event_id, event.r#type = %event_type, error = %chain, "webhook not made durable; answered 503");
+    tracing::warn!(provider, event.id = %event_id, event.r#type = %event_type, error = %chain, "webhook not made durable; answered 503");
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

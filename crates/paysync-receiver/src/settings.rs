@@ -32,8 +32,14 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// What `Retry-After` says on a 503, in seconds.
     pub retry_after_secs: u32,
-    /// Stripe endpoint settings.
-    pub stripe: StripeSettings,
+    /// The Stripe endpoint, when Stripe is configured.
+    pub stripe: Option<StripeSettings>,
+    /// The Square endpoint, when Square is configured.
+    pub square: Option<SquareSettings>,
+    /// The Authorize.Net endpoint, when Authorize.Net is configured.
+    pub authorizenet: Option<AuthorizeNetSettings>,
+    /// The PayPal endpoint, when PayPal is configured.
+    pub paypal: Option<PaypalSettings>,
     /// Broker settings.
     pub amqp: AmqpSettings,
 }
@@ -47,6 +53,63 @@ pub struct StripeSettings {
     pub mode: Mode,
     /// Maximum signature age in seconds (Stripe's default 300); 0 turns the age check off.
     pub tolerance_secs: i64,
+}
+
+/// One Square webhook subscription.
+#[derive(Debug, Clone)]
+pub struct SquareSettings {
+    /// The notification URL exactly as registered on the subscription (Square signs it).
+    pub notification_url: String,
+    /// Signature keys; several while rotating. Must not be empty.
+    pub keys: Vec<SecretString>,
+    /// The only mode accepted (test = Square's sandbox).
+    pub mode: Mode,
+}
+
+/// One Authorize.Net merchant account's webhooks.
+#[derive(Debug, Clone)]
+pub struct AuthorizeNetSettings {
+    /// Signature keys (128 characters); two while one is regenerated. Must not be empty.
+    pub keys: Vec<SecretString>,
+    /// The only mode accepted (test = Authorize.Net's sandbox).
+    pub mode: Mode,
+}
+
+/// One PayPal webhook.
+#[derive(Debug, Clone)]
+pub struct PaypalSettings {
+    /// Our webhook id (never taken from the request).
+    pub webhook_id: String,
+    /// Hosts the certificate URL may name ([`DEFAULT_CERT_URL_HOSTS`] by default; a loopback
+    /// `host:port` is fetched over plain http, for tests and offline sandboxes only).
+    pub cert_hosts: Vec<String>,
+    /// Extra trusted roots (PEM), for tests; PayPal's own chain is built in.
+    pub extra_roots: Vec<Vec<u8>>,
+    /// The only mode accepted (test = PayPal's sandbox, checked against the certificate).
+    pub mode: Mode,
+    /// Maximum age of `PAYPAL-TRANSMISSION-TIME` in seconds; 0 (the default) turns it off.
+    pub tolerance_secs: i64,
+    /// Timeout of one certificate download.
+    pub cert_timeout: Duration,
+}
+
+pub use paysync_domain::paypal::signature::DEFAULT_CERT_URL_HOSTS;
+
+impl PaypalSettings {
+    /// A webhook with PayPal's default certificate hosts, no extra roots, no tolerance.
+    pub fn new(webhook_id: impl Into<String>, mode: Mode) -> Self {
+        Self {
+            webhook_id: webhook_id.into(),
+            cert_hosts: DEFAULT_CERT_URL_HOSTS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
+            extra_roots: Vec::new(),
+            mode,
+            tolerance_secs: 0,
+            cert_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A [`Settings`] field holding a value the receiver refuses; each variant names the field.
@@ -65,6 +128,29 @@ pub enum SettingsError {
     /// `header_timeout` is zero.
     #[error("header_timeout: must be greater than zero")]
     HeaderTimeout,
+    /// No provider is configured.
+    #[error("no provider is configured (give at least one provider's webhook secret)")]
+    NoProvider,
+    /// `square.notification_url` is not an https (or loopback http) URL.
+    #[error("square.notification_url: must be the https URL registered on the subscription")]
+    SquareUrl,
+    /// `square.keys` is empty.
+    #[error("at least one Square signature key is required")]
+    SquareKeyMissing,
+    /// `authorizenet.keys` is empty or a key is not 128 hex characters.
+    #[error(
+        "authorizenet.keys: each signature key is the 128-character hex text Authorize.Net shows"
+    )]
+    AuthorizeNetKey,
+    /// `paypal.webhook_id` is empty.
+    #[error("paypal.webhook_id: required (the id of our webhook, from PayPal's dashboard)")]
+    PaypalWebhookId,
+    /// `paypal.cert_hosts` is empty or an extra root is not a certificate.
+    #[error("paypal: {0}")]
+    Paypal(String),
+    /// `paypal.tolerance_secs` is negative.
+    #[error("paypal.tolerance_secs: must be ≥ 0 (0 disables the check)")]
+    PaypalTolerance,
     /// `stripe.secrets` is empty.
     #[error("at least one Stripe webhook secret is required")]
     StripeSecretMissing,
@@ -101,11 +187,14 @@ impl Settings {
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             retry_after_secs: 5,
-            stripe: StripeSettings {
+            stripe: Some(StripeSettings {
                 secrets,
                 mode: Mode::Test,
                 tolerance_secs: paysync_domain::stripe::DEFAULT_TOLERANCE_SECS,
-            },
+            }),
+            square: None,
+            authorizenet: None,
+            paypal: None,
             amqp: AmqpSettings::default(),
         }
     }
@@ -124,7 +213,55 @@ impl Settings {
         if self.header_timeout.is_zero() {
             return Err(SettingsError::HeaderTimeout);
         }
-        self.stripe.validate()?;
+        if self.stripe.is_none()
+            && self.square.is_none()
+            && self.authorizenet.is_none()
+            && self.paypal.is_none()
+        {
+            return Err(SettingsError::NoProvider);
+        }
+        if let Some(s) = &self.stripe {
+            s.validate()?;
+        }
+        if let Some(s) = &self.square {
+            let url = s.notification_url.as_str();
+            let loopback =
+                url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+            if !(url.starts_with("https://") || loopback) || url.len() > 2048 {
+                return Err(SettingsError::SquareUrl);
+            }
+            if s.keys.iter().all(|k| k.expose_secret().is_empty()) {
+                return Err(SettingsError::SquareKeyMissing);
+            }
+        }
+        if let Some(a) = &self.authorizenet {
+            let valid = |k: &SecretString| {
+                let k = k.expose_secret();
+                k.len() == 128 && k.bytes().all(|b| b.is_ascii_hexdigit())
+            };
+            if a.keys.is_empty() || !a.keys.iter().all(valid) {
+                return Err(SettingsError::AuthorizeNetKey);
+            }
+        }
+        if let Some(p) = &self.paypal {
+            if p.webhook_id.trim().is_empty() {
+                return Err(SettingsError::PaypalWebhookId);
+            }
+            if p.cert_hosts.is_empty() {
+                return Err(SettingsError::Paypal(
+                    "cert_hosts: at least one host".into(),
+                ));
+            }
+            if p.tolerance_secs < 0 {
+                return Err(SettingsError::PaypalTolerance);
+            }
+            let mut trust = paysync_domain::paypal::signature::TrustStore::paypal();
+            for root in &p.extra_roots {
+                trust
+                    .add_root_pem(root)
+                    .map_err(|e| SettingsError::Paypal(format!("extra root: {e}")))?;
+            }
+        }
         self.amqp.validate()?;
         Ok(())
     }
@@ -165,8 +302,14 @@ mod tests {
         s.http_addr = "127.0.0.1:0".parse().unwrap();
         s.metrics_addr = s.http_addr;
         assert_eq!(s.validate(), Ok(()), "two random ports never collide");
-        s.stripe.tolerance_secs = 0;
+        stripe(&mut s).tolerance_secs = 0;
         assert_eq!(s.validate(), Ok(()), "0 turns the age check off");
+        s.stripe = None;
+        assert_eq!(s.validate(), Err(SettingsError::NoProvider));
+    }
+
+    fn stripe(s: &mut Settings) -> &mut StripeSettings {
+        s.stripe.as_mut().expect("local settings configure Stripe")
     }
 
     /// Spoils one field of valid settings.
@@ -186,19 +329,19 @@ mod tests {
                 SettingsError::HeaderTimeout,
             ),
             (
-                |s| s.stripe.secrets.clear(),
+                |s| stripe(s).secrets.clear(),
                 SettingsError::StripeSecretMissing,
             ),
             (
                 |s| {
-                    s.stripe
+                    stripe(s)
                         .secrets
                         .push(SecretString::from("sk_live_abc123".to_owned()))
                 },
                 SettingsError::StripeSecretPrefix { position: 2 },
             ),
             (
-                |s| s.stripe.tolerance_secs = -1,
+                |s| stripe(s).tolerance_secs = -1,
                 SettingsError::StripeTolerance,
             ),
             (

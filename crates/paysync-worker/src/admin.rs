@@ -226,6 +226,8 @@ async fn export(State(s): State<AdminState>, Query(q): Query<ListQuery>) -> Resp
 
 #[derive(serde::Deserialize)]
 struct ReplayBody {
+    /// The provider whose events are replayed (`stripe` when absent).
+    provider: Option<String>,
     event_ids: Option<Vec<String>>,
     #[serde(rename = "type")]
     event_type: Option<String>,
@@ -245,9 +247,14 @@ async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Re
         )
             .into_response();
     }
+    let provider = match body.provider.as_deref().unwrap_or("stripe").parse() {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     answer(
         s.ops
             .replay(
+                provider,
                 body.event_ids.as_deref(),
                 body.event_type.as_deref(),
                 since,

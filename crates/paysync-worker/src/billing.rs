@@ -8,15 +8,45 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use paysync_domain::Provider;
 use paysync_domain::billing::{
-    self, BillingError, Changes, Intent, Notice, ObjectKind, SideEffect,
+    self, BillingError, Changes, Enrichment, Intent, Notice, ObjectKind, SideEffect,
 };
 use paysync_domain::writes::{SnapWrite, Writes};
 use paysync_store::{Resolution, Tx};
 
 use crate::{Event, Failure, Handler, Handlers};
 
-/// Applies every type in [`billing::HANDLED_TYPES`].
-pub struct Billing;
+/// Applies every type in [`billing::handled_types`] of every provider, each with its
+/// provider's mapper. Events whose payload lacks what the mapper needs (Authorize.Net's
+/// payment events name no customer) are completed from the provider's API first.
+#[derive(Default)]
+pub struct Billing {
+    anet: Option<Arc<dyn TransactionSource>>,
+}
+
+/// Where Authorize.Net transaction details come from (the API client, or a test's stand-in).
+pub trait TransactionSource: Send + Sync {
+    /// The details of transaction `id`. An outage must be a retryable [`Failure`].
+    fn transaction<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<billing::authorizenet::Transaction, Failure>>;
+}
+
+/// An Authorize.Net event that needs transaction details, on a worker without API
+/// credentials.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "event needs Authorize.Net transaction {0} but no API credentials are configured \
+     (PAYSYNC_AUTHORIZENET_API_LOGIN_ID, PAYSYNC_AUTHORIZENET_TRANSACTION_KEY)"
+)]
+pub struct EnrichmentUnconfigured(String);
+
+/// What billing derived from an event: the first parse, and the one completed with the
+/// provider's data when the event needed it.
+struct Parsed {
+    first: Result<Changes, BillingError>,
+    completed: std::sync::OnceLock<Result<Changes, BillingError>>,
+}
 
 /// A customer hinted to another account than the one it is linked to.
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +60,66 @@ pub struct AccountConflict {
     hinted: String,
 }
 
-/// A registry with the billing handler for every type it applies.
+/// A registry with the billing handler for every type it applies, without an Authorize.Net
+/// API client.
 pub fn handlers() -> Handlers {
+    handlers_with(None)
+}
+
+/// A registry with the billing handler for every type it applies; `anet` completes
+/// Authorize.Net payment events.
+pub fn handlers_with(anet: Option<Arc<dyn TransactionSource>>) -> Handlers {
     let mut h = Handlers::new();
-    let billing: Arc<dyn Handler> = Arc::new(Billing);
-    for t in billing::HANDLED_TYPES {
-        h.register(*t, billing.clone());
+    let billing: Arc<dyn Handler> = Arc::new(Billing { anet });
+    for provider in Provider::ALL {
+        for t in billing::handled_types(provider) {
+            h.register(provider, *t, billing.clone());
+        }
     }
     h
 }
 
 impl Handler for Billing {
+    fn needs_prepare(&self, event: &Event) -> bool {
+        matches!(&parsed_first(event), Ok(c) if c.needs.is_some())
+    }
+
+    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let Ok(Changes {
+                needs: Some(Enrichment::AuthorizeNetTransaction(id)),
+                ..
+            }) = parsed_first(event)
+            else {
+                return Ok(());
+            };
+            let Some(p) = derived(event) else {
+                return Ok(());
+            };
+            if p.completed.get().is_some() {
+                return Ok(());
+            }
+            let source = self.anet.as_ref().ok_or_else(|| {
+                Failure::permanent(
+                    "enrichment_unconfigured",
+                    EnrichmentUnconfigured(id.clone()),
+                )
+            })?;
+            let tx = source.transaction(id).await?;
+            let completed = serde_json::from_str::<serde_json_borrow::Value<'_>>(event.body())
+                .map_err(|_| BillingError::NotJson)
+                .and_then(|body| {
+                    billing::authorizenet::changes_with_transaction(
+                        &event.meta.event_type,
+                        &body,
+                        &tx,
+                    )
+                });
+            let _ = p.completed.set(completed);
+            Ok(())
+        })
+    }
+
     fn lock_key<'a>(&self, event: &'a Event) -> Option<&'a str> {
         parsed(event).ok()?.customer.as_deref()
     }
@@ -66,14 +145,33 @@ impl Handler for Billing {
     }
 }
 
-/// The event's changes, parsed from its body once (the lock key, the customer and the writes
-/// all read them).
-fn parsed(event: &Event) -> Result<&Changes, &BillingError> {
-    event
-        .derived(|e| billing::changes_of_body(&e.meta.event_type, e.body()))
-        .unwrap_or(&Err(BillingError::NotJson))
+fn derived(event: &Event) -> Option<&Parsed> {
+    event.derived(|e| Parsed {
+        first: billing::changes_of_body(e.meta.provider, &e.meta.event_type, e.body()),
+        completed: std::sync::OnceLock::new(),
+    })
+}
+
+fn parsed_first(event: &Event) -> Result<&Changes, &BillingError> {
+    derived(event)
+        .map_or(&Err(BillingError::NotJson), |p| &p.first)
         .as_ref()
 }
+
+/// The event's changes, parsed from its body once (the lock key, the customer and the writes
+/// all read them), completed with the provider's data when the event needed it.
+fn parsed(event: &Event) -> Result<&Changes, &BillingError> {
+    match derived(event) {
+        Some(p) => p.completed.get().unwrap_or(&p.first).as_ref(),
+        None => Err(&BillingError::NotJson),
+    }
+}
+
+/// An event that still lacks the provider's data when it is applied (its preparation did not
+/// run: a bug of the caller).
+#[derive(Debug, thiserror::Error)]
+#[error("event was applied before its provider data was fetched")]
+struct NotPrepared;
 
 /// Applies `events` in order: each event's changes (pure), its account (existing mappings in
 /// one read; creating or changing a mapping one event at a time under the customer's lock),
@@ -84,6 +182,9 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
         .iter()
         .map(|e| parsed(e).map_err(|err| Failure::permanent("unsupported_payload", err.clone())))
         .collect::<Result<Vec<_>, _>>()?;
+    if changes.iter().any(|c| c.needs.is_some()) {
+        return Err(Failure::retryable("not_prepared", NotPrepared));
+    }
     let mut links: HashMap<(Provider, String), (i64, Option<String>)> = HashMap::new();
     for provider in events
         .iter()
@@ -154,11 +255,13 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
                 ));
             }
         };
+        // The provider's own time of the state, at its resolution (Stripe: the event's second).
+        let at = changes.order_at.unwrap_or(meta.created);
         if let Some(snap) = &changes.customer_snap {
-            writes.customer(provider, snap, meta.created, &meta.event_id);
+            writes.customer(provider, snap, at, &meta.event_id);
         }
         for snap in &changes.snaps {
-            let key = billing::order_key(snap, meta.created, &meta.event_id);
+            let key = billing::order_key(snap, at, &meta.event_id);
             // The first successful payment opens the (single) welcome task.
             let welcome = matches!(
                 (account, snap.kind, snap.status.as_str()),

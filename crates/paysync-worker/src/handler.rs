@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
-use paysync_domain::EventMeta;
+use paysync_domain::{EventMeta, Provider};
 use paysync_store::Tx;
 
 use crate::Failure;
@@ -120,6 +120,21 @@ pub trait Handler: Send + Sync {
         })
     }
 
+    /// Whether `event` needs [`Handler::prepare`] before its transaction (a lookup at the
+    /// provider). Such events are applied one by one, never in a batch.
+    fn needs_prepare(&self, event: &Event) -> bool {
+        let _ = event;
+        false
+    }
+
+    /// Runs before the event's transaction opens, outside it: fetches what the event lacks
+    /// from the provider's API, so no transaction is held open across a network call. An
+    /// outage is a retryable failure.
+    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = event;
+        Box::pin(async { Ok(()) })
+    }
+
     /// The provider customer `event` belongs to, for a handler that links events to accounts
     /// through provider customers (billing). The event-log row is then written with that
     /// customer's account when the mapping already exists, instead of being updated after the
@@ -138,10 +153,12 @@ pub trait Handler: Send + Sync {
     }
 }
 
-/// Handlers by event type. Types without a handler are recorded as `ignored` and acked.
+/// Handlers by provider and event type (two providers share type names: `customer.created`
+/// is a Stripe and a Square event of different shapes). Types without a handler are recorded
+/// as `ignored` and acked.
 #[derive(Clone, Default)]
 pub struct Handlers {
-    by_type: HashMap<String, Arc<dyn Handler>>,
+    by_type: HashMap<(Provider, String), Arc<dyn Handler>>,
 }
 
 impl Handlers {
@@ -150,23 +167,26 @@ impl Handlers {
         Self::default()
     }
 
-    /// Registers `handler` for `event_type` (replacing any earlier one).
+    /// Registers `handler` for `provider`'s `event_type` (replacing any earlier one).
     pub fn register(
         &mut self,
+        provider: Provider,
         event_type: impl Into<String>,
         handler: Arc<dyn Handler>,
     ) -> &mut Self {
-        self.by_type.insert(event_type.into(), handler);
+        self.by_type.insert((provider, event_type.into()), handler);
         self
     }
 
-    /// The handler for `event_type`.
-    pub fn get(&self, event_type: &str) -> Option<&Arc<dyn Handler>> {
-        self.by_type.get(event_type)
+    /// The handler for `provider`'s `event_type`.
+    pub fn get(&self, provider: Provider, event_type: &str) -> Option<&Arc<dyn Handler>> {
+        // A borrowed lookup needs the key's own type; event types are short.
+        self.by_type.get(&(provider, event_type.to_owned()))
     }
 
-    /// Whether a handler exists for `event_type` (also: whether it may be a metric label).
-    pub fn knows(&self, event_type: &str) -> bool {
-        self.by_type.contains_key(event_type)
+    /// Whether a handler exists for `provider`'s `event_type` (also: whether it may be a
+    /// metric label).
+    pub fn knows(&self, provider: Provider, event_type: &str) -> bool {
+        self.get(provider, event_type).is_some()
     }
 }

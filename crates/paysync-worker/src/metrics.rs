@@ -209,7 +209,9 @@ impl WorkerMetrics {
             broker_reconnects.with_label_values(&[link]);
         }
         for outcome in OUTCOMES {
-            processed.with_label_values(&["stripe", "other", outcome]);
+            for provider in paysync_domain::Provider::ALL {
+                processed.with_label_values(&[provider.as_str(), "other", outcome]);
+            }
         }
         Ok(Self {
             processed,

@@ -614,6 +614,7 @@ impl Ops {
     /// idempotent) and the event's `replays` count goes up.
     pub async fn replay(
         &self,
+        provider: Provider,
         ids: Option<&[String]>,
         event_type: Option<&str>,
         since: Option<OffsetDateTime>,
@@ -623,14 +624,14 @@ impl Ops {
     ) -> Result<ReplayReport, OpsError> {
         let events = self
             .store
-            .events_for_replay(Provider::Stripe.as_str(), ids, event_type, since)
+            .events_for_replay(provider.as_str(), ids, event_type, since)
             .await?;
         let total = events.len();
         let mut published = 0;
         if !dry_run {
             for e in &events {
                 let meta = EventMeta {
-                    provider: Provider::Stripe,
+                    provider,
                     event_id: e.event_id.clone(),
                     event_type: e.event_type.clone(),
                     created: e.created,
@@ -647,9 +648,9 @@ impl Ops {
             }
         }
         let target = match (ids, event_type) {
-            (Some(ids), _) => format!("events {ids:?}"),
-            (None, Some(t)) => format!("type {t}"),
-            (None, None) => "all".into(),
+            (Some(ids), _) => format!("{provider} events {ids:?}"),
+            (None, Some(t)) => format!("{provider} type {t}"),
+            (None, None) => format!("{provider} all"),
         };
         self.store
             .record_action(

@@ -93,18 +93,17 @@ struct Decoded<'a> {
 }
 
 impl Processor {
-    fn type_label<'a>(&self, event_type: &'a str) -> &'a str {
-        if self.handlers.knows(event_type) {
-            event_type
-        } else {
-            "other"
-        }
+    fn type_label<'a>(&self, provider: &str, event_type: &'a str) -> &'a str {
+        let known = provider
+            .parse()
+            .is_ok_and(|p| self.handlers.knows(p, event_type));
+        if known { event_type } else { "other" }
     }
 
     fn count(&self, provider: &str, event_type: &str, outcome: &str) {
         self.metrics
             .processed
-            .with_label_values(&[provider, self.type_label(event_type), outcome])
+            .with_label_values(&[provider, self.type_label(provider, event_type), outcome])
             .inc();
     }
 
@@ -121,7 +120,9 @@ impl Processor {
         if batch.len() > 1 {
             for incoming in &batch {
                 match decode(incoming) {
-                    Ok(event) if !event.replay => decoded.push(Decoded { incoming, event }),
+                    Ok(event) if !event.replay && !self.needs_prepare(&event) => {
+                        decoded.push(Decoded { incoming, event })
+                    }
                     _ => singles.push(incoming),
                 }
             }
@@ -252,8 +253,21 @@ impl Processor {
         self.metrics.in_flight.dec();
     }
 
-    /// The transaction: event-log row, then the handler; commit only if both succeed.
+    fn needs_prepare(&self, event: &Event) -> bool {
+        self.handlers
+            .get(event.meta.provider, &event.meta.event_type)
+            .is_some_and(|h| h.needs_prepare(event))
+    }
+
+    /// The handler's preparation (outside any transaction), then the transaction: event-log
+    /// row, then the handler; commit only if both succeed.
     async fn apply(&self, event: &Event) -> Result<Done, Failure> {
+        if let Some(handler) = self
+            .handlers
+            .get(event.meta.provider, &event.meta.event_type)
+        {
+            handler.prepare(event).await?;
+        }
         let mut conn = self.conn().await?;
         // A deadlock or serialization conflict with a concurrent transaction is retried here
         // a few times before it becomes a broker retry: the other transaction has finished by

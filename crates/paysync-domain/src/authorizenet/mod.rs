@@ -161,8 +161,8 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, AuthorizeNetWebhookError>
     let id = short_token(&raw.notification_id)
         .ok_or(AuthorizeNetWebhookError::MissingField("notificationId"))?
         .to_ascii_lowercase();
-    let event_type = short_token(&raw.event_type)
-        .ok_or(AuthorizeNetWebhookError::MissingField("eventType"))?;
+    let event_type =
+        short_token(&raw.event_type).ok_or(AuthorizeNetWebhookError::MissingField("eventType"))?;
     short_token(&raw.webhook_id).ok_or(AuthorizeNetWebhookError::MissingField("webhookId"))?;
     if raw.payload != Loose::Compound {
         return Err(AuthorizeNetWebhookError::MissingField("payload"));
@@ -191,7 +191,10 @@ mod tests {
         let v = AuthorizeNetVerifier::new(vec!["k1".into(), "k2".into()], Mode::Test);
         for key in ["k1", "k2"] {
             let upper = sign(key, BODY.as_bytes());
-            for header in [upper.clone(), format!("sha512={}", upper[7..].to_ascii_lowercase())] {
+            for header in [
+                upper.clone(),
+                format!("sha512={}", upper[7..].to_ascii_lowercase()),
+            ] {
                 let hook = v
                     .verify(Some(&header), Bytes::from_static(BODY.as_bytes()), 0)
                     .unwrap();
@@ -208,9 +211,18 @@ mod tests {
         let good = sign("k1", BODY.as_bytes());
         let cases = [
             (None, AuthorizeNetWebhookError::MissingSignature),
-            (Some(good.replace("sha512=", "sha256=")), AuthorizeNetWebhookError::MalformedSignature),
-            (Some(good[..good.len() - 2].to_owned()), AuthorizeNetWebhookError::MalformedSignature),
-            (Some(sign("k2", BODY.as_bytes())), AuthorizeNetWebhookError::Mismatch),
+            (
+                Some(good.replace("sha512=", "sha256=")),
+                AuthorizeNetWebhookError::MalformedSignature,
+            ),
+            (
+                Some(good[..good.len() - 2].to_owned()),
+                AuthorizeNetWebhookError::MalformedSignature,
+            ),
+            (
+                Some(sign("k2", BODY.as_bytes())),
+                AuthorizeNetWebhookError::Mismatch,
+            ),
         ];
         for (header, want) in cases {
             let got = v
@@ -223,11 +235,26 @@ mod tests {
     #[test]
     fn envelope_fields_are_required() {
         for (body, field) in [
-            (r#"{"eventType":"t","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":{}}"#, "notificationId"),
-            (r#"{"notificationId":"n","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":{}}"#, "eventType"),
-            (r#"{"notificationId":"n","eventType":"t","eventDate":"2017-01-01T00:00:00Z","payload":{}}"#, "webhookId"),
-            (r#"{"notificationId":"n","eventType":"t","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":3}"#, "payload"),
-            (r#"{"notificationId":"n","eventType":"t","webhookId":"w","payload":{}}"#, "eventDate"),
+            (
+                r#"{"eventType":"t","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":{}}"#,
+                "notificationId",
+            ),
+            (
+                r#"{"notificationId":"n","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":{}}"#,
+                "eventType",
+            ),
+            (
+                r#"{"notificationId":"n","eventType":"t","eventDate":"2017-01-01T00:00:00Z","payload":{}}"#,
+                "webhookId",
+            ),
+            (
+                r#"{"notificationId":"n","eventType":"t","eventDate":"2017-01-01T00:00:00Z","webhookId":"w","payload":3}"#,
+                "payload",
+            ),
+            (
+                r#"{"notificationId":"n","eventType":"t","webhookId":"w","payload":{}}"#,
+                "eventDate",
+            ),
         ] {
             assert_eq!(
                 parse_envelope(body.as_bytes()),

@@ -1,6 +1,6 @@
 //! placeholder
-use serde_json_borrow::Value as Json;
 use super::{BillingError, Changes};
+use serde_json_borrow::Value as Json;
 /// Event types the mapper applies.
 pub const HANDLED_TYPES: &[&str] = &[];
 /// What the event means.
@@ -40,4 +40,13 @@ pub struct Transaction {
     pub subscription_id: Option<String>,
     /// `submitTimeUTC`, unix milliseconds.
     pub submitted_at_ms: Option<i64>,
+}
+
+/// What the event means once its transaction's details are known.
+pub fn changes_with_transaction(
+    _event_type: &str,
+    _event: &Json<'_>,
+    _tx: &Transaction,
+) -> Result<Changes, BillingError> {
+    Err(BillingError::Missing("a supported event type"))
 }

@@ -1,6 +1,6 @@
 //! placeholder
-use serde_json_borrow::Value as Json;
 use super::{BillingError, Changes};
+use serde_json_borrow::Value as Json;
 /// Event types the mapper applies.
 pub const HANDLED_TYPES: &[&str] = &[];
 /// What the event means.

@@ -3,8 +3,8 @@
 use serde_json_borrow::Value as Json;
 
 use super::{
-    BillingError, Changes, CustomerSnap, Intent, Notice, ObjectKind, SideEffect, Snap, at,
-    at_path, currency, effect, id_of, int, payment_failed, payment_snap, text,
+    BillingError, Changes, CustomerSnap, Intent, Notice, ObjectKind, SideEffect, Snap, at, at_path,
+    currency, effect, id_of, int, payment_failed, payment_snap, text,
 };
 
 /// Event types the Stripe mapper applies.
@@ -38,7 +38,6 @@ pub const HANDLED_TYPES: &[&str] = &[
     "charge.dispute.created",
     "charge.dispute.closed",
 ];
-
 
 fn refund_snap(r: &Json<'_>, fallback_payment: Option<&str>) -> Option<Snap> {
     Some(Snap {

@@ -73,9 +73,15 @@ mod tests {
         for (body, field) in [
             (&br#"{"event_type":"X","resource":{}}"#[..], "id"),
             (br#"{"id":"WH-1","resource":{}}"#, "event_type"),
-            (br#"{"id":"WH-1","event_type":"X","resource":"r"}"#, "resource"),
+            (
+                br#"{"id":"WH-1","event_type":"X","resource":"r"}"#,
+                "resource",
+            ),
         ] {
-            assert_eq!(parse_envelope(body), Err(EnvelopeError::MissingField(field)));
+            assert_eq!(
+                parse_envelope(body),
+                Err(EnvelopeError::MissingField(field))
+            );
         }
         assert_eq!(parse_envelope(b"null"), Err(EnvelopeError::MalformedJson));
     }

@@ -60,7 +60,9 @@ pub enum PaypalWebhookError {
     #[error(transparent)]
     Envelope(#[from] envelope::EnvelopeError),
     /// The certificate is of the other environment than the endpoint's mode.
-    #[error("event is signed by PayPal's {got} environment but this endpoint accepts {expected} mode only")]
+    #[error(
+        "event is signed by PayPal's {got} environment but this endpoint accepts {expected} mode only"
+    )]
     WrongMode {
         /// The configured mode.
         expected: Mode,
@@ -134,7 +136,8 @@ impl PaypalVerifier {
         if t.auth_algo != signature::AUTH_ALGO {
             return Err(SignatureError::BadAlgorithm.into());
         }
-        let url = header(headers::CERT_URL).ok_or(PaypalWebhookError::MissingHeader(headers::CERT_URL))?;
+        let url = header(headers::CERT_URL)
+            .ok_or(PaypalWebhookError::MissingHeader(headers::CERT_URL))?;
         Ok(signature::check_cert_url(url, &self.cert_hosts)?)
     }
 

@@ -641,3 +641,45 @@ mod tests {
         }
     }
 }
+
+/// Why a local signing key could not sign.
+#[derive(Debug, thiserror::Error)]
+#[error("the signing key is not an RSA PKCS#8 private key (PEM or DER), or signing failed")]
+pub struct SignError;
+
+/// Signs a delivery as PayPal would, with a local RSA key (PKCS#8, PEM or DER): for `paysync
+/// send` and tests, whose certificates chain to a local root. `rng` is the caller's (ring
+/// blinds RSA with it; the signature itself is deterministic).
+pub fn sign_local(
+    key: &[u8],
+    rng: &dyn ring::rand::SecureRandom,
+    transmission_id: &str,
+    transmission_time: &str,
+    webhook_id: &str,
+    body: &[u8],
+) -> Result<String, SignError> {
+    let der = match std::str::from_utf8(key) {
+        Ok(text) if text.contains("-----BEGIN") => {
+            let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+            STANDARD.decode(b64.trim()).map_err(|_| SignError)?
+        }
+        _ => key.to_vec(),
+    };
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|_| SignError)?;
+    let t = Transmission {
+        id: transmission_id,
+        time: transmission_time,
+        sig_b64: "",
+        auth_algo: AUTH_ALGO,
+    };
+    let message = signed_string(&t, webhook_id, body);
+    let mut sig = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        rng,
+        message.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|_| SignError)?;
+    Ok(STANDARD.encode(sig))
+}

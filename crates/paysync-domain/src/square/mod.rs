@@ -219,7 +219,11 @@ mod tests {
                 .unwrap();
             let meta = hook.meta();
             assert_eq!(
-                (meta.event_id.as_str(), meta.event_type.as_str(), meta.created),
+                (
+                    meta.event_id.as_str(),
+                    meta.event_type.as_str(),
+                    meta.created
+                ),
                 ("e-1", "payment.updated", 1_704_164_645)
             );
             assert!(!meta.livemode);
@@ -231,7 +235,11 @@ mod tests {
     fn refusals_name_their_reason() {
         let v = verifier(Mode::Test);
         let body = || Bytes::from_static(BODY.as_bytes());
-        let other_url = sign("new", "https://hooks.example.com/webhooks/square/", BODY.as_bytes());
+        let other_url = sign(
+            "new",
+            "https://hooks.example.com/webhooks/square/",
+            BODY.as_bytes(),
+        );
         let cases: [(Option<&str>, SquareWebhookError); 4] = [
             (None, SquareWebhookError::MissingSignature),
             (Some("not base64!"), SquareWebhookError::MalformedSignature),
@@ -255,7 +263,9 @@ mod tests {
         let sig = sign("new", URL, body.as_bytes());
         let b = Bytes::copy_from_slice(body.as_bytes());
         assert_eq!(
-            verifier(Mode::Live).verify(Some(&sig), b.clone(), 0).unwrap_err(),
+            verifier(Mode::Live)
+                .verify(Some(&sig), b.clone(), 0)
+                .unwrap_err(),
             SquareWebhookError::WrongMode
         );
         assert!(verifier(Mode::Test).verify(Some(&sig), b, 0).is_ok());
@@ -264,17 +274,32 @@ mod tests {
     #[test]
     fn envelope_fields_are_required() {
         for (body, field) in [
-            (r#"{"type":"t","created_at":"2024-01-01T00:00:00Z","merchant_id":"m"}"#, "event_id"),
-            (r#"{"event_id":"e","created_at":"2024-01-01T00:00:00Z","merchant_id":"m"}"#, "type"),
-            (r#"{"event_id":"e","type":"t","merchant_id":"m"}"#, "created_at"),
-            (r#"{"event_id":"e","type":"t","created_at":"x"}"#, "merchant_id"),
+            (
+                r#"{"type":"t","created_at":"2024-01-01T00:00:00Z","merchant_id":"m"}"#,
+                "event_id",
+            ),
+            (
+                r#"{"event_id":"e","created_at":"2024-01-01T00:00:00Z","merchant_id":"m"}"#,
+                "type",
+            ),
+            (
+                r#"{"event_id":"e","type":"t","merchant_id":"m"}"#,
+                "created_at",
+            ),
+            (
+                r#"{"event_id":"e","type":"t","created_at":"x"}"#,
+                "merchant_id",
+            ),
         ] {
             assert_eq!(
                 parse_envelope(body.as_bytes()),
                 Err(SquareWebhookError::MissingField(field))
             );
         }
-        assert_eq!(parse_envelope(b"[1]"), Err(SquareWebhookError::MalformedJson));
+        assert_eq!(
+            parse_envelope(b"[1]"),
+            Err(SquareWebhookError::MalformedJson)
+        );
         let bad_clock = r#"{"event_id":"e","type":"t","created_at":"soon","merchant_id":"m"}"#;
         assert_eq!(parse_envelope(bad_clock.as_bytes()).unwrap().created, 0);
     }

@@ -309,7 +309,7 @@ mod tests {
             id,
             event_type,
             created,
-            livemode,
+            livemode: Some(livemode),
             api_version,
         })
     }

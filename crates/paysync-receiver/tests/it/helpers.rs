@@ -61,7 +61,7 @@ pub fn settings(amqp: AmqpSettings, mode: Mode) -> Settings {
     let mut s = Settings::local(vec![SecretString::from(SECRET.to_owned())]);
     s.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.stripe.mode = mode;
+    s.stripe.as_mut().expect("Stripe").mode = mode;
     s.amqp = amqp;
     s.amqp.confirm_timeout = Duration::from_secs(5);
     s.amqp.connect_timeout = Duration::from_secs(2);

@@ -31,7 +31,7 @@ impl<'e> Step<'e> {
         event.forget_account();
         Self {
             event,
-            handler: handlers.get(&event.meta.event_type),
+            handler: handlers.get(event.meta.provider, &event.meta.event_type),
         }
     }
 
@@ -157,7 +157,7 @@ pub(super) async fn apply_batch_on(
 ) -> Result<Vec<Done>, Failure> {
     fn key<'e>(handlers: &Handlers, d: &'e Decoded<'_>) -> (Option<&'e str>, &'e str) {
         let lock = handlers
-            .get(&d.event.meta.event_type)
+            .get(d.event.meta.provider, &d.event.meta.event_type)
             .and_then(|h| h.lock_key(&d.event));
         (lock, &d.event.meta.event_id)
     }
@@ -236,6 +236,9 @@ pub async fn apply_event(
     handlers: &Handlers,
     event: &Event,
 ) -> Result<Done, Failure> {
+    if let Some(handler) = handlers.get(event.meta.provider, &event.meta.event_type) {
+        handler.prepare(event).await?;
+    }
     let mut conn = store.conn().await.map_err(Failure::from_store)?;
     apply_on(&mut conn, handlers, event).await
 }

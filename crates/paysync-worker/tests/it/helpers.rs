@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use paysync_amqp::{AmqpSettings, Publisher};
+use paysync_domain::Provider;
 use paysync_domain::retry::RetryPolicy;
 use paysync_store::{DeadLetterRow, EventRow, Store, Tx};
 use paysync_testkit::{
@@ -250,6 +251,7 @@ pub fn handlers(event_type: &str, script: Script) -> (Handlers, Arc<Calls>) {
     let calls = Arc::new(Calls::default());
     let mut h = Handlers::new();
     h.register(
+        Provider::Stripe,
         event_type,
         Arc::new(Scripted {
             script,
@@ -264,13 +266,18 @@ pub fn handlers(event_type: &str, script: Script) -> (Handlers, Arc<Calls>) {
 pub fn billing_and(scripted: Vec<(&str, Script)>) -> (Handlers, Vec<Arc<Calls>>) {
     let mut all = Handlers::new();
     all.register(
+        Provider::Stripe,
         "customer.updated",
-        Arc::new(paysync_worker::billing::Billing),
+        Arc::new(paysync_worker::billing::Billing::default()),
     );
     let mut seen = Vec::new();
     for (event_type, script) in scripted {
         let (h, calls) = handlers(event_type, script);
-        all.register(event_type, h.get(event_type).unwrap().clone());
+        all.register(
+            Provider::Stripe,
+            event_type,
+            h.get(Provider::Stripe, event_type).unwrap().clone(),
+        );
         seen.push(calls);
     }
     (all, seen)

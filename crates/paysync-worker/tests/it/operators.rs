@@ -24,7 +24,13 @@ fn as_json(v: impl serde::Serialize) -> Value {
 /// Adds a scripted handler for `event_type` to `h`; the calls it sees.
 fn register(h: &mut Handlers, event_type: &str, script: Script) -> Arc<Calls> {
     let (one, calls) = handlers(event_type, script);
-    h.register(event_type, one.get(event_type).unwrap().clone());
+    h.register(
+        paysync_domain::Provider::Stripe,
+        event_type,
+        one.get(paysync_domain::Provider::Stripe, event_type)
+            .unwrap()
+            .clone(),
+    );
     calls
 }
 
@@ -526,6 +532,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
     let ops = ops_for(&broker, &store);
     let dry = ops
         .replay(
+            paysync_domain::Provider::Stripe,
             Some(&["evt_replayed".to_owned()]),
             None,
             None,
@@ -544,6 +551,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
     );
     let report = ops
         .replay(
+            paysync_domain::Provider::Stripe,
             Some(&["evt_replayed".to_owned()]),
             None,
             None,

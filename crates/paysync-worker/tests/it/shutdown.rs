@@ -38,7 +38,11 @@ async fn shutdown_finishes_the_delivery_in_flight_before_exiting() {
         release: Notify::new(),
     });
     let mut handlers = Handlers::new();
-    handlers.register("invoice.paid", gate.clone());
+    handlers.register(
+        paysync_domain::Provider::Stripe,
+        "invoice.paid",
+        gate.clone(),
+    );
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
     publish_one(&broker, "evt_in_flight", "invoice.paid").await;
     tokio::time::timeout(Duration::from_secs(20), gate.started.notified())
