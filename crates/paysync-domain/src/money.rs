@@ -268,3 +268,59 @@ mod tests {
         }
     }
 }
+
+/// Minor units of a decimal amount written as text (`"30.00"`, `"-0.01"`, `"23"`,
+/// `"50000.0"`) in a currency with `places` decimals: exact, no floating point. `None` for
+/// anything that is not a plain decimal, has more significant decimals than the currency, or
+/// overflows.
+pub fn parse_minor(text: &str, places: u32) -> Option<i64> {
+    let (negative, digits) = match text.trim().strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.trim()),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !plain(whole) || !plain(frac) || (digits.contains('.') && frac.is_empty())
+    {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > places as usize {
+        return None;
+    }
+    let mut minor: i64 = 0;
+    for b in whole.bytes() {
+        minor = minor.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    for i in 0..places as usize {
+        let d = frac.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
+        minor = minor.checked_mul(10)?.checked_add(d)?;
+    }
+    Some(if negative { -minor } else { minor })
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::parse_minor;
+
+    #[test]
+    fn decimal_text_is_exact_minor_units() {
+        for (text, places, want) in [
+            ("30.00", 2, Some(3000)),
+            ("-0.01", 2, Some(-1)),
+            ("23", 2, Some(2300)),
+            ("50000.0", 2, Some(5_000_000)),
+            ("0.1", 2, Some(10)),
+            ("100", 0, Some(100)),
+            ("1.005", 2, None),
+            ("1.", 2, None),
+            (".5", 2, None),
+            ("1e3", 2, None),
+            ("", 2, None),
+            ("99999999999999999999", 2, None),
+            ("12.345", 3, Some(12_345)),
+        ] {
+            assert_eq!(parse_minor(text, places), want, "{text}");
+        }
+    }
+}
