@@ -280,7 +280,10 @@ pub fn parse_minor(text: &str, places: u32) -> Option<i64> {
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let plain = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !plain(whole) || !plain(frac) || (digits.contains('.') && frac.is_empty())
+    if whole.is_empty()
+        || !plain(whole)
+        || !plain(frac)
+        || (digits.contains('.') && frac.is_empty())
     {
         return None;
     }

@@ -321,11 +321,19 @@ impl Tx<'_> {
                         )
                         .await?;
                     match taken {
-                        Some(other) => Ok(Resolution::Conflict {
-                            linked_account: account,
-                            linked_ref: None,
-                            hinted_ref: format!("{h} (already account {})", other.get::<_, i64>(0)),
-                        }),
+                        // The customer's account was made for it alone (no reference yet),
+                        // and another provider's customer already brought the reference: the
+                        // same person, met first through a provider that named no reference.
+                        // The unreferenced account merges into the referenced one, so the
+                        // result does not depend on which provider's event came first.
+                        Some(other) => {
+                            let target: i64 = other.get(0);
+                            self.merge_account(account, target).await?;
+                            Ok(Resolution::Account {
+                                id: target,
+                                created: false,
+                            })
+                        }
                         None => {
                             self.exec(
                                 "update accounts set external_ref = $2 where id = $1",
@@ -368,6 +376,43 @@ impl Tx<'_> {
             id: account,
             created,
         })
+    }
+
+    /// Moves everything of account `from` (which has no external reference) to `into`, then
+    /// deletes `from`.
+    async fn merge_account(&self, from: i64, into: i64) -> Result<(), StoreError> {
+        for table in [
+            "provider_customers",
+            "subscriptions",
+            "invoices",
+            "payments",
+            "refunds",
+            "disputes",
+            "checkout_sessions",
+            "tasks",
+            "outbox",
+            "outbox_deliveries",
+            "event_log",
+        ] {
+            self.exec(
+                &format!("update {table} set account_id = $2 where account_id = $1"),
+                &[&from, &into],
+                "merge account",
+            )
+            .await?;
+        }
+        self.exec(
+            "delete from accounts where id = $1 and external_ref is null",
+            &[&from],
+            "merge account",
+        )
+        .await?;
+        tracing::info!(
+            from,
+            into,
+            "merged an account without reference into the referenced one"
+        );
+        Ok(())
     }
 
     async fn account_by_ref(&self, external_ref: &str) -> Result<(i64, bool), StoreError> {

@@ -84,12 +84,14 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
         .filter(|o| o.is_object())
         .ok_or(BillingError::Missing("resource"))?;
     let id = || text(o, "id").ok_or(BillingError::Missing("resource.id"));
-    let custom = text(o, "custom_id").or_else(|| text(o, "custom")).or_else(|| {
-        at(o, "purchase_units")
-            .and_then(Json::as_array)
-            .and_then(|u| u.first())
-            .and_then(|u| text(u, "custom_id"))
-    });
+    let custom = text(o, "custom_id")
+        .or_else(|| text(o, "custom"))
+        .or_else(|| {
+            at(o, "purchase_units")
+                .and_then(Json::as_array)
+                .and_then(|u| u.first())
+                .and_then(|u| text(u, "custom_id"))
+        });
     let mut c = Changes {
         customer: at_path(o, &["payer", "payer_id"])
             .or_else(|| at_path(o, &["subscriber", "payer_id"]))
@@ -152,8 +154,14 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
         }
         "CHECKOUT.PAYMENT-APPROVAL.REVERSED" => {
             let order = text(o, "order_id").ok_or(BillingError::Missing("resource.order_id"))?;
-            c.snaps
-                .push(payment_snap(order.clone(), "failed", 0, String::new(), None, 0));
+            c.snaps.push(payment_snap(
+                order.clone(),
+                "failed",
+                0,
+                String::new(),
+                None,
+                0,
+            ));
             let n = Notice {
                 email: at_path(o, &["payment_source", "pay_upon_invoice", "email"])
                     .and_then(Json::as_str)
@@ -287,13 +295,22 @@ mod tests {
 
     macro_rules! fixture {
         ($f:literal) => {
-            map($f, include_str!(concat!("../../../../fixtures/paypal/", $f)))
+            map(
+                $f,
+                include_str!(concat!("../../../../fixtures/paypal/", $f)),
+            )
         };
     }
 
     fn snap(c: &Changes) -> (ObjectKind, &str, i64, &str, Option<&str>) {
         let s = &c.snaps[0];
-        (s.kind, s.status.as_str(), s.amount, s.currency.as_str(), s.parent.as_deref())
+        (
+            s.kind,
+            s.status.as_str(),
+            s.amount,
+            s.currency.as_str(),
+            s.parent.as_deref(),
+        )
     }
 
     #[test]
@@ -308,17 +325,36 @@ mod tests {
         assert_eq!(snap(&c), (Payment, "failed", 18510, "usd", None));
         assert_eq!(snap(&fixture!("PAYMENT.CAPTURE.DENIED.json")).1, "failed");
         let c = fixture!("PAYMENT.CAPTURE.REFUNDED.json");
-        assert_eq!(snap(&c), (Refund, "succeeded", 99, "usd", Some("0JF852973C016714D")));
-        assert_eq!(c.order_at, Some(1_534_360_409_000), "the -07:00 offset is honoured");
+        assert_eq!(
+            snap(&c),
+            (Refund, "succeeded", 99, "usd", Some("0JF852973C016714D"))
+        );
+        assert_eq!(
+            c.order_at,
+            Some(1_534_360_409_000),
+            "the -07:00 offset is honoured"
+        );
         assert_eq!(snap(&fixture!("PAYMENT.CAPTURE.REVERSED.json")).1, "lost");
         assert_eq!(snap(&fixture!("PAYMENT.CAPTURE.REVERSED.json")).0, Dispute);
-        assert_eq!(snap(&fixture!("PAYMENT.SALE.COMPLETED.json")).1, "succeeded");
-        assert_eq!(snap(&fixture!("PAYMENT.SALE.COMPLETED.paypal-sdk-2015.json")).1, "succeeded");
+        assert_eq!(
+            snap(&fixture!("PAYMENT.SALE.COMPLETED.json")).1,
+            "succeeded"
+        );
+        assert_eq!(
+            snap(&fixture!("PAYMENT.SALE.COMPLETED.paypal-sdk-2015.json")).1,
+            "succeeded"
+        );
         let c = fixture!("PAYMENT.SALE.REFUNDED.json");
-        assert_eq!(snap(&c), (Refund, "succeeded", 1, "usd", Some("9T0916710M1105906")));
+        assert_eq!(
+            snap(&c),
+            (Refund, "succeeded", 1, "usd", Some("9T0916710M1105906"))
+        );
         let c = fixture!("PAYMENT.SALE.REVERSED.json");
         assert_eq!(snap(&c), (Dispute, "lost", 49, "usd", None));
-        assert_eq!(snap(&fixture!("PAYMENT.AUTHORIZATION.CREATED.json")).1, "pending");
+        assert_eq!(
+            snap(&fixture!("PAYMENT.AUTHORIZATION.CREATED.json")).1,
+            "pending"
+        );
         let c = fixture!("CHECKOUT.PAYMENT-APPROVAL.REVERSED.json");
         assert_eq!(c.account_hint.as_deref(), Some("MERCHANT_CUSTOM_ID"));
         assert_eq!(snap(&c).1, "failed");
@@ -328,9 +364,18 @@ mod tests {
             (fixture!("BILLING.SUBSCRIPTION.SUSPENDED.json"), "paused"),
             (fixture!("BILLING.SUBSCRIPTION.CANCELLED.json"), "canceled"),
             (fixture!("BILLING.SUBSCRIPTION.EXPIRED.json"), "canceled"),
-            (fixture!("BILLING.SUBSCRIPTION.PAYMENT.FAILED.json"), "past_due"),
-            (fixture!("BILLING.SUBSCRIPTION.CREATED.v1-agreement.json"), "incomplete"),
-            (fixture!("BILLING.SUBSCRIPTION.CANCELLED.v1-agreement.json"), "canceled"),
+            (
+                fixture!("BILLING.SUBSCRIPTION.PAYMENT.FAILED.json"),
+                "past_due",
+            ),
+            (
+                fixture!("BILLING.SUBSCRIPTION.CREATED.v1-agreement.json"),
+                "incomplete",
+            ),
+            (
+                fixture!("BILLING.SUBSCRIPTION.CANCELLED.v1-agreement.json"),
+                "canceled",
+            ),
         ] {
             assert_eq!((snap(&f).0, snap(&f).1), (Subscription, status));
         }
@@ -343,7 +388,12 @@ mod tests {
         let body = r#"{"event_type":"PAYMENT.CAPTURE.COMPLETED","resource":{"id":"C1","custom_id":"acct-7","amount":{"currency_code":"JPY","value":"1500"},"update_time":"2024-05-01T00:00:00.250Z","payer":{"payer_id":"P1","email_address":"b@x.y"}}}"#;
         let c = map("inline", body);
         assert_eq!(
-            (c.account_hint.as_deref(), c.customer.as_deref(), snap(&c).2, c.order_at),
+            (
+                c.account_hint.as_deref(),
+                c.customer.as_deref(),
+                snap(&c).2,
+                c.order_at
+            ),
             (Some("acct-7"), Some("P1"), 1500, Some(1_714_521_600_250))
         );
         let bad = r#"{"resource":{"id":"C1","amount":{"currency_code":"USD","value":"1.005"}}}"#;
@@ -371,7 +421,10 @@ mod tests {
             let body = serde_json::json!({"resource": r}).to_string();
             let v: Json<'_> = serde_json::from_str(&body).unwrap();
             let c = changes("CUSTOMER.DISPUTE.UPDATED", &v).unwrap();
-            assert_eq!((snap(&c).1, snap(&c).2, snap(&c).4), (want, 500, Some("CAP1")));
+            assert_eq!(
+                (snap(&c).1, snap(&c).2, snap(&c).4),
+                (want, 500, Some("CAP1"))
+            );
         }
     }
 }

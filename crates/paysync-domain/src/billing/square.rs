@@ -9,8 +9,8 @@
 use serde_json_borrow::Value as Json;
 
 use super::{
-    BillingError, Changes, CustomerSnap, Intent, Notice, ObjectKind, SideEffect, Snap, at,
-    at_path, effect, int, payment_failed, payment_snap, text,
+    BillingError, Changes, CustomerSnap, Intent, Notice, ObjectKind, SideEffect, Snap, at, at_path,
+    effect, int, payment_failed, payment_snap, text,
 };
 use crate::timestamp::parse_rfc3339_ms;
 
@@ -243,8 +243,14 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
             if event_type == "invoice.payment_made" && paid > 0 {
                 // The invoice's payment: keyed on the invoice, whose id Square's payment
                 // events do not carry, so one invoice is one payment.
-                c.snaps
-                    .push(payment_snap(id.clone(), "succeeded", paid, currency, None, 0));
+                c.snaps.push(payment_snap(
+                    id.clone(),
+                    "succeeded",
+                    paid,
+                    currency,
+                    None,
+                    0,
+                ));
                 c.effects.push(SideEffect {
                     notice: n,
                     ..effect(Intent::ReceiptEmail, &id, None)
@@ -284,13 +290,19 @@ mod tests {
 
     fn map(file: &str, text: &str) -> Changes {
         let event: Json<'_> = serde_json::from_str(text).unwrap();
-        let t = at(&event, "type").and_then(Json::as_str).unwrap().to_owned();
+        let t = at(&event, "type")
+            .and_then(Json::as_str)
+            .unwrap()
+            .to_owned();
         changes(&t, &event).unwrap_or_else(|e| panic!("{file}: {e}"))
     }
 
     macro_rules! fixture {
         ($f:literal) => {
-            map($f, include_str!(concat!("../../../../fixtures/square/", $f)))
+            map(
+                $f,
+                include_str!(concat!("../../../../fixtures/square/", $f)),
+            )
         };
     }
 
@@ -313,7 +325,10 @@ mod tests {
         assert_eq!(c.snaps[0].kind, ObjectKind::Payment);
 
         let c = fixture!("refund.created.json");
-        assert_eq!((c.snaps[0].status.as_str(), c.effects.len()), ("pending", 0));
+        assert_eq!(
+            (c.snaps[0].status.as_str(), c.effects.len()),
+            ("pending", 0)
+        );
         let c = fixture!("refund.updated.json");
         let r = &c.snaps[0];
         assert_eq!(
@@ -326,7 +341,12 @@ mod tests {
         let d = &c.snaps[0];
         assert_eq!(
             (d.status.as_str(), d.amount, d.parent.as_deref(), d.at),
-            ("needs_response", 8801, Some("fbmsaEOpoARDKxiSGH1fqPuqoqFZY"), Some(1_583_280_000))
+            (
+                "needs_response",
+                8801,
+                Some("fbmsaEOpoARDKxiSGH1fqPuqoqFZY"),
+                Some(1_583_280_000)
+            )
         );
         let c = fixture!("dispute.state.updated.json");
         assert_eq!(c.snaps[0].status, "won");
@@ -334,16 +354,27 @@ mod tests {
         let c = fixture!("invoice.payment_made.json");
         assert_eq!(c.customer.as_deref(), Some("JDKYHBWT1D4F8MFH63DBMEN8Y4"));
         assert_eq!(c.snaps[0].status, "paid");
-        assert_eq!((c.snaps[1].status.as_str(), c.snaps[1].amount), ("succeeded", 10_000));
+        assert_eq!(
+            (c.snaps[1].status.as_str(), c.snaps[1].amount),
+            ("succeeded", 10_000)
+        );
         let c = fixture!("invoice.scheduled_charge_failed.json");
         assert_eq!(c.snaps[0].status, "open");
-        assert!(c.effects.iter().any(|e| e.intent == Intent::PaymentFailedFollowup));
+        assert!(
+            c.effects
+                .iter()
+                .any(|e| e.intent == Intent::PaymentFailedFollowup)
+        );
         let c = fixture!("invoice.refunded.json");
         assert_eq!(c.snaps[0].status, "paid");
 
         let c = fixture!("subscription.created.json");
         assert_eq!(c.snaps[0].status, "active");
-        assert_eq!(c.order_at, Some(1_594_790_050_754), "the subscription's version");
+        assert_eq!(
+            c.order_at,
+            Some(1_594_790_050_754),
+            "the subscription's version"
+        );
         let c = fixture!("subscription.updated.json");
         assert_eq!(c.snaps[0].status, "active");
 
@@ -351,10 +382,19 @@ mod tests {
         let s = c.customer_snap.unwrap();
         assert_eq!(
             (s.email.as_deref(), s.name.as_deref(), s.deleted),
-            (Some("jenkins+smorly@squareup.com"), Some("Jenkins Smorly"), false)
+            (
+                Some("jenkins+smorly@squareup.com"),
+                Some("Jenkins Smorly"),
+                false
+            )
         );
         assert!(fixture!("customer.updated.json").customer_snap.is_some());
-        assert!(fixture!("customer.deleted.json").customer_snap.unwrap().deleted);
+        assert!(
+            fixture!("customer.deleted.json")
+                .customer_snap
+                .unwrap()
+                .deleted
+        );
     }
 
     #[test]
@@ -371,9 +411,15 @@ mod tests {
             (c.customer.as_deref(), c.account_hint.as_deref(), c.order_at),
             (Some("C1"), Some("acct-9"), Some(1_704_067_200_123))
         );
-        assert_eq!((c.snaps[0].status.as_str(), c.snaps[0].currency.as_str()), ("failed", "eur"));
+        assert_eq!(
+            (c.snaps[0].status.as_str(), c.snaps[0].currency.as_str()),
+            ("failed", "eur")
+        );
         let intents: Vec<_> = c.effects.iter().map(|e| e.intent).collect();
-        assert_eq!(intents, [Intent::PaymentFailedFollowup, Intent::PaymentFailedEmail]);
+        assert_eq!(
+            intents,
+            [Intent::PaymentFailedFollowup, Intent::PaymentFailedEmail]
+        );
         assert_eq!(c.effects[1].notice.email.as_deref(), Some("a@b.c"));
     }
 

@@ -16,6 +16,7 @@ mod outages;
 mod outbox_ops;
 mod pipeline;
 mod poison;
+mod providers;
 mod retries;
 mod shutdown;
 mod stack;
