@@ -4,4 +4,5 @@
 mod broker_outage;
 mod helpers;
 mod hostile;
+mod providers;
 mod webhooks;
