@@ -612,6 +612,8 @@ impl Ops {
 
     /// Republishes logged events for reprocessing: the handler runs again (it must be
     /// idempotent) and the event's `replays` count goes up.
+    // The selection (provider, ids, type, since) mirrors the CLI's and the API's flags one to one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn replay(
         &self,
         provider: Provider,
