@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-600}
 export RUSTC_BOOTSTRAP=1
-for target in signature_header stripe_envelope stripe_billing; do
+for target in signature_header stripe_envelope stripe_billing provider_envelopes provider_headers; do
   corpus=$(mktemp -d)
   cp -r "seeds/$target/." "$corpus/"
   echo "fuzz: $target for ${SECONDS_EACH}s"

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use paysync_domain::billing::{HANDLED_TYPES, changes_of_body};
+use paysync_domain::billing::stripe::{HANDLED_TYPES, changes_of_body};
 
 fuzz_target!(|data: &[u8]| {
     let Some((first, rest)) = data.split_first() else {
