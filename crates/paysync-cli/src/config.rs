@@ -383,6 +383,39 @@ fn paypal(
     Ok(Some(p))
 }
 
+/// Authorize.Net's transaction-details API, when `PAYSYNC_AUTHORIZENET_API_LOGIN_ID` and
+/// `PAYSYNC_AUTHORIZENET_TRANSACTION_KEY` (or their `_FILE`s) are set; one without the other is
+/// an error.
+pub fn authorizenet_api(
+    env: &Env<'_>,
+) -> anyhow::Result<Option<paysync_worker::enrich::AuthorizeNetApiSettings>> {
+    let login = env.secret("PAYSYNC_AUTHORIZENET_API_LOGIN_ID")?;
+    let key = env.secret("PAYSYNC_AUTHORIZENET_TRANSACTION_KEY")?;
+    let (login, key) = match (login, key) {
+        (None, None) => return Ok(None),
+        (Some(l), Some(k)) => (l, k),
+        (Some(_), None) => bail!(
+            "PAYSYNC_AUTHORIZENET_TRANSACTION_KEY is not set (PAYSYNC_AUTHORIZENET_API_LOGIN_ID is)"
+        ),
+        (None, Some(_)) => bail!(
+            "PAYSYNC_AUTHORIZENET_API_LOGIN_ID is not set (PAYSYNC_AUTHORIZENET_TRANSACTION_KEY is)"
+        ),
+    };
+    let mut s = paysync_worker::enrich::AuthorizeNetApiSettings::new(
+        SecretString::from(login),
+        SecretString::from(key),
+    );
+    if let Some(url) = env.raw("PAYSYNC_AUTHORIZENET_API_URL") {
+        let url = url.trim().to_owned();
+        let loopback = url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+        if !(url.starts_with("https://") || loopback) {
+            bail!("PAYSYNC_AUTHORIZENET_API_URL: must be an https URL (loopback http for tests)");
+        }
+        s.url = url;
+    }
+    Ok(Some(s))
+}
+
 /// Names the variable behind a refused receiver field.
 fn receiver_refused(err: ReceiverSettingsError) -> anyhow::Error {
     use ReceiverSettingsError as E;

@@ -122,7 +122,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         }
         Command::Worker => {
             let settings = config::worker(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
-            let app = paysync_worker::App::build(settings, handlers()).await?;
+            let app = paysync_worker::App::build(settings, handlers(env)?).await?;
             tracing::info!(metrics_port = app.metrics_port(), "worker started");
             app.run_until_stopped(shutdown_signal()).await?;
         }
@@ -171,8 +171,14 @@ fn default_metrics_addr() -> SocketAddr {
 
 /// The production handler registry: the billing and CRM handler for every type it applies;
 /// other types are recorded as `ignored`.
-fn handlers() -> paysync_worker::Handlers {
-    paysync_worker::billing::handlers()
+/// The billing handlers, with Authorize.Net's transaction-details client when its API
+/// credentials are set.
+fn handlers(env: &Env<'_>) -> anyhow::Result<paysync_worker::Handlers> {
+    let anet = config::authorizenet_api(env)?.map(|s| {
+        std::sync::Arc::new(paysync_worker::enrich::AuthorizeNetApi::new(s))
+            as std::sync::Arc<dyn paysync_worker::billing::TransactionSource>
+    });
+    Ok(paysync_worker::billing::handlers_with(anet))
 }
 
 async fn migrate(settings: &paysync_store::StoreSettings) -> anyhow::Result<Vec<i32>> {
@@ -207,7 +213,7 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
     let receiver = paysync_receiver::App::build(receiver_settings)
         .await
         .map_err(config::receiver_listen_refused)?;
-    let worker = paysync_worker::App::build(worker_settings, handlers()).await?;
+    let worker = paysync_worker::App::build(worker_settings, handlers(env)?).await?;
     let dispatcher = paysync_dispatcher::App::build(dispatcher_settings).await?;
     tracing::info!(
         port = receiver.port(),

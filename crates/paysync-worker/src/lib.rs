@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod billing;
+pub mod enrich;
 mod failure;
 mod handler;
 mod ingest;

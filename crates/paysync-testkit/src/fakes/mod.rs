@@ -6,6 +6,7 @@
 //! received, and answers from a script the test sets: a base reply, and replies for the next
 //! few requests.
 
+pub mod authorizenet;
 pub mod hubspot;
 pub mod slack;
 pub mod smtp;

@@ -2,6 +2,7 @@
 //! prefix and PostgreSQL schema.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod anet_enrich;
 mod batches;
 mod billing;
 mod billing_order;
