@@ -353,3 +353,88 @@ async fn paypal_checks_the_certificate_and_answers_503_when_it_cannot_be_fetched
     app.stop().await.unwrap();
     server.abort();
 }
+
+/// Every payload of the three fixture folders, signed as its provider signs, is accepted and
+/// published unchanged (whether the worker applies or ignores it is the mappers' tests).
+#[tokio::test]
+async fn every_fixture_signed_is_accepted() {
+    let broker = TestBroker::new();
+    let (port, server) = cert_server().await;
+    let mut s = only(settings(broker.settings("receiver"), Mode::Test));
+    let square_url = "https://hooks.example.test/webhooks/square";
+    let anet_key = "B".repeat(128);
+    s.square = Some(SquareSettings {
+        notification_url: square_url.into(),
+        keys: vec![SecretString::from("sq-key".to_owned())],
+        mode: Mode::Test,
+    });
+    s.authorizenet = Some(AuthorizeNetSettings {
+        keys: vec![SecretString::from(anet_key.clone())],
+        mode: Mode::Test,
+    });
+    let mut p = PaypalSettings::new("WH-OURS", Mode::Test);
+    p.cert_hosts = vec![format!("127.0.0.1:{port}")];
+    p.extra_roots = vec![fixture("paypal-local/ca.pem")];
+    s.paypal = Some(p);
+    let app = spawn(s).await;
+    let key = fixture("paypal-local/leaf.key.pem");
+    let mut sent = 0;
+    for provider in ["square", "authorizenet", "paypal"] {
+        let mut files: Vec<_> = std::fs::read_dir(fixtures_dir().join(provider))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for path in files {
+            let body = std::fs::read(&path).unwrap();
+            let mut req = app.client.post(format!("{}/webhooks/{provider}", app.base));
+            req = match provider {
+                "square" => req.header(
+                    "x-square-hmacsha256-signature",
+                    paysync_domain::square::sign("sq-key", square_url, &body),
+                ),
+                "authorizenet" => req.header(
+                    "X-ANET-Signature",
+                    paysync_domain::authorizenet::sign(&anet_key, &body),
+                ),
+                _ => {
+                    let time = time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap();
+                    let sig = sign_local(
+                        &key,
+                        &ring::rand::SystemRandom::new(),
+                        "tx",
+                        &time,
+                        "WH-OURS",
+                        &body,
+                    )
+                    .unwrap();
+                    req.header(headers::TRANSMISSION_ID, "tx")
+                        .header(headers::TRANSMISSION_TIME, time)
+                        .header(headers::TRANSMISSION_SIG, sig)
+                        .header(headers::AUTH_ALGO, AUTH_ALGO)
+                        .header(
+                            headers::CERT_URL,
+                            format!("http://127.0.0.1:{port}/v1/notifications/certs/CERT-good"),
+                        )
+                }
+            };
+            let r = req.body(body).send().await.unwrap();
+            let status = r.status();
+            assert_eq!(
+                status,
+                200,
+                "{}: {}",
+                path.display(),
+                r.text().await.unwrap()
+            );
+            sent += 1;
+        }
+    }
+    assert!(sent >= 57, "{sent} fixtures");
+    assert_eq!(queued(&broker, sent).await.len(), sent);
+    app.stop().await.unwrap();
+    server.abort();
+}
