@@ -24,9 +24,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Request, StatusCode};
-use paysync_domain::stripe::SIGNATURE_HEADER;
 use paysync_domain::stripe::signature::sign_header;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +66,113 @@ pub struct LoadgenArgs {
     /// How many customers the events belong to.
     #[arg(long, default_value_t = DEFAULT_CUSTOMERS)]
     pub customers: u64,
+    /// Which provider's envelope and signature: stripe, square, authorizenet or paypal. The
+    /// others wrap the Stripe event in their envelope (as `data`, `payload`, `resource`), so
+    /// every provider's body is about the same size.
+    #[arg(long, default_value = "stripe")]
+    pub provider: String,
+    /// PayPal: the certificate URL to name (the bench serves the local test leaf there).
+    #[arg(long)]
+    pub cert_url: Option<String>,
+}
+
+/// The Authorize.Net signature key of the bench (public test material).
+pub const ANET_KEY: &str = "BE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7CBE7C";
+/// The PayPal webhook id of the bench.
+pub const PAYPAL_WEBHOOK_ID: &str = "WH-BENCH";
+/// The local test leaf's key, which signs PayPal requests (fixtures/paypal-local).
+const PAYPAL_KEY: &[u8] = include_bytes!("../../../fixtures/paypal-local/leaf.key.pem");
+
+/// How one provider signs.
+#[derive(Clone)]
+struct Signer {
+    provider: String,
+    secret: String,
+    url: String,
+    cert_url: String,
+    tag: String,
+}
+
+impl Signer {
+    fn new(args: &LoadgenArgs) -> Self {
+        Self {
+            provider: args.provider.clone(),
+            secret: args.secret.clone(),
+            url: args.url.clone(),
+            cert_url: args.cert_url.clone().unwrap_or_default(),
+            tag: args.tag.clone(),
+        }
+    }
+
+    /// The body of request `i` (a Stripe event, in the provider's envelope) and its headers.
+    fn sign(&self, stripe: Vec<u8>, i: u64, t: i64) -> anyhow::Result<Prepared> {
+        let header =
+            |name: &'static str, value: String| -> anyhow::Result<(HeaderName, HeaderValue)> {
+                Ok((
+                    HeaderName::from_static(name),
+                    HeaderValue::from_str(&value)?,
+                ))
+            };
+        let inner = || String::from_utf8_lossy(&stripe).into_owned();
+        let id = format!("{}-{i}", self.tag);
+        let (body, headers) = match self.provider.as_str() {
+            "stripe" => {
+                let sig = sign_header(&self.secret, t, &stripe);
+                (stripe, vec![header("stripe-signature", sig)?])
+            }
+            "square" => {
+                let body = format!(
+                    r#"{{"merchant_id":"MBENCH","type":"payment.updated","event_id":"sq-{id}","created_at":"2024-01-01T00:00:00.000Z","data":{}}}"#,
+                    inner()
+                )
+                .into_bytes();
+                let sig = paysync_domain::square::sign(&self.secret, &self.url, &body);
+                (body, vec![header("x-square-hmacsha256-signature", sig)?])
+            }
+            "authorizenet" => {
+                let body = format!(
+                    r#"{{"notificationId":"an-{id}","eventType":"net.authorize.payment.authcapture.created","eventDate":"2024-01-01T00:00:00.1234567Z","webhookId":"w","payload":{}}}"#,
+                    inner()
+                )
+                .into_bytes();
+                let sig = paysync_domain::authorizenet::sign(ANET_KEY, &body);
+                (body, vec![header("x-anet-signature", sig)?])
+            }
+            "paypal" => {
+                let body = format!(
+                    r#"{{"id":"WH-{id}","event_version":"1.0","create_time":"2024-01-01T00:00:00.000Z","event_type":"PAYMENT.CAPTURE.COMPLETED","resource":{}}}"#,
+                    inner()
+                )
+                .into_bytes();
+                let time = time::OffsetDateTime::from_unix_timestamp(t)?
+                    .format(&time::format_description::well_known::Rfc3339)?;
+                let transmission = format!("tx-{t}-{id}");
+                let sig = paysync_domain::paypal::signature::sign_local(
+                    PAYPAL_KEY,
+                    &ring::rand::SystemRandom::new(),
+                    &transmission,
+                    &time,
+                    PAYPAL_WEBHOOK_ID,
+                    &body,
+                )?;
+                (
+                    body,
+                    vec![
+                        header("paypal-transmission-id", transmission)?,
+                        header("paypal-transmission-time", time)?,
+                        header("paypal-transmission-sig", sig)?,
+                        header("paypal-auth-algo", "SHA256withRSA".into())?,
+                        header("paypal-cert-url", self.cert_url.clone())?,
+                    ],
+                )
+            }
+            other => anyhow::bail!("unknown provider {other}"),
+        };
+        Ok(Prepared {
+            body: Bytes::from(body),
+            headers,
+        })
+    }
 }
 
 /// What the load generator measured: its one line of JSON.
@@ -116,14 +222,14 @@ impl LoadReport {
 #[derive(Clone)]
 struct Prepared {
     body: Bytes,
-    signature: HeaderValue,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 enum Source {
     Prebuilt(Vec<Prepared>),
     Lazy {
         factory: EventFactory,
-        secret: String,
+        signer: Signer,
     },
 }
 
@@ -134,23 +240,17 @@ impl Source {
                 .get(usize::try_from(i)?)
                 .cloned()
                 .context("request index out of range"),
-            Self::Lazy { factory, secret } => prepare(factory, secret, i, now_secs()),
+            Self::Lazy { factory, signer } => prepare(factory, signer, i, now_secs()),
         }
     }
 }
 
-fn prepare(factory: &EventFactory, secret: &str, i: u64, t: i64) -> anyhow::Result<Prepared> {
-    let body = factory.event(i);
-    let signature = HeaderValue::from_str(&sign_header(secret, t, &body))
-        .context("a signature header is ASCII")?;
-    Ok(Prepared {
-        body: Bytes::from(body),
-        signature,
-    })
+fn prepare(factory: &EventFactory, signer: &Signer, i: u64, t: i64) -> anyhow::Result<Prepared> {
+    signer.sign(factory.event(i), i, t)
 }
 
 /// Builds and signs requests `0..count` on every core.
-fn prebuild(factory: &EventFactory, secret: &str, count: u64) -> anyhow::Result<Vec<Prepared>> {
+fn prebuild(factory: &EventFactory, signer: &Signer, count: u64) -> anyhow::Result<Vec<Prepared>> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let per = count.div_ceil(threads.max(1)).max(1);
     let t = now_secs();
@@ -161,7 +261,7 @@ fn prebuild(factory: &EventFactory, secret: &str, count: u64) -> anyhow::Result<
                 let to = (from + per).min(count);
                 scope.spawn(move || {
                     (from..to)
-                        .map(|i| prepare(factory, secret, i, t))
+                        .map(|i| prepare(factory, signer, i, t))
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
             })
@@ -221,7 +321,7 @@ async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     let prebuilt = planned_secs <= PREBUILD_MAX_SECS;
     let build_started = Instant::now();
     let (source, body_bytes_mean) = if prebuilt {
-        let all = prebuild(&factory, &args.secret, count)?;
+        let all = prebuild(&factory, &Signer::new(args), count)?;
         let mean = all.iter().map(|p| p.body.len() as f64).sum::<f64>() / all.len() as f64;
         (Source::Prebuilt(all), mean)
     } else {
@@ -233,7 +333,7 @@ async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         (
             Source::Lazy {
                 factory,
-                secret: args.secret.clone(),
+                signer: Signer::new(args),
             },
             mean,
         )
@@ -378,9 +478,10 @@ async fn send(
     let request = Request::post(target.path.as_str())
         .header(HOST, target.authority.as_str())
         .header(CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, prepared.signature)
         .body(Full::new(prepared.body))
         .context("building a request")?;
+    let mut request = request;
+    request.headers_mut().extend(prepared.headers);
     sender.ready().await.context("connection not ready")?;
     let response = sender
         .send_request(request)

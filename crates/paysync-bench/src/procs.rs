@@ -205,11 +205,14 @@ pub async fn loadgen(
         args.tag.clone(),
         "--customers".to_owned(),
         args.customers.to_string(),
+        "--provider".to_owned(),
+        args.provider.clone(),
     ];
     let optional = [
         ("--count", args.count.map(|v| v.to_string())),
         ("--rate", args.rate.map(|v| v.to_string())),
         ("--duration-secs", args.duration_secs.map(|v| v.to_string())),
+        ("--cert-url", args.cert_url.clone()),
     ];
     for (flag, value) in optional {
         if let Some(value) = value {

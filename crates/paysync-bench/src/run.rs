@@ -49,6 +49,9 @@ pub enum Group {
     Broker,
     /// The minimal receiver, the receiver and its latency (and the receiver's peak RSS).
     Receiver,
+    /// The receiver with Square, Authorize.Net and PayPal requests, each against the minimal
+    /// receiver.
+    Providers,
     /// The pgbench ceilings.
     Pgbench,
     /// The worker (and its peak RSS).

@@ -69,6 +69,8 @@ pub(super) fn loadgen_args(bench: &Bench, url: &str, tag: String) -> LoadgenArgs
         duration_secs: None,
         tag,
         customers: DEFAULT_CUSTOMERS,
+        provider: "stripe".into(),
+        cert_url: None,
     }
 }
 

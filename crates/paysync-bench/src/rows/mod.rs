@@ -40,6 +40,10 @@ pub async fn all(bench: &Bench) -> Vec<Row> {
         receiver_peak = Some(peak);
     }
     let mut pgbench_out = None;
+    if bench.measures(Group::Providers) {
+        let measured = receiver::measure_providers(bench).await;
+        rows.extend(or_failed(bench, measured, receiver::provider_names()));
+    }
     if bench.measures(Group::Pgbench) {
         match pgbench::measure(bench).await {
             Ok(out) => {

@@ -83,6 +83,10 @@ struct Target<'a> {
     queue: &'a str,
     /// What the queue holds, for the check's message.
     what: &'static str,
+    /// Whose requests the load generator signs.
+    provider: &'static str,
+    /// PayPal: the certificate URL the requests name.
+    cert_url: Option<&'a str>,
 }
 
 impl<'a> Target<'a> {
@@ -117,7 +121,11 @@ async fn receiver_load(
     let target = load.target;
     broker::purge(&bench.amqp, target.queue).await?;
     bench.quiesce(&load.name).await;
-    let args = loadgen_args(bench, target.url, load.tag);
+    let args = LoadgenArgs {
+        provider: target.provider.to_owned(),
+        cert_url: target.cert_url.map(str::to_owned),
+        ..loadgen_args(bench, target.url, load.tag)
+    };
     let (args, due) = match load.mode {
         LoadMode::Count(count) => (
             LoadgenArgs {
@@ -199,12 +207,16 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<WithPeak> {
         url: &mini_url,
         queue: &mini_queue,
         what: "messages",
+        provider: "stripe",
+        cert_url: None,
     };
     let real_target = Target {
         label: "receiver",
         url: &url,
         queue: &work_queue,
         what: "events",
+        provider: "stripe",
+        cert_url: None,
     };
     // The fixed-rate runs first, on an empty queue and a settled broker: after a full-speed
     // run the broker is still digesting its backlog for a while, and the latency would time
@@ -334,6 +346,146 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<WithPeak> {
         ),
     );
     Ok(WithPeak { rows, peak })
+}
+
+/// The providers with a receiver row of their own (Stripe's is [`RECEIVER`]).
+const PROVIDERS: [&str; 3] = ["square", "authorizenet", "paypal"];
+
+/// The full-speed row of `provider`.
+fn provider_row(provider: &str) -> String {
+    format!("receiver, {provider} full speed")
+}
+
+/// The rows of the providers group, for a failure.
+pub(super) fn provider_names() -> Vec<String> {
+    PROVIDERS.iter().map(|p| provider_row(p)).collect()
+}
+
+/// The providers group: `paysync receiver` with Square, Authorize.Net and PayPal configured,
+/// each provider's signed requests at full speed against the minimal receiver (Stripe's HMAC)
+/// in ABBA blocks, the ratio per run. PayPal's certificate is served by this process and
+/// cached by the receiver after the first request, so its row times the RSA check.
+pub(super) async fn measure_providers(bench: &Bench) -> anyhow::Result<Vec<Row>> {
+    let plan = &bench.plan;
+    let mini_queue = format!("{}.bench.mini-providers", bench.prefix);
+    bench.cleanup.queue(&mini_queue);
+    let (mini, mini_addr) = start_mini(bench, &mini_queue).await?;
+
+    let leaf: &'static [u8] = include_bytes!("../../../../fixtures/paypal-local/leaf.pem");
+    let cert_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let cert_addr = cert_listener.local_addr()?;
+    let cert_server = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/notifications/certs/CERT-bench",
+            axum::routing::get(move || async move { leaf }),
+        );
+        let _ = axum::serve(cert_listener, app).await;
+    });
+    let ca_file = bench.logs().join("paypal-local-ca.pem");
+    std::fs::write(
+        &ca_file,
+        include_bytes!("../../../../fixtures/paypal-local/ca.pem"),
+    )?;
+    let cert_url = format!("http://{cert_addr}/v1/notifications/certs/CERT-bench");
+
+    let prefix = bench.prefix_for("recv-providers");
+    let work_queue = format!("{prefix}.work");
+    let http = free_addr()?;
+    let square_url = format!("http://{http}/webhooks/square");
+    let mut env = receiver_env(bench, http)?;
+    env.extend([
+        ("PAYSYNC_SQUARE_SIGNATURE_KEY", bench.secret.clone()),
+        ("PAYSYNC_SQUARE_NOTIFICATION_URL", square_url),
+        (
+            "PAYSYNC_AUTHORIZENET_SIGNATURE_KEY",
+            crate::loadgen::ANET_KEY.to_owned(),
+        ),
+        (
+            "PAYSYNC_PAYPAL_WEBHOOK_ID",
+            crate::loadgen::PAYPAL_WEBHOOK_ID.to_owned(),
+        ),
+        ("PAYSYNC_PAYPAL_CERT_HOSTS", cert_addr.to_string()),
+        ("PAYSYNC_PAYPAL_CA_FILE", ca_file.display().to_string()),
+    ]);
+    let mut receiver = spawn_paysync(bench, "receiver-providers", "receiver", &prefix, env)?;
+    ready(&mut receiver, http).await?;
+
+    let mini_url = format!("http://{mini_addr}/webhooks/stripe");
+    let mini_target = Target {
+        label: "mini",
+        url: &mini_url,
+        queue: &mini_queue,
+        what: "messages",
+        provider: "stripe",
+        cert_url: None,
+    };
+    let urls: Vec<String> = PROVIDERS
+        .iter()
+        .map(|p| format!("http://{http}/webhooks/{p}"))
+        .collect();
+    let block_count = (plan.http_count / 2).max(1);
+    let mut rows = Vec::new();
+    for (provider, url) in PROVIDERS.iter().zip(&urls) {
+        let target = Target {
+            label: provider,
+            url,
+            queue: &work_queue,
+            what: "events",
+            provider,
+            cert_url: (*provider == "paypal").then_some(cert_url.as_str()),
+        };
+        let (mut rps, mut ratios) = (Samples::new(), Samples::new());
+        let (mut mini_checks, mut checks) = (Checks::default(), Checks::default());
+        for run in 0..bench.runs {
+            let (mut mini_total, mut real_total) = (Throughput::default(), Throughput::default());
+            for block in 0..4 {
+                let mini_turn = mini_turn(run, block);
+                let (t, checks, total) = if mini_turn {
+                    (&mini_target, &mut mini_checks, &mut mini_total)
+                } else {
+                    (&target, &mut checks, &mut real_total)
+                };
+                let load = t.load(
+                    format!("{provider}-{run}-{block}"),
+                    bench.tag(&format!("p{}{block}", &provider[..2]), run),
+                    LoadMode::Count(block_count),
+                );
+                total.add(&receiver_load(bench, run, load, checks).await?);
+            }
+            let (ceiling, full) = (mini_total.rps(), real_total.rps());
+            rps.push(full);
+            ratios.push(full / ceiling);
+            bench.progress(format!(
+                "receiver {provider}, run {}/{}: minimal {} req/s, {provider} {} req/s (×{:.2})",
+                run + 1,
+                bench.runs,
+                num(ceiling),
+                num(full),
+                full / ceiling
+            ));
+        }
+        rows.push(Row::median(
+            provider_row(provider),
+            &rps,
+            "req/s",
+            format!("{} of the minimal receiver", ratio(&ratios)),
+            format!(
+                "{} signed events per run in two blocks, ABBA against the minimal receiver of the same run, {} keep-alive connections; {}; {}",
+                num((2 * block_count) as f64),
+                plan.connections,
+                if *provider == "paypal" {
+                    "RSA-2048 check with the cached certificate"
+                } else {
+                    "HMAC check"
+                },
+                checks.note("all 2xx, the work queue held every event")
+            ),
+        ));
+    }
+    receiver.terminate(STOP_GRACE).await?;
+    mini.terminate(STOP_GRACE).await?;
+    cert_server.abort();
+    Ok(rows)
 }
 
 #[cfg(test)]
