@@ -16,6 +16,9 @@ use crate::config::{self, Env};
 pub enum EventsCommand {
     /// Recent events, newest first.
     List {
+        /// Only this provider's events (stripe, square, authorizenet, paypal).
+        #[arg(long, value_parser = parse_provider)]
+        provider: Option<Provider>,
         /// Only this event type.
         #[arg(long = "type")]
         event_type: Option<String>,
@@ -102,6 +105,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         EventsCommand::List {
+            provider,
             event_type,
             since,
             limit,
@@ -115,6 +119,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                 .transpose()?;
             let rows = store
                 .events(&EventFilter {
+                    provider: provider.map(|p| p.as_str().to_owned()),
                     event_type,
                     since,
                     limit,
@@ -126,12 +131,13 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<34} {:<38} {:<8} {:>3} {:>4} PROCESSED",
-                    "EVENT", "TYPE", "OUTCOME", "ATT", "DUPS"
+                    "{:<12} {:<38} {:<44} {:<8} {:>3} {:>4} PROCESSED",
+                    "PROVIDER", "EVENT", "TYPE", "OUTCOME", "ATT", "DUPS"
                 );
                 for e in &rows {
                     println!(
-                        "{:<34} {:<38} {:<8} {:>3} {:>4} {}",
+                        "{:<12} {:<38} {:<44} {:<8} {:>3} {:>4} {}",
+                        e.provider,
                         e.event_id,
                         e.event_type,
                         e.outcome,

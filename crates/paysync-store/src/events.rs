@@ -96,6 +96,8 @@ pub struct EventRow {
 /// Filters for [`Store::events`].
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
+    /// Only this provider's events.
+    pub provider: Option<String>,
     /// Only this type.
     pub event_type: Option<String>,
     /// Only processed at or after this time.
@@ -349,13 +351,19 @@ impl Store {
         let sql = format!(
             "select {COLUMNS} from event_log \
              where ($1::text is null or event_type = $1) and ($2::timestamptz is null or processed_at >= $2) \
+               and ($4::text is null or provider = $4) \
              order by processed_at desc, id desc limit $3"
         );
         let rows = conn
             .0
             .query(
                 &sql,
-                &[&filter.event_type, &filter.since, &filter.limit.max(0)],
+                &[
+                    &filter.event_type,
+                    &filter.since,
+                    &filter.limit.max(0),
+                    &filter.provider,
+                ],
             )
             .await
             .map_err(StoreError::db("list events"))?;

@@ -306,6 +306,7 @@ pub async fn logged_events(
     limit: i64,
 ) -> anyhow::Result<Vec<paysync_store::EventRow>> {
     let filter = paysync_store::EventFilter {
+        provider: None,
         limit,
         ..Default::default()
     };

@@ -162,6 +162,7 @@ async fn a_thousand_dead_letters_in_three_groups_and_one_group_retried_with_its_
         || async {
             let rows = store
                 .events(&EventFilter {
+                    provider: None,
                     event_type: Some("invoice.paid".into()),
                     limit: 10_000,
                     ..Default::default()
