@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod account_view;
+mod hmac_vectors;
 mod paypal_vectors;
 mod stripe_vectors;
