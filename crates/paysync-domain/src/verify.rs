@@ -13,6 +13,22 @@ use crate::square::{SquareVerifier, SquareWebhookError};
 use crate::stripe::{StripeVerifier, StripeWebhookError};
 use crate::webhook::{Mode, Provider, VerifiedWebhook};
 
+/// Whether `given` equals the MAC `mac` computes under any non-empty key of `keys`. Every key
+/// is tried and each comparison takes constant time, so neither the time nor the result says
+/// which key matched or how much of a guess was right.
+pub(crate) fn any_key_matches<K: AsRef<str>, const N: usize>(
+    keys: &[K],
+    given: &[u8],
+    mac: impl Fn(&str) -> [u8; N],
+) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let mut matched = subtle::Choice::from(0);
+    for key in keys.iter().filter(|k| !k.as_ref().is_empty()) {
+        matched |= mac(key.as_ref()).ct_eq(given);
+    }
+    bool::from(matched)
+}
+
 /// A request as a verifier sees it.
 pub struct Inbound<'a> {
     /// Looks up a request header by name, case-insensitively.

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha512;
-use subtle::ConstantTimeEq;
 
 use crate::json::Loose;
 use crate::stripe::short_token;
@@ -123,11 +122,7 @@ pub fn verify_signature<K: AsRef<str>>(
         .ok()
         .filter(|d| d.len() == 64)
         .ok_or(AuthorizeNetWebhookError::MalformedSignature)?;
-    let mut matched = subtle::Choice::from(0);
-    for key in keys.iter().filter(|k| !k.as_ref().is_empty()) {
-        matched |= mac(key.as_ref(), body).ct_eq(given.as_slice());
-    }
-    if bool::from(matched) {
+    if crate::verify::any_key_matches(keys, &given, |key| mac(key, body)) {
         Ok(())
     } else {
         Err(AuthorizeNetWebhookError::Mismatch)

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use crate::json::Loose;
 use crate::stripe::short_token;
@@ -144,11 +143,7 @@ pub fn verify_signature<K: AsRef<str>>(
     if body.is_empty() || url.is_empty() {
         return Err(SquareWebhookError::Mismatch);
     }
-    let mut matched = subtle::Choice::from(0);
-    for key in keys.iter().filter(|k| !k.as_ref().is_empty()) {
-        matched |= mac(key.as_ref(), url, body).ct_eq(given.as_slice());
-    }
-    if bool::from(matched) {
+    if crate::verify::any_key_matches(keys, &given, |key| mac(key, url, body)) {
         Ok(())
     } else {
         Err(SquareWebhookError::Mismatch)

@@ -199,7 +199,12 @@ fn every_authorizenet_vector_has_its_outcome() {
         let Some(header) = case["header"].as_str() else {
             continue;
         };
-        assert_eq!(anet_ok(key, "", header, &body), valid(case), "{}", case["expect"]);
+        assert_eq!(
+            anet_ok(key, "", header, &body),
+            valid(case),
+            "{}",
+            case["expect"]
+        );
         n += 1;
     }
     // Policy: no `sha512=` prefix, or another algorithm's, is refused.
