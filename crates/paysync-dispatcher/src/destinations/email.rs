@@ -177,7 +177,11 @@ pub enum EmailSettingsError {
 
 /// Sends the three emails.
 pub struct EmailSender {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// The pooled transport; replaced after an attempt timed out, so a connection left in an
+    /// unknown state mid-dialogue is never reused.
+    transport: std::sync::Mutex<AsyncSmtpTransport<Tokio1Executor>>,
+    url: SecretString,
+    timeout: Duration,
     from: Mailbox,
     domain: String,
     templates: minijinja::Environment<'static>,
@@ -197,7 +201,12 @@ impl EmailSender {
         let from = settings.sender()?;
         let domain = from.email.domain().to_owned();
         Ok(Self {
-            transport: EmailSettings::transport(&settings.url, settings.timeout)?,
+            transport: std::sync::Mutex::new(EmailSettings::transport(
+                &settings.url,
+                settings.timeout,
+            )?),
+            url: settings.url.clone(),
+            timeout: settings.timeout,
             from,
             domain,
             templates: settings.templates()?,
@@ -358,7 +367,36 @@ impl Sender for EmailSender {
                 Err(v) => return v,
             };
             throttle.ready().await;
-            match self.transport.send(message).await {
+            let transport = self
+                .transport
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            // lettre's timeout bounds each connect, not a server that takes the message and
+            // never answers: the attempt has its own deadline (a little over the connect's,
+            // so lettre's own timeout reports first when it applies).
+            let deadline = self.timeout + self.timeout / 2;
+            let sent = match tokio::time::timeout(deadline, transport.send(message)).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    if let Ok(fresh) = EmailSettings::transport(&self.url, self.timeout) {
+                        *self
+                            .transport
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    }
+                    return Verdict::Failed(classify(
+                        None,
+                        false,
+                        true,
+                        &format!(
+                            "no answer from the SMTP server within {} s; it may have taken the message",
+                            deadline.as_secs_f64()
+                        ),
+                    ));
+                }
+            };
+            match sent {
                 Ok(response) => {
                     let text: Vec<&str> = response.message().collect();
                     let queued = text

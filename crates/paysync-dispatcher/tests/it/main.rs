@@ -3,5 +3,6 @@
 
 mod acceptance;
 mod chat_hubspot;
+mod email_stall;
 mod helpers;
 mod lanes;
