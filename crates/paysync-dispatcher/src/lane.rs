@@ -208,6 +208,7 @@ impl Lane {
                 pause(self.ctx.env.poll, &stop).await;
             }
             owned.set(0);
+            self.ctx.env.metrics.lane_lost(self.destination());
             let _ = self
                 .ctx
                 .env

@@ -210,12 +210,46 @@ impl DispatcherMetrics {
         self.lane_owned.with_label_values(&[d]);
     }
 
+    /// This process no longer owns `destination`'s lane: its breaker, pause and disable series
+    /// go to 0, so only the owner's series say 1 (the alerts take the max over processes).
+    pub fn lane_lost(&self, destination: Destination) {
+        let d = destination.as_str();
+        self.lane_owned.with_label_values(&[d]).set(0);
+        self.paused.with_label_values(&[d]).set(0);
+        self.disabled.with_label_values(&[d]).set(0);
+        for s in BREAKER_STATES {
+            self.breaker_state.with_label_values(&[d, s]).set(0);
+        }
+    }
+
     /// Sets the breaker state series of `destination`: `state` 1, the others 0.
     pub fn set_breaker(&self, destination: Destination, state: &str) {
         for s in BREAKER_STATES {
             self.breaker_state
                 .with_label_values(&[destination.as_str(), s])
                 .set(i64::from(*s == state));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lane_reports_nothing_of_its_destination() {
+        let m = DispatcherMetrics::register(&Registry::new()).unwrap();
+        let d = Destination::Chat;
+        m.lane_owned.with_label_values(&[d.as_str()]).set(1);
+        m.paused.with_label_values(&[d.as_str()]).set(1);
+        m.disabled.with_label_values(&[d.as_str()]).set(1);
+        m.set_breaker(d, "open");
+        m.lane_lost(d);
+        assert_eq!(m.lane_owned.with_label_values(&[d.as_str()]).get(), 0);
+        assert_eq!(m.paused.with_label_values(&[d.as_str()]).get(), 0);
+        assert_eq!(m.disabled.with_label_values(&[d.as_str()]).get(), 0);
+        for s in BREAKER_STATES {
+            assert_eq!(m.breaker_state.with_label_values(&[d.as_str(), s]).get(), 0, "{s}");
         }
     }
 }
