@@ -249,7 +249,11 @@ mod tests {
         assert_eq!(m.paused.with_label_values(&[d.as_str()]).get(), 0);
         assert_eq!(m.disabled.with_label_values(&[d.as_str()]).get(), 0);
         for s in BREAKER_STATES {
-            assert_eq!(m.breaker_state.with_label_values(&[d.as_str(), s]).get(), 0, "{s}");
+            assert_eq!(
+                m.breaker_state.with_label_values(&[d.as_str(), s]).get(),
+                0,
+                "{s}"
+            );
         }
     }
 }
