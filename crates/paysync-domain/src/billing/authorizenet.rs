@@ -91,16 +91,20 @@ pub struct Transaction {
     pub submitted_at_ms: Option<i64>,
 }
 
-/// A JSON number or string as exact minor units. A number is read through its shortest
-/// round-trip text, which for amounts of at most two decimals below 2^53 / 100 is the decimal
-/// the gateway wrote, or a shorter form of it (`10.00` reads as `10`): exact either way.
+/// A JSON number or string as exact minor units. A fractional number is read through its
+/// shortest round-trip text, which for amounts of at most two decimals below 10^13 is the
+/// decimal the gateway wrote, or a shorter form of it (`10.00` reads as `10`): exact either
+/// way. Larger fractional numbers are refused (`None`), never read as another amount.
 pub fn amount_minor(v: &Json<'_>) -> Option<i64> {
     match v {
         Json::Str(s) => parse_minor(s, 2),
-        Json::Number(n) => n
-            .as_i64()
-            .map(|i| i.checked_mul(100))
-            .unwrap_or_else(|| n.as_f64().and_then(|f| parse_minor(&f.to_string(), 2))),
+        Json::Number(n) => n.as_i64().map(|i| i.checked_mul(100)).unwrap_or_else(|| {
+            // Below 10^13 every 2-decimal amount has its own f64, whose shortest text is that
+            // decimal (≤ 15 significant digits); above, two amounts can share one: refused.
+            n.as_f64()
+                .filter(|f| f.abs() < 1e13)
+                .and_then(|f| parse_minor(&f.to_string(), 2))
+        }),
         _ => None,
     }
 }
@@ -419,6 +423,23 @@ mod tests {
             (c.snaps[0].id.as_str(), c.snaps[0].status.as_str()),
             ("60022194830", "failed")
         );
+    }
+
+    #[test]
+    fn amounts_are_exact_or_refused() {
+        for (text, want) in [
+            ("10.00", Some(1000)),
+            ("23", Some(2300)),
+            ("50000.0", Some(5_000_000)),
+            ("0.72", Some(72)),
+            ("9999999999999.99", Some(999_999_999_999_999)),
+            ("12345678901234.5", None),
+            ("1670560706310.67000", None),
+            ("\"12.34\"", Some(1234)),
+        ] {
+            let v: Json<'_> = serde_json::from_str(text).unwrap();
+            assert_eq!(amount_minor(&v), want, "{text}");
+        }
     }
 
     #[test]

@@ -240,22 +240,10 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
                 description: text(o, "title"),
                 link: text(o, "public_url"),
             };
-            if event_type == "invoice.payment_made" && paid > 0 {
-                // The invoice's payment: keyed on the invoice, whose id Square's payment
-                // events do not carry, so one invoice is one payment.
-                c.snaps.push(payment_snap(
-                    id.clone(),
-                    "succeeded",
-                    paid,
-                    currency,
-                    None,
-                    0,
-                ));
-                c.effects.push(SideEffect {
-                    notice: n,
-                    ..effect(Intent::ReceiptEmail, &id, None)
-                });
-            } else if event_type == "invoice.scheduled_charge_failed" {
+            // An invoice's money arrives as its own Payment, whose `payment.*` events record it
+            // (and its receipt) under the payment id; the invoice names no payment id, so
+            // recording it here too would count the same money twice.
+            if event_type == "invoice.scheduled_charge_failed" {
                 payment_failed(&mut c, &id, n);
             }
         }
@@ -353,10 +341,10 @@ mod tests {
 
         let c = fixture!("invoice.payment_made.json");
         assert_eq!(c.customer.as_deref(), Some("JDKYHBWT1D4F8MFH63DBMEN8Y4"));
-        assert_eq!(c.snaps[0].status, "paid");
-        assert_eq!(
-            (c.snaps[1].status.as_str(), c.snaps[1].amount),
-            ("succeeded", 10_000)
+        assert_eq!((c.snaps[0].status.as_str(), c.snaps.len()), ("paid", 1));
+        assert!(
+            c.effects.is_empty(),
+            "the money and its receipt come with the payment's events"
         );
         let c = fixture!("invoice.scheduled_charge_failed.json");
         assert_eq!(c.snaps[0].status, "open");
