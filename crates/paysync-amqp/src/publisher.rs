@@ -371,6 +371,30 @@ impl Publisher {
         .await
     }
 
+    /// Publishes an event that reconciliation fetched from the provider's API (authenticated
+    /// by our credentials over TLS rather than by a webhook signature) into the work queue,
+    /// marked with [`header::SOURCE`]; the worker applies it like any webhook, deduplicated
+    /// against the event log.
+    pub async fn publish_reconciled(
+        &self,
+        meta: &paysync_domain::EventMeta,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        let props = event_properties(meta, 1);
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert(
+            header::SOURCE.into(),
+            long_string(paysync_domain::message::SOURCE_RECONCILE),
+        );
+        self.publish_raw(
+            DEFAULT_EXCHANGE,
+            &self.inner.work_queue,
+            payload,
+            props.with_headers(table),
+        )
+        .await
+    }
+
     /// Publishes `body` with `props` to `exchange`/`routing_key` with a confirm (persistent,
     /// mandatory). Only for messages that were verified on the way in.
     pub(crate) async fn publish_raw(

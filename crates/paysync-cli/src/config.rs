@@ -416,6 +416,148 @@ pub fn authorizenet_api(
     Ok(Some(s))
 }
 
+/// An API base URL from `var`, else `default`: https, or loopback http (tests, local fakes).
+fn api_base(env: &Env<'_>, var: &str, default: &str) -> anyhow::Result<String> {
+    let Some(url) = env.raw(var) else {
+        return Ok(default.to_owned());
+    };
+    let url = url.trim().trim_end_matches('/').to_owned();
+    let loopback = url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+    if !(url.starts_with("https://") || loopback) {
+        bail!("{var}: must be an https URL (loopback http for tests)");
+    }
+    Ok(url)
+}
+
+/// A duration variable: `<n>s|m|h|d`, or a bare number of seconds; positive.
+fn duration(env: &Env<'_>, var: &str, default: Duration) -> anyhow::Result<Duration> {
+    let Some(raw) = env.raw(var) else {
+        return Ok(default);
+    };
+    let raw = raw.trim();
+    let secs = match raw.parse::<u64>() {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Err(_) => crate::dlq::parse_duration_for(raw, var)?,
+    };
+    if secs <= 0 {
+        bail!("{var}: {POSITIVE}");
+    }
+    Ok(Duration::from_secs(secs.unsigned_abs()))
+}
+
+/// Events a page when listing a provider's events (`PAYSYNC_RECONCILE_PAGE_SIZE`, 1–100).
+fn page_size(env: &Env<'_>) -> anyhow::Result<u32> {
+    let n: u32 = env.parse("PAYSYNC_RECONCILE_PAGE_SIZE", 100)?;
+    if !(1..=100).contains(&n) {
+        bail!("PAYSYNC_RECONCILE_PAGE_SIZE: must be between 1 and 100 (the providers' limit)");
+    }
+    Ok(n)
+}
+
+/// Stripe's API, when `PAYSYNC_STRIPE_API_KEY` (or its `_FILE`) is set: a restricted key with
+/// read access to Events (and, for thin events, to the objects they name) is enough. Its mode
+/// comes from the key's prefix (`sk_test_`, `rk_live_`, …), else from `PAYSYNC_STRIPE_MODE`.
+pub fn stripe_api(
+    env: &Env<'_>,
+) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::stripe::StripeApi>>> {
+    use paysync_worker::reconcile::{ApiSettings, stripe};
+    let Some(key) = env.secret("PAYSYNC_STRIPE_API_KEY")? else {
+        return Ok(None);
+    };
+    let mode = if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+        Mode::Test
+    } else if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+        Mode::Live
+    } else {
+        env.parse::<Mode>("PAYSYNC_STRIPE_MODE", Mode::Test)?
+    };
+    let base = api_base(env, "PAYSYNC_STRIPE_API_BASE", stripe::STRIPE_API_BASE)?;
+    let settings = ApiSettings::new(base, SecretString::from(key));
+    Ok(Some(std::sync::Arc::new(stripe::StripeApi::new(
+        settings,
+        mode,
+        page_size(env)?,
+    ))))
+}
+
+/// Square's Events API, when `PAYSYNC_SQUARE_ACCESS_TOKEN` (or its `_FILE`) is set: a personal
+/// access token (Square lists events for no other kind). Its mode is `PAYSYNC_SQUARE_MODE`;
+/// the base defaults to Square's production or sandbox host accordingly.
+pub fn square_api(
+    env: &Env<'_>,
+) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::square::SquareApi>>> {
+    use paysync_worker::reconcile::{ApiSettings, square};
+    let Some(token) = env.secret("PAYSYNC_SQUARE_ACCESS_TOKEN")? else {
+        return Ok(None);
+    };
+    let mode = env.parse::<Mode>("PAYSYNC_SQUARE_MODE", Mode::Test)?;
+    let default = match mode {
+        Mode::Live => square::SQUARE_API_BASE,
+        Mode::Test => square::SQUARE_SANDBOX_API_BASE,
+    };
+    let base = api_base(env, "PAYSYNC_SQUARE_API_BASE", default)?;
+    let settings = ApiSettings::new(base, SecretString::from(token));
+    Ok(Some(std::sync::Arc::new(square::SquareApi::new(
+        settings,
+        mode,
+        page_size(env)?,
+    ))))
+}
+
+/// The provider APIs a worker uses, each client built once (one rate limit and breaker per
+/// provider and process): the billing handlers' lookups and the reconciler's event lists.
+pub struct ProviderClients {
+    /// For the billing handlers (Authorize.Net transactions, Stripe thin-event objects).
+    pub apis: paysync_worker::billing::ProviderApis,
+    /// Every provider whose event list can be read.
+    pub sources: Vec<std::sync::Arc<dyn paysync_worker::reconcile::EventSource>>,
+}
+
+/// The provider API clients whose credentials are set.
+pub fn provider_clients(env: &Env<'_>) -> anyhow::Result<ProviderClients> {
+    use std::sync::Arc;
+    let mut sources: Vec<Arc<dyn paysync_worker::reconcile::EventSource>> = Vec::new();
+    let stripe = stripe_api(env)?;
+    if let Some(s) = &stripe {
+        sources.push(s.clone());
+    }
+    if let Some(s) = square_api(env)? {
+        sources.push(s);
+    }
+    let authorizenet = authorizenet_api(env)?.map(|s| {
+        Arc::new(paysync_worker::enrich::AuthorizeNetApi::new(s))
+            as Arc<dyn paysync_worker::billing::TransactionSource>
+    });
+    Ok(ProviderClients {
+        apis: paysync_worker::billing::ProviderApis {
+            authorizenet,
+            stripe: stripe.map(|s| s as Arc<dyn paysync_worker::billing::ObjectSource>),
+        },
+        sources,
+    })
+}
+
+/// The scheduled reconciler's timing: `PAYSYNC_RECONCILE_INTERVAL` (15m),
+/// `PAYSYNC_RECONCILE_LOOKBACK` (24h), `PAYSYNC_RECONCILE_SETTLE` (5m).
+fn reconcile_schedule(
+    env: &Env<'_>,
+) -> anyhow::Result<paysync_worker::reconcile::ReconcileSchedule> {
+    let d = paysync_worker::reconcile::ReconcileSchedule::default();
+    let settle = match env
+        .raw("PAYSYNC_RECONCILE_SETTLE")
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("0") => Duration::ZERO,
+        _ => duration(env, "PAYSYNC_RECONCILE_SETTLE", d.settle)?,
+    };
+    Ok(paysync_worker::reconcile::ReconcileSchedule {
+        interval: duration(env, "PAYSYNC_RECONCILE_INTERVAL", d.interval)?,
+        lookback: duration(env, "PAYSYNC_RECONCILE_LOOKBACK", d.lookback)?,
+        settle,
+    })
+}
+
 /// Names the variable behind a refused receiver field.
 fn receiver_refused(err: ReceiverSettingsError) -> anyhow::Error {
     use ReceiverSettingsError as E;
@@ -606,6 +748,7 @@ pub fn worker(
         amqp: amqp(env, "worker")?,
         store,
         admin_token: admin_token(env)?,
+        reconcile: reconcile_schedule(env)?,
     };
     s.validate().map_err(worker_refused)?;
     Ok(s)
@@ -628,6 +771,7 @@ fn worker_refused(err: WorkerSettingsError) -> anyhow::Error {
         ),
         E::ShutdownGrace => refused("PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS", POSITIVE),
         E::MonitorInterval => refused("PAYSYNC_WORKER_MONITOR_INTERVAL_SECS", POSITIVE),
+        E::ReconcileInterval => refused("PAYSYNC_RECONCILE_INTERVAL", POSITIVE),
         E::Amqp(e) => amqp_refused(e),
         E::Store(e) => store_refused(e),
         E::AdminToken => refused(

@@ -6,6 +6,7 @@ mod dispatch;
 mod dlq;
 mod events;
 mod outbox;
+mod reconcile;
 mod send;
 
 use std::net::SocketAddr;
@@ -62,6 +63,10 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Find the events a provider sent that never reached the event log (in the provider's
+    /// own event list) and publish them for the worker; prints what it listed, found logged,
+    /// published and skipped.
+    Reconcile(reconcile::ReconcileArgs),
     /// Sign a payload the way Stripe does and POST it to a receiver.
     Send {
         /// The provider to sign as: stripe, square, authorizenet or paypal.
@@ -122,7 +127,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         }
         Command::Worker => {
             let settings = config::worker(env, "PAYSYNC_METRICS_ADDR", default_metrics_addr())?;
-            let app = paysync_worker::App::build(settings, handlers(env)?).await?;
+            let app = worker_app(env, settings).await?;
             tracing::info!(metrics_port = app.metrics_port(), "worker started");
             app.run_until_stopped(shutdown_signal()).await?;
         }
@@ -142,6 +147,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => return dlq::run(env, command).await,
         Command::Outbox { command } => return outbox::run(env, command).await,
         Command::Accounts { command } => return accounts::run(env, command).await,
+        Command::Reconcile(args) => return reconcile::run(env, args).await,
         Command::Send {
             provider,
             file,
@@ -169,16 +175,20 @@ fn default_metrics_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
-/// The production handler registry: the billing and CRM handler for every type it applies;
-/// other types are recorded as `ignored`.
-/// The billing handlers, with Authorize.Net's transaction-details client when its API
-/// credentials are set.
-fn handlers(env: &Env<'_>) -> anyhow::Result<paysync_worker::Handlers> {
-    let anet = config::authorizenet_api(env)?.map(|s| {
-        std::sync::Arc::new(paysync_worker::enrich::AuthorizeNetApi::new(s))
-            as std::sync::Arc<dyn paysync_worker::billing::TransactionSource>
-    });
-    Ok(paysync_worker::billing::handlers_with(anet))
+/// The production worker: the billing and CRM handler for every type it applies (other types
+/// are recorded as `ignored`), completed from the provider APIs whose credentials are set, and
+/// the scheduled reconciler for every provider whose event list it can read.
+async fn worker_app(
+    env: &Env<'_>,
+    settings: paysync_worker::Settings,
+) -> anyhow::Result<paysync_worker::App> {
+    let clients = config::provider_clients(env)?;
+    let app = paysync_worker::App::build(
+        settings,
+        paysync_worker::billing::handlers_for(clients.apis),
+    )
+    .await?;
+    Ok(app.with_reconcile_sources(clients.sources))
 }
 
 async fn migrate(settings: &paysync_store::StoreSettings) -> anyhow::Result<Vec<i32>> {
@@ -213,7 +223,7 @@ async fn up(env: &Env<'_>) -> anyhow::Result<()> {
     let receiver = paysync_receiver::App::build(receiver_settings)
         .await
         .map_err(config::receiver_listen_refused)?;
-    let worker = paysync_worker::App::build(worker_settings, handlers(env)?).await?;
+    let worker = worker_app(env, worker_settings).await?;
     let dispatcher = paysync_dispatcher::App::build(dispatcher_settings).await?;
     tracing::info!(
         port = receiver.port(),

@@ -52,6 +52,9 @@ pub mod header {
     /// Set on an operator replay from the event log: the handler runs again although the
     /// event is already logged.
     pub const REPLAY: &str = "paysync-replay";
+    /// Where an event came from when not from a webhook: [`super::SOURCE_RECONCILE`] for one
+    /// that reconciliation found in the provider's own event list.
+    pub const SOURCE: &str = "paysync-source";
     /// Dead letters only: unique key of this dead-lettering (idempotent ingest).
     pub const DEAD_LETTER_KEY: &str = "paysync-dead-letter-key";
     /// Dead letters only: the error kind (closed set).
@@ -63,6 +66,10 @@ pub mod header {
     /// Dead letters only: when the last attempt failed, unix milliseconds.
     pub const LAST_FAILURE_MS: &str = "paysync-last-failure-ms";
 }
+
+/// The [`header::SOURCE`] of an event that reconciliation found at the provider's API and
+/// our receiver never got.
+pub const SOURCE_RECONCILE: &str = "reconcile";
 
 /// A header value as the contract uses them.
 #[derive(Debug, Clone, PartialEq, Eq)]

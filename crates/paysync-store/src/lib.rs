@@ -14,6 +14,7 @@ mod lane;
 mod migrate;
 mod operators;
 mod outbox;
+mod reconcile;
 mod settings;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -30,6 +31,7 @@ pub use outbox::{
     DestinationControl, DestinationRow,
 };
 pub use paysync_domain::billing::AccountFacts;
+pub use reconcile::{Checkpoint, KnownEvents, SessionLock};
 pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
 /// The text of the statements the worker runs for an event, for the bench's pgbench scripts

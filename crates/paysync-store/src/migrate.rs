@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_deliveries",
         sql: include_str!("../../../migrations/0008_outbox_deliveries.sql"),
     },
+    Migration {
+        version: 9,
+        name: "reconcile_checkpoints",
+        sql: include_str!("../../../migrations/0009_reconcile_checkpoints.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

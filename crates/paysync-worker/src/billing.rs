@@ -20,8 +20,31 @@ use crate::{Event, Failure, Handler, Handlers};
 /// payment events name no customer) are completed from the provider's API first.
 #[derive(Default)]
 pub struct Billing {
-    anet: Option<Arc<dyn TransactionSource>>,
+    apis: ProviderApis,
 }
+
+/// The provider APIs billing completes events from; each `None` when not configured.
+#[derive(Default, Clone)]
+pub struct ProviderApis {
+    /// Authorize.Net's transaction details (its payment events name no customer).
+    pub authorizenet: Option<Arc<dyn TransactionSource>>,
+    /// Stripe's objects (thin events carry only a reference to theirs).
+    pub stripe: Option<Arc<dyn ObjectSource>>,
+}
+
+/// Where the current JSON of a provider object comes from (the API client, or a test's
+/// stand-in).
+pub trait ObjectSource: Send + Sync {
+    /// The object at the API path `path`. An outage must be a retryable [`Failure`].
+    fn object<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<String, Failure>>;
+}
+
+/// A Stripe thin event on a worker without a Stripe API key.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "thin event needs Stripe object {0} but no Stripe API key is configured (PAYSYNC_STRIPE_API_KEY)"
+)]
+pub struct ThinEventUnconfigured(String);
 
 /// Where Authorize.Net transaction details come from (the API client, or a test's stand-in).
 pub trait TransactionSource: Send + Sync {
@@ -69,12 +92,28 @@ pub fn handlers() -> Handlers {
 /// A registry with the billing handler for every type it applies; `anet` completes
 /// Authorize.Net payment events.
 pub fn handlers_with(anet: Option<Arc<dyn TransactionSource>>) -> Handlers {
+    handlers_for(ProviderApis {
+        authorizenet: anet,
+        stripe: None,
+    })
+}
+
+/// A registry with the billing handler for every type it applies, Stripe's thin variants
+/// (`v1.<type>`) included, completing events from `apis`.
+pub fn handlers_for(apis: ProviderApis) -> Handlers {
     let mut h = Handlers::new();
-    let billing: Arc<dyn Handler> = Arc::new(Billing { anet });
+    let billing: Arc<dyn Handler> = Arc::new(Billing { apis });
     for provider in Provider::ALL {
         for t in billing::handled_types(provider) {
             h.register(provider, *t, billing.clone());
         }
+    }
+    for t in billing::handled_types(Provider::Stripe) {
+        h.register(
+            Provider::Stripe,
+            format!("{}{t}", billing::stripe::THIN_TYPE_PREFIX),
+            billing.clone(),
+        );
     }
     h
 }
@@ -87,8 +126,7 @@ impl Handler for Billing {
     fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             let Ok(Changes {
-                needs: Some(Enrichment::AuthorizeNetTransaction(id)),
-                ..
+                needs: Some(needs), ..
             }) = parsed_first(event)
             else {
                 return Ok(());
@@ -99,7 +137,14 @@ impl Handler for Billing {
             if p.completed.get().is_some() {
                 return Ok(());
             }
-            let source = self.anet.as_ref().ok_or_else(|| {
+            let id = match needs {
+                Enrichment::AuthorizeNetTransaction(id) => id,
+                Enrichment::StripeObject(path) => {
+                    let _ = p.completed.set(self.thin_snapshot(event, path).await?);
+                    return Ok(());
+                }
+            };
+            let source = self.apis.authorizenet.as_ref().ok_or_else(|| {
                 Failure::permanent(
                     "enrichment_unconfigured",
                     EnrichmentUnconfigured(id.clone()),
@@ -142,6 +187,31 @@ impl Handler for Billing {
         events: &'a [&'a Event],
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(apply(tx, events))
+    }
+}
+
+impl Billing {
+    /// A thin event's changes: its object fetched from Stripe, mapped as the snapshot event
+    /// the thin one stands for.
+    async fn thin_snapshot(
+        &self,
+        event: &Event,
+        path: &str,
+    ) -> Result<Result<Changes, BillingError>, Failure> {
+        let source = self.apis.stripe.as_ref().ok_or_else(|| {
+            Failure::permanent(
+                "enrichment_unconfigured",
+                ThinEventUnconfigured(path.to_owned()),
+            )
+        })?;
+        let object = source.object(path).await?;
+        Ok(
+            billing::stripe::snapshot_of_thin(event.body(), &object).and_then(|snapshot| {
+                let base = billing::stripe::thin_base(&event.meta.event_type)
+                    .ok_or(BillingError::Missing("type"))?;
+                billing::changes_of_body(Provider::Stripe, base, &snapshot)
+            }),
+        )
     }
 }
 

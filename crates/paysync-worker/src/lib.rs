@@ -16,6 +16,7 @@ mod metrics;
 mod monitor;
 pub mod ops;
 mod process;
+pub mod reconcile;
 mod settings;
 
 use std::collections::HashSet;
@@ -45,6 +46,7 @@ pub struct App {
     processor: Arc<Processor>,
     consuming: Arc<AtomicBool>,
     database_ok: Arc<AtomicBool>,
+    reconcile_sources: Vec<Arc<dyn reconcile::EventSource>>,
 }
 
 impl App {
@@ -106,6 +108,7 @@ impl App {
             processor,
             consuming,
             database_ok,
+            reconcile_sources: Vec::new(),
         })
     }
 
@@ -114,6 +117,13 @@ impl App {
         if let Some(p) = Arc::get_mut(&mut self.processor) {
             p.after_commit = Some(hook);
         }
+        self
+    }
+
+    /// Reconciles these providers' event lists with the event log on the schedule of
+    /// [`Settings::reconcile`], one process per provider at a time (docs/reconcile.md).
+    pub fn with_reconcile_sources(mut self, sources: Vec<Arc<dyn reconcile::EventSource>>) -> Self {
+        self.reconcile_sources = sources;
         self
     }
 
@@ -158,6 +168,17 @@ impl App {
             self.processor.clone(),
             self.settings.amqp.clone(),
             self.settings.monitor_interval,
+            stop.clone(),
+        ));
+        let reconciler = tokio::spawn(reconcile::run_scheduled(
+            reconcile::Reconciler::new(
+                self.processor.store.clone(),
+                self.processor.publisher.clone(),
+                self.processor.handlers.clone(),
+            ),
+            self.reconcile_sources,
+            self.settings.reconcile.clone(),
+            self.processor.metrics.clone(),
             stop.clone(),
         ));
         let topology = self.processor.publisher.topology().clone();
@@ -205,6 +226,7 @@ impl App {
             })
         };
         tokio::join!(work, dead);
+        let _ = reconciler.await;
         let _ = health.await;
         let _ = gauges.await;
         let _ = supervisor.await;

@@ -56,6 +56,15 @@ pub struct WorkerMetrics {
     /// failed (halves of a split batch included); their events were applied in halves or one
     /// by one.
     pub batch_fallbacks: IntCounter,
+    /// `paysync_reconcile_missing_total{provider}`: events that reached the event log only
+    /// through reconciliation (their webhook never arrived), counted by the worker that
+    /// applied them.
+    pub reconcile_missing: IntCounterVec,
+    /// `paysync_reconcile_last_success_timestamp_seconds{provider}`: when the provider's last
+    /// complete reconciliation finished (read from the checkpoint, so every worker reports it).
+    pub reconcile_last_success: IntGaugeVec,
+    /// `paysync_reconcile_runs_total{provider,outcome}`: scheduled runs, `ok` or `failed`.
+    pub reconcile_runs: IntCounterVec,
 }
 
 /// States of `paysync_dead_letters`.
@@ -186,6 +195,33 @@ impl WorkerMetrics {
         )?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(batch_fallbacks.clone()))?;
+        let reconcile_missing = IntCounterVec::new(
+            Opts::new(
+                "paysync_reconcile_missing_total",
+                "Events applied only because reconciliation found them at the provider (their webhook never arrived).",
+            ),
+            &["provider"],
+        )?;
+        let reconcile_last_success = IntGaugeVec::new(
+            Opts::new(
+                "paysync_reconcile_last_success_timestamp_seconds",
+                "When the provider's last complete reconciliation finished, unix seconds.",
+            ),
+            &["provider"],
+        )?;
+        let reconcile_runs = IntCounterVec::new(
+            Opts::new(
+                "paysync_reconcile_runs_total",
+                "Scheduled reconciliation runs by outcome (ok, failed).",
+            ),
+            &["provider", "outcome"],
+        )?;
+        registry.register(Box::new(reconcile_missing.clone()))?;
+        registry.register(Box::new(reconcile_last_success.clone()))?;
+        registry.register(Box::new(reconcile_runs.clone()))?;
+        for provider in paysync_domain::Provider::ALL {
+            reconcile_missing.with_label_values(&[provider.as_str()]);
+        }
         let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -228,6 +264,9 @@ impl WorkerMetrics {
             pool_wait,
             unlinked,
             broker_reconnects,
+            reconcile_missing,
+            reconcile_last_success,
+            reconcile_runs,
             batch_size,
             batch_fallbacks,
         })

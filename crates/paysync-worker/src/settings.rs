@@ -52,6 +52,9 @@ pub struct Settings {
     /// Bearer token of the admin API on the metrics listener; `None` keeps the API off. At
     /// least [`MIN_ADMIN_TOKEN_LEN`] bytes.
     pub admin_token: Option<secrecy::SecretString>,
+    /// When the scheduled reconciler runs (only for providers given API credentials, see
+    /// [`App::with_reconcile_sources`](crate::App::with_reconcile_sources)).
+    pub reconcile: crate::reconcile::ReconcileSchedule,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             amqp: AmqpSettings::default(),
             store,
             admin_token: None,
+            reconcile: crate::reconcile::ReconcileSchedule::default(),
         }
     }
 }
@@ -106,6 +110,9 @@ pub enum SettingsError {
     /// A field of `store`.
     #[error(transparent)]
     Store(#[from] StoreSettingsError),
+    /// `reconcile.interval` is zero.
+    #[error("reconcile.interval: must be greater than zero")]
+    ReconcileInterval,
     /// `admin_token` is shorter than [`MIN_ADMIN_TOKEN_LEN`] bytes.
     #[error("admin_token: use at least {MIN_ADMIN_TOKEN_LEN} characters")]
     AdminToken,
@@ -133,6 +140,9 @@ impl Settings {
         }
         if self.monitor_interval.is_zero() {
             return Err(SettingsError::MonitorInterval);
+        }
+        if self.reconcile.interval.is_zero() {
+            return Err(SettingsError::ReconcileInterval);
         }
         self.amqp.validate()?;
         self.store.validate()?;

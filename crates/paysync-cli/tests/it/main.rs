@@ -6,3 +6,4 @@ mod crash;
 mod dispatcher_kill;
 mod dlq;
 mod outbox;
+mod reconcile;

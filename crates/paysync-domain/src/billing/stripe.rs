@@ -98,6 +98,66 @@ fn notice(
     }
 }
 
+/// Stripe's thin events about API v1 objects are named like the snapshot event with this
+/// prefix (`v1.invoice.paid`).
+pub const THIN_TYPE_PREFIX: &str = "v1.";
+
+/// The snapshot event type a thin event type stands for, when this mapper applies it.
+pub fn thin_base(event_type: &str) -> Option<&'static str> {
+    let base = event_type.strip_prefix(THIN_TYPE_PREFIX)?;
+    HANDLED_TYPES.iter().copied().find(|t| *t == base)
+}
+
+/// The API path of the object a thin event refers to (`related_object.url`), if it is one we
+/// may call: a `/v1/` path of ids and names only, so an event cannot point the worker's
+/// authenticated client anywhere else.
+pub fn thin_object_path(event: &Json<'_>) -> Result<String, BillingError> {
+    let url = at_path(event, &["related_object", "url"])
+        .and_then(Json::as_str)
+        .ok_or(BillingError::Missing("related_object.url"))?;
+    let safe = url.len() <= 300
+        && url.starts_with("/v1/")
+        && !url.contains("..")
+        && !url.contains("//")
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+    if !safe {
+        return Err(BillingError::Missing("related_object.url"));
+    }
+    Ok(url.to_owned())
+}
+
+/// The snapshot event a thin event stands for, once its object was fetched: the thin event's
+/// id, mode and time, its type without [`THIN_TYPE_PREFIX`], and `object` (the API's JSON of
+/// the related object) as `data.object`. The mapper then reads it like any snapshot event.
+pub fn snapshot_of_thin(thin: &str, object: &str) -> Result<String, BillingError> {
+    let thin: serde_json::Value = serde_json::from_str(thin).map_err(|_| BillingError::NotJson)?;
+    let object: serde_json::Value =
+        serde_json::from_str(object).map_err(|_| BillingError::NotJson)?;
+    if !object.is_object() {
+        return Err(BillingError::Missing("data.object"));
+    }
+    let event_type = thin["type"]
+        .as_str()
+        .and_then(thin_base)
+        .ok_or(BillingError::Missing("type"))?;
+    let created = thin["created"]
+        .as_str()
+        .and_then(crate::timestamp::parse_rfc3339_ms)
+        .ok_or(BillingError::Missing("created"))?
+        .div_euclid(1000);
+    Ok(serde_json::json!({
+        "id": thin["id"],
+        "object": "event",
+        "type": event_type,
+        "created": created,
+        "livemode": thin["livemode"],
+        "data": {"object": object},
+    })
+    .to_string())
+}
+
 /// What the Stripe event `event_type` with the raw body `body` means: [`changes`] of the body
 /// parsed into a borrowed tree, which lives only for this call.
 pub fn changes_of_body(event_type: &str, body: &str) -> Result<Changes, BillingError> {
@@ -108,6 +168,14 @@ pub fn changes_of_body(event_type: &str, body: &str) -> Result<Changes, BillingE
 /// borrowed JSON tree: strings are not copied, objects are vectors) means. Where a member
 /// appears twice in an object, the first one counts.
 pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingError> {
+    if at(event, "object").and_then(Json::as_str) == Some(crate::stripe::THIN_OBJECT) {
+        // A thin event names its object; the worker fetches it and maps the snapshot.
+        thin_base(event_type).ok_or(BillingError::Missing("type"))?;
+        return Ok(Changes {
+            needs: Some(super::Enrichment::StripeObject(thin_object_path(event)?)),
+            ..Changes::default()
+        });
+    }
     let o = at_path(event, &["data", "object"])
         .filter(|o| o.is_object())
         .ok_or(BillingError::Missing("data.object"))?;
@@ -382,4 +450,61 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
         _ => return Err(BillingError::Missing("a supported event type")),
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod thin_tests {
+    use super::*;
+
+    const THIN: &str = r#"{"id":"evt_test_65Th","object":"v2.core.event","type":"v1.invoice.paid","livemode":false,"created":"2024-09-17T06:20:52.246Z","related_object":{"id":"in_1","type":"invoice","url":"/v1/invoices/in_1"}}"#;
+
+    #[test]
+    fn a_thin_event_of_a_handled_type_asks_for_its_object() {
+        let c = changes_of_body("v1.invoice.paid", THIN).unwrap();
+        assert_eq!(
+            c.needs,
+            Some(super::super::Enrichment::StripeObject(
+                "/v1/invoices/in_1".into()
+            ))
+        );
+        assert!(c.snaps.is_empty() && c.effects.is_empty());
+        assert_eq!(thin_base("v1.invoice.paid"), Some("invoice.paid"));
+        assert_eq!(thin_base("v1.billing.meter.error_report_triggered"), None);
+        assert_eq!(thin_base("invoice.paid"), None);
+    }
+
+    #[test]
+    fn a_thin_event_pointing_outside_the_v1_api_is_refused() {
+        for url in [
+            "https://evil.example/v1/invoices/in_1",
+            "//evil.example/v1/x",
+            "/v1/../v2/x",
+            "/v2/core/events/evt_1",
+            "/v1/invoices/in_1?expand=x",
+            "/v1/invoices/in 1",
+        ] {
+            let body = THIN.replace("/v1/invoices/in_1", url);
+            assert_eq!(
+                changes_of_body("v1.invoice.paid", &body),
+                Err(BillingError::Missing("related_object.url")),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_snapshot_of_a_thin_event_maps_like_the_snapshot_event() {
+        let object = r#"{"id":"in_1","object":"invoice","customer":"cus_1","status":"paid","amount_paid":1500,"total":1500,"currency":"usd"}"#;
+        let snapshot = snapshot_of_thin(THIN, object).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+        assert_eq!(v["type"], "invoice.paid");
+        assert_eq!(v["id"], "evt_test_65Th");
+        assert_eq!(v["created"], 1_726_554_052);
+        assert_eq!(v["data"]["object"]["id"], "in_1");
+        let c = changes_of_body("invoice.paid", &snapshot).unwrap();
+        assert_eq!(c.customer.as_deref(), Some("cus_1"));
+        assert!(c.needs.is_none());
+        assert!(snapshot_of_thin(THIN, "[1]").is_err());
+        assert!(snapshot_of_thin(&THIN.replace("v1.invoice.paid", "v1.x"), object).is_err());
+    }
 }

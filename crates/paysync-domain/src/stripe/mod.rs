@@ -40,9 +40,6 @@ pub enum StripeWebhookError {
     /// A required envelope field is absent or of the wrong type.
     #[error("event is missing a valid `{0}`")]
     MissingField(&'static str),
-    /// A v2 "thin" event (`object: v2.core.event`), which this endpoint does not take.
-    #[error("thin (v2) events are not supported on this endpoint")]
-    ThinEvent,
     /// The event's `livemode` does not match the configured mode.
     #[error("event is in {got} mode but this endpoint accepts {expected} mode only")]
     WrongMode {
@@ -60,7 +57,7 @@ impl StripeWebhookError {
             Self::MissingSignature => "missing_signature",
             Self::Signature(SignatureError::TimestampTooOld { .. }) => "stale_timestamp",
             Self::Signature(_) => "bad_signature",
-            Self::MalformedJson | Self::MissingField(_) | Self::ThinEvent => "malformed",
+            Self::MalformedJson | Self::MissingField(_) => "malformed",
             Self::WrongMode { .. } => "wrong_mode",
         }
     }
@@ -148,7 +145,11 @@ struct RawEnvelope<'a> {
     object: Loose<'a>,
 }
 
-/// Parses the envelope of a Stripe event body. The whole body must be valid JSON; only the
+/// The `object` of Stripe's thin events (event destinations with the "thin" payload): an id,
+/// a type and a reference to the object, which the worker fetches from Stripe's API.
+pub const THIN_OBJECT: &str = "v2.core.event";
+
+/// Parses the envelope of a Stripe event body, snapshot or thin. The whole body must be valid JSON; only the
 /// envelope fields are kept.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
     // An object, not an array (which serde would also take for a struct, field by field).
@@ -157,14 +158,17 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, StripeWebhookError> {
     }
     let raw: RawEnvelope<'_> =
         serde_json::from_slice(body).map_err(|_| StripeWebhookError::MalformedJson)?;
-    if raw.object.as_str() == Some("v2.core.event") {
-        return Err(StripeWebhookError::ThinEvent);
-    }
+    let thin = raw.object.as_str() == Some(THIN_OBJECT);
     let id = short_token(&raw.id).ok_or(StripeWebhookError::MissingField("id"))?;
     let event_type =
         short_token(&raw.event_type).ok_or(StripeWebhookError::MissingField("type"))?;
-    let Loose::Int(created) = raw.created else {
-        return Err(StripeWebhookError::MissingField("created"));
+    // A snapshot event's `created` is unix seconds; a thin event's is RFC 3339.
+    let created = match (&raw.created, thin) {
+        (Loose::Int(created), false) => *created,
+        (Loose::Str(at), true) => crate::timestamp::parse_rfc3339_ms(at)
+            .map(|ms| ms.div_euclid(1000))
+            .ok_or(StripeWebhookError::MissingField("created"))?,
+        _ => return Err(StripeWebhookError::MissingField("created")),
     };
     let Loose::Bool(livemode) = raw.livemode else {
         return Err(StripeWebhookError::MissingField("livemode"));
@@ -277,9 +281,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(body).map_err(|_| StripeWebhookError::MalformedJson)?;
         let o = v.as_object().ok_or(StripeWebhookError::MalformedJson)?;
-        if o.get("object").and_then(|x| x.as_str()) == Some("v2.core.event") {
-            return Err(StripeWebhookError::ThinEvent);
-        }
+        let thin = o.get("object").and_then(|x| x.as_str()) == Some(THIN_OBJECT);
         let token = |k: &str| {
             o.get(k)
                 .and_then(|x| x.as_str())
@@ -292,10 +294,14 @@ mod tests {
         };
         let id = token("id").ok_or(StripeWebhookError::MissingField("id"))?;
         let event_type = token("type").ok_or(StripeWebhookError::MissingField("type"))?;
-        let created = o
-            .get("created")
-            .and_then(|c| c.as_i64())
-            .ok_or(StripeWebhookError::MissingField("created"))?;
+        let created = match (o.get("created"), thin) {
+            (Some(serde_json::Value::String(at)), true) => {
+                crate::timestamp::parse_rfc3339_ms(at).map(|ms| ms.div_euclid(1000))
+            }
+            (Some(c), false) => c.as_i64(),
+            _ => None,
+        }
+        .ok_or(StripeWebhookError::MissingField("created"))?;
         let livemode = o
             .get("livemode")
             .and_then(|l| l.as_bool())
@@ -385,10 +391,25 @@ mod tests {
     }
 
     #[test]
-    fn thin_events_are_refused() {
-        let body =
+    fn thin_events_are_read_with_their_rfc3339_time() {
+        let body = br#"{"id":"evt_test_65R9","object":"v2.core.event","type":"v1.invoice.paid","livemode":false,"created":"2024-09-17T06:20:52.246Z","related_object":{"id":"in_1","type":"invoice","url":"/v1/invoices/in_1"}}"#;
+        let e = parse_envelope(body).unwrap();
+        assert_eq!(e.id, "evt_test_65R9");
+        assert_eq!(e.event_type, "v1.invoice.paid");
+        assert_eq!(e.created, 1_726_554_052);
+        assert_eq!(e.livemode, Some(false));
+        // A thin event's time is text; a number there (or text on a snapshot) is refused.
+        let numeric =
             br#"{"id":"evt_1","object":"v2.core.event","type":"a","created":1,"livemode":false}"#;
-        assert_eq!(parse_envelope(body), Err(StripeWebhookError::ThinEvent));
+        assert_eq!(
+            parse_envelope(numeric),
+            Err(StripeWebhookError::MissingField("created"))
+        );
+        let text = br#"{"id":"evt_1","object":"event","type":"a","created":"2024-09-17T06:20:52Z","livemode":false}"#;
+        assert_eq!(
+            parse_envelope(text),
+            Err(StripeWebhookError::MissingField("created"))
+        );
     }
 
     #[test]

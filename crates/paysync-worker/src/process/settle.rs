@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use paysync_amqp::{DeadLetter, Incoming, MAX_DELAY_SECS};
-use paysync_domain::message::header;
+use paysync_domain::message::{SOURCE_RECONCILE, header};
 
 use super::{Done, Processor, now_ms};
 use crate::failure::one_line;
@@ -41,6 +41,16 @@ impl Processor {
         let provider = meta.provider.as_str();
         if let Some(hook) = &self.after_commit {
             hook(meta).await;
+        }
+        if done != Done::Duplicate
+            && !event.replay
+            && incoming.header_str(header::SOURCE).as_deref() == Some(SOURCE_RECONCILE)
+        {
+            // New to the log and not from a webhook: the provider's delivery was lost.
+            self.metrics
+                .reconcile_missing
+                .with_label_values(&[provider])
+                .inc();
         }
         if done != Done::Duplicate {
             let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;

@@ -18,6 +18,7 @@ mod outbox_ops;
 mod pipeline;
 mod poison;
 mod providers;
+mod reconcile;
 mod retries;
 mod shutdown;
 mod stack;

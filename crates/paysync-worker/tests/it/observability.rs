@@ -285,7 +285,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
     let tests = repo().join("deploy/prometheus/alerts.test.yml");
     let (ok, report) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
     assert!(ok, "{report}");
-    assert!(report.contains("SUCCESS: 15 rules found"), "{report}");
+    assert!(report.contains("SUCCESS: 17 rules found"), "{report}");
     let (ok, report) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
     assert!(ok, "{report}");
     let config = repo().join("deploy/prometheus/prometheus.yml");

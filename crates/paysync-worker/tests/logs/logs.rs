@@ -83,6 +83,7 @@ async fn logs_record_each_event_once_and_never_secrets_signatures_or_bodies() {
     for forbidden in [
         SECRET,
         "whsec_not_the_secret",
+        crate::stack::STRIPE_API_KEY,
         signature.as_str(),
         marker,
         "Stripe-Signature",

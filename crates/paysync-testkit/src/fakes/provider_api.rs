@@ -1,0 +1,534 @@
+//! The providers' own event lists, as reconciliation reads them: Stripe's `GET /v1/events`
+//! (newest first, `limit`, `created[…]`, `types[]`, `starting_after`, `has_more`) with the
+//! objects thin events point at, and Square's SearchEvents (`POST /v2/events`: oldest first
+//! here, `limit`, `cursor`, `created_at`, `event_types`). Both check the bearer token and answer
+//! errors with the providers' own bodies (Stripe `{"error": {…}}`, Square `{"errors": […]}`),
+//! and 429s with `Retry-After` when scripted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::{Reply, Scripted, ServerGuard, serve};
+
+/// One request a provider fake received.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// When it arrived.
+    pub at: Instant,
+    /// The path.
+    pub path: String,
+    /// The query pairs (Stripe) or the JSON body (Square), as text.
+    pub params: String,
+    /// What the fake answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Vec<ApiRequest>,
+    /// Every event, in the order added.
+    events: Vec<Value>,
+    /// Stripe objects by API path.
+    objects: BTreeMap<String, Value>,
+    /// Delay before each answer.
+    delay: Duration,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+#[derive(Clone)]
+struct App {
+    token: String,
+    shared: Arc<Mutex<Shared>>,
+    script: Scripted,
+}
+
+impl App {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            == Some(self.token.as_str())
+    }
+
+    /// Counts the request in flight and waits the configured delay.
+    async fn enter(&self) {
+        let delay = {
+            let mut s = self.lock();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn leave(&self, path: &str, params: String, response: Response) -> Response {
+        let mut s = self.lock();
+        s.in_flight -= 1;
+        s.requests.push(ApiRequest {
+            at: Instant::now(),
+            path: path.to_owned(),
+            params,
+            status: response.status().as_u16(),
+        });
+        response
+    }
+}
+
+/// What both fakes share: the events, the script, the record.
+struct Fake {
+    addr: std::net::SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    script: Scripted,
+    _server: ServerGuard,
+}
+
+impl Fake {
+    async fn start(token: &str, routes: impl FnOnce(App) -> Router) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let script = Scripted::default();
+        let app = App {
+            token: token.to_owned(),
+            shared: shared.clone(),
+            script: script.clone(),
+        };
+        let (addr, server) = serve(routes(app)).await;
+        Self {
+            addr,
+            shared,
+            script,
+            _server: server,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+macro_rules! common_api {
+    ($t:ty) => {
+        impl $t {
+            /// The API base URL (`http://127.0.0.1:<port>`).
+            pub fn base(&self) -> String {
+                format!("http://{}", self.0.addr)
+            }
+
+            /// What it answers.
+            pub fn script(&self) -> &Scripted {
+                &self.0.script
+            }
+
+            /// Adds events to the provider's list.
+            pub fn add_events(&self, events: impl IntoIterator<Item = Value>) {
+                self.0.lock().events.extend(events);
+            }
+
+            /// Every request so far.
+            pub fn requests(&self) -> Vec<ApiRequest> {
+                self.0.lock().requests.clone()
+            }
+
+            /// Waits `delay` before every answer from now on.
+            pub fn set_delay(&self, delay: Duration) {
+                self.0.lock().delay = delay;
+            }
+
+            /// The most requests it was answering at once.
+            pub fn max_in_flight(&self) -> usize {
+                self.0.lock().max_in_flight
+            }
+        }
+    };
+}
+
+/// Answers a scripted reply with the provider's error body and `Retry-After`.
+fn scripted(status: u16, body: String, retry_after: Option<u64>) -> Response {
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if let Some(secs) = retry_after {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).expect("digits"),
+        );
+    }
+    r
+}
+
+// --- Stripe ---
+
+/// A fake Stripe account's API: its events and objects.
+pub struct FakeStripeApi(Fake);
+common_api!(FakeStripeApi);
+
+/// Stripe's error body.
+pub fn stripe_error(kind: &str, message: &str) -> String {
+    json!({"error": {"type": kind, "message": message}}).to_string()
+}
+
+impl FakeStripeApi {
+    /// A fake answering requests that carry `key` as their bearer token.
+    pub async fn start(key: &str) -> Self {
+        Self(
+            Fake::start(key, |app| {
+                Router::new()
+                    .route("/v1/events", get(stripe_events))
+                    .route("/v1/{*path}", get(stripe_object))
+                    .with_state(app)
+            })
+            .await,
+        )
+    }
+
+    /// Makes `object` the answer to `GET <path>` (e.g. `/v1/invoices/in_1`).
+    pub fn put_object(&self, path: &str, object: Value) {
+        self.0.lock().objects.insert(path.to_owned(), object);
+    }
+
+    /// A 429 as Stripe sends it, asking to wait `secs`.
+    pub fn rate_limited(secs: u64) -> Reply {
+        Reply::Status {
+            status: 429,
+            body: stripe_error(
+                "rate_limit_error",
+                "Too many requests hit the API too quickly.",
+            ),
+            retry_after: Some(secs),
+        }
+    }
+
+    /// A 500 as Stripe sends it.
+    pub fn api_error() -> Reply {
+        Reply::Status {
+            status: 500,
+            body: stripe_error("api_error", "An unknown error occurred"),
+            retry_after: None,
+        }
+    }
+}
+
+fn stripe_refusal(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        stripe_error(kind, message),
+    )
+        .into_response()
+}
+
+async fn stripe_events(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    app.enter().await;
+    let params = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let response = stripe_list(&app, &headers, &pairs);
+    app.leave("/v1/events", params, response)
+}
+
+fn stripe_list(app: &App, headers: &HeaderMap, pairs: &[(String, String)]) -> Response {
+    if !app.authorized(headers) {
+        return stripe_refusal(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided: sk_test_****",
+        );
+    }
+    if let Reply::Status {
+        status,
+        body,
+        retry_after,
+    } = app.script.take()
+    {
+        return scripted(status, body, retry_after);
+    }
+    let one = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let int = |k: &str| one(k).map(|v| v.parse::<i64>());
+    let limit = match int("limit").unwrap_or(Ok(10)) {
+        Ok(l) if (1..=100).contains(&l) => l as usize,
+        _ => {
+            return stripe_refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Invalid limit: must be between 1 and 100",
+            );
+        }
+    };
+    let mut bounds = Vec::new();
+    for op in ["gt", "gte", "lt", "lte"] {
+        match int(&format!("created[{op}]")) {
+            None => {}
+            Some(Ok(v)) => bounds.push((op, v)),
+            Some(Err(_)) => {
+                return stripe_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "Invalid integer: created",
+                );
+            }
+        }
+    }
+    let types: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "types[]" || k == "type")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let s = app.lock();
+    // Newest first; among equal times, the later-added first (as Stripe lists them).
+    let mut all: Vec<&Value> = s.events.iter().rev().collect();
+    all.sort_by_key(|e| std::cmp::Reverse(e["created"].as_i64().unwrap_or(0)));
+    let matching: Vec<&Value> = all
+        .into_iter()
+        .filter(|e| {
+            let c = e["created"].as_i64().unwrap_or(0);
+            bounds.iter().all(|(op, v)| match *op {
+                "gt" => c > *v,
+                "gte" => c >= *v,
+                "lt" => c < *v,
+                _ => c <= *v,
+            })
+        })
+        .filter(|e| types.is_empty() || types.contains(&e["type"].as_str().unwrap_or("")))
+        .collect();
+    let start = match one("starting_after") {
+        None => 0,
+        Some(after) => match matching.iter().position(|e| e["id"] == after) {
+            Some(i) => i + 1,
+            None => {
+                return stripe_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("No such event: '{after}'"),
+                );
+            }
+        },
+    };
+    let page: Vec<&Value> = matching.iter().skip(start).take(limit).copied().collect();
+    let has_more = start + page.len() < matching.len();
+    Json(json!({"object": "list", "url": "/v1/events", "has_more": has_more, "data": page}))
+        .into_response()
+}
+
+async fn stripe_object(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Response {
+    app.enter().await;
+    let full = format!("/v1/{path}");
+    let response = if !app.authorized(&headers) {
+        stripe_refusal(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided: sk_test_****",
+        )
+    } else if let Reply::Status {
+        status,
+        body,
+        retry_after,
+    } = app.script.take()
+    {
+        scripted(status, body, retry_after)
+    } else {
+        match app.lock().objects.get(&full) {
+            Some(o) => Json(o.clone()).into_response(),
+            None => stripe_refusal(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                &format!(
+                    "No such object: '{}'",
+                    full.rsplit('/').next().unwrap_or_default()
+                ),
+            ),
+        }
+    };
+    app.leave(&full, String::new(), response)
+}
+
+// --- Square ---
+
+/// A fake Square seller account's Events API.
+pub struct FakeSquareApi(Fake);
+common_api!(FakeSquareApi);
+
+/// Square's error body.
+pub fn square_error(category: &str, code: &str, detail: &str) -> String {
+    json!({"errors": [{"category": category, "code": code, "detail": detail}]}).to_string()
+}
+
+impl FakeSquareApi {
+    /// A fake answering requests that carry `token` as their bearer token.
+    pub async fn start(token: &str) -> Self {
+        Self(
+            Fake::start(token, |app| {
+                Router::new()
+                    .route("/v2/events", post(square_search))
+                    .with_state(app)
+            })
+            .await,
+        )
+    }
+
+    /// A 429 as Square sends it, asking to wait `secs`.
+    pub fn rate_limited(secs: u64) -> Reply {
+        Reply::Status {
+            status: 429,
+            body: square_error("RATE_LIMIT_ERROR", "RATE_LIMITED", "Rate limit exceeded."),
+            retry_after: Some(secs),
+        }
+    }
+}
+
+fn square_refusal(status: StatusCode, category: &str, code: &str, detail: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        square_error(category, code, detail),
+    )
+        .into_response()
+}
+
+async fn square_search(State(app): State<App>, headers: HeaderMap, body: String) -> Response {
+    app.enter().await;
+    let response = square_page(&app, &headers, &body);
+    app.leave("/v2/events", body, response)
+}
+
+fn square_page(app: &App, headers: &HeaderMap, body: &str) -> Response {
+    if !app.authorized(headers) {
+        return square_refusal(
+            StatusCode::UNAUTHORIZED,
+            "AUTHENTICATION_ERROR",
+            "UNAUTHORIZED",
+            "This request could not be authorized.",
+        );
+    }
+    if let Reply::Status {
+        status,
+        body,
+        retry_after,
+    } = app.script.take()
+    {
+        return scripted(status, body, retry_after);
+    }
+    let Ok(request) = serde_json::from_str::<Value>(body) else {
+        return square_refusal(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST_ERROR",
+            "INVALID_BODY",
+            "Invalid JSON body.",
+        );
+    };
+    let limit = request["limit"].as_u64().unwrap_or(100);
+    if !(1..=100).contains(&limit) {
+        return square_refusal(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST_ERROR",
+            "INVALID_VALUE",
+            "`limit` must be between 1 and 100.",
+        );
+    }
+    let filter = &request["query"]["filter"];
+    let time = |v: &Value| {
+        v.as_str().map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp_nanos())
+        })
+    };
+    let (start, end) = match (
+        time(&filter["created_at"]["start_at"]).transpose(),
+        time(&filter["created_at"]["end_at"]).transpose(),
+    ) {
+        (Ok(s), Ok(e)) => (s, e),
+        _ => {
+            return square_refusal(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST_ERROR",
+                "INVALID_TIME",
+                "Invalid `created_at` timestamp.",
+            );
+        }
+    };
+    let types: Vec<&str> = filter["event_types"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let offset = match request["cursor"].as_str() {
+        None => 0,
+        Some(c) => match c.strip_prefix("cur-").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => {
+                return square_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST_ERROR",
+                    "INVALID_CURSOR",
+                    "The cursor is not valid.",
+                );
+            }
+        },
+    };
+    let s = app.lock();
+    let mut matching: Vec<&Value> = s
+        .events
+        .iter()
+        .filter(|e| {
+            let at = time(&e["created_at"]).and_then(Result::ok).unwrap_or(0);
+            start.is_none_or(|s| at >= s) && end.is_none_or(|e| at < e)
+        })
+        .filter(|e| types.is_empty() || types.contains(&e["type"].as_str().unwrap_or("")))
+        .collect();
+    matching.sort_by_key(|e| time(&e["created_at"]).and_then(Result::ok).unwrap_or(0));
+    let page: Vec<&Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit as usize)
+        .copied()
+        .collect();
+    let metadata: Vec<Value> = page
+        .iter()
+        .map(|e| json!({"event_id": e["event_id"], "api_version": "2025-10-16"}))
+        .collect();
+    let mut answer = json!({});
+    if !page.is_empty() {
+        answer["events"] = json!(page);
+        answer["metadata"] = json!(metadata);
+    }
+    if offset + page.len() < matching.len() {
+        answer["cursor"] = json!(format!("cur-{}", offset + page.len()));
+    }
+    Json(answer).into_response()
+}
