@@ -504,6 +504,43 @@ pub fn square_api(
     ))))
 }
 
+/// PayPal's event notifications, when `PAYSYNC_PAYPAL_CLIENT_ID` and
+/// `PAYSYNC_PAYPAL_CLIENT_SECRET` (or their `_FILE`s) are set: the REST app's credentials, for
+/// an OAuth token with the webhooks scope. Its mode is `PAYSYNC_PAYPAL_MODE`; the base defaults
+/// to PayPal's live or sandbox host accordingly.
+pub fn paypal_api(
+    env: &Env<'_>,
+) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::paypal::PaypalApi>>> {
+    use paysync_worker::reconcile::{ApiSettings, paypal};
+    let id = env.secret("PAYSYNC_PAYPAL_CLIENT_ID")?;
+    let secret = env.secret("PAYSYNC_PAYPAL_CLIENT_SECRET")?;
+    let (id, secret) = match (id, secret) {
+        (None, None) => return Ok(None),
+        (Some(i), Some(s)) => (i, s),
+        (Some(_), None) => {
+            bail!("PAYSYNC_PAYPAL_CLIENT_SECRET is not set (PAYSYNC_PAYPAL_CLIENT_ID is)")
+        }
+        (None, Some(_)) => {
+            bail!("PAYSYNC_PAYPAL_CLIENT_ID is not set (PAYSYNC_PAYPAL_CLIENT_SECRET is)")
+        }
+    };
+    let mode = env.parse::<Mode>("PAYSYNC_PAYPAL_MODE", Mode::Test)?;
+    let default = match mode {
+        Mode::Live => paypal::PAYPAL_API_BASE,
+        Mode::Test => paypal::PAYPAL_SANDBOX_API_BASE,
+    };
+    let base = api_base(env, "PAYSYNC_PAYPAL_API_BASE", default)?;
+    // The app's credentials go in the OAuth call; the listing uses the token they obtain.
+    let settings = ApiSettings::new(base, SecretString::from(String::new()));
+    Ok(Some(std::sync::Arc::new(paypal::PaypalApi::new(
+        settings,
+        SecretString::from(id),
+        SecretString::from(secret),
+        mode,
+        page_size(env)?,
+    ))))
+}
+
 /// The provider APIs a worker uses, each client built once (one rate limit and breaker per
 /// provider and process): the billing handlers' lookups and the reconciler's event lists.
 pub struct ProviderClients {
@@ -522,6 +559,9 @@ pub fn provider_clients(env: &Env<'_>) -> anyhow::Result<ProviderClients> {
         sources.push(s.clone());
     }
     if let Some(s) = square_api(env)? {
+        sources.push(s);
+    }
+    if let Some(s) = paypal_api(env)? {
         sources.push(s);
     }
     let authorizenet = authorizenet_api(env)?.map(|s| {

@@ -19,7 +19,7 @@ use crate::config::{self, Env};
 /// What to reconcile.
 #[derive(clap::Args)]
 pub struct ReconcileArgs {
-    /// The provider: stripe or square (the others' event lists are not read yet).
+    /// The provider: stripe, square or paypal (Authorize.Net's history is not read yet).
     #[arg(value_parser = crate::events::parse_provider)]
     provider: Provider,
     /// Start of the window: an RFC 3339 time, or `<n>s|m|h|d` before now.
@@ -50,21 +50,26 @@ fn parse_when(s: &str, flag: &str, now: OffsetDateTime) -> anyhow::Result<Offset
 }
 
 fn source(env: &Env<'_>, provider: Provider) -> anyhow::Result<Arc<dyn EventSource>> {
-    let source: Option<Arc<dyn EventSource>> = match provider {
-        Provider::Stripe => config::stripe_api(env)?.map(|s| s as Arc<dyn EventSource>),
-        Provider::Square => config::square_api(env)?.map(|s| s as Arc<dyn EventSource>),
-        Provider::AuthorizeNet | Provider::Paypal => bail!(
-            "reconciling {provider} is not supported yet: only stripe and square event lists are read (docs/reconcile.md)"
+    let (source, var): (Option<Arc<dyn EventSource>>, &str) = match provider {
+        Provider::Stripe => (
+            config::stripe_api(env)?.map(|s| s as Arc<dyn EventSource>),
+            "PAYSYNC_STRIPE_API_KEY",
+        ),
+        Provider::Square => (
+            config::square_api(env)?.map(|s| s as Arc<dyn EventSource>),
+            "PAYSYNC_SQUARE_ACCESS_TOKEN",
+        ),
+        Provider::Paypal => (
+            config::paypal_api(env)?.map(|s| s as Arc<dyn EventSource>),
+            "PAYSYNC_PAYPAL_CLIENT_ID and PAYSYNC_PAYPAL_CLIENT_SECRET",
+        ),
+        Provider::AuthorizeNet => bail!(
+            "reconciling authorizenet is not supported yet: its notification history is not read \
+             (docs/reconcile.md); resend from the Merchant Interface"
         ),
     };
     source.with_context(|| {
-        let var = match provider {
-            Provider::Stripe => "PAYSYNC_STRIPE_API_KEY",
-            _ => "PAYSYNC_SQUARE_ACCESS_TOKEN",
-        };
-        format!(
-            "reconciling {provider} needs its API credentials: {var} (or {var}_FILE) is not set"
-        )
+        format!("reconciling {provider} needs its API credentials: {var} (or the _FILE variants) not set")
     })
 }
 

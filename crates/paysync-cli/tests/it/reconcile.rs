@@ -183,7 +183,7 @@ async fn an_outage_or_missing_credentials_end_with_a_clear_error_and_a_failure_e
         &db,
         &fake.base(),
         Some(KEY),
-        &["paypal", "--since", "1h"],
+        &["authorizenet", "--since", "1h"],
     )
     .await;
     assert!(!out.status.success());

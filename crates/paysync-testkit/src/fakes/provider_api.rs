@@ -532,3 +532,244 @@ fn square_page(app: &App, headers: &HeaderMap, body: &str) -> Response {
     }
     Json(answer).into_response()
 }
+
+// --- PayPal ---
+
+/// A fake PayPal REST app: OAuth client credentials and its event notifications.
+pub struct FakePaypalApi {
+    fake: Fake,
+    tokens: Arc<Mutex<Vec<String>>>,
+}
+
+/// PayPal's REST error body.
+pub fn paypal_error(name: &str, message: &str, issue: Option<&str>) -> String {
+    let mut v = json!({"name": name, "message": message, "debug_id": "f00dfeed1234"});
+    if let Some(issue) = issue {
+        v["details"] = json!([{"issue": issue}]);
+    }
+    v.to_string()
+}
+
+#[derive(Clone)]
+struct PaypalApp {
+    app: App,
+    client_id: String,
+    secret: String,
+    tokens: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakePaypalApi {
+    /// A fake app with these client credentials.
+    pub async fn start(client_id: &str, secret: &str) -> Self {
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let (client_id, secret, issued) = (client_id.to_owned(), secret.to_owned(), tokens.clone());
+        let fake = Fake::start("", move |app| {
+            let state = PaypalApp {
+                app,
+                client_id,
+                secret,
+                tokens: issued,
+            };
+            Router::new()
+                .route("/v1/oauth2/token", post(paypal_token))
+                .route("/v1/notifications/webhooks-events", get(paypal_events))
+                .with_state(state)
+        })
+        .await;
+        Self { fake, tokens }
+    }
+
+    /// The API base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.fake.addr)
+    }
+
+    /// What it answers to event listings.
+    pub fn script(&self) -> &Scripted {
+        &self.fake.script
+    }
+
+    /// Adds events to the app's notifications.
+    pub fn add_events(&self, events: impl IntoIterator<Item = Value>) {
+        self.fake.lock().events.extend(events);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.fake.lock().requests.clone()
+    }
+
+    /// Revokes every access token issued so far (as an expiry would).
+    pub fn expire_tokens(&self) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn paypal_json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn paypal_token(State(s): State<PaypalApp>, headers: HeaderMap, body: String) -> Response {
+    s.app.enter().await;
+    let expected = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", s.client_id, s.secret)
+        )
+    );
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
+    let response = if !authorized {
+        paypal_json(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client", "error_description": "Client Authentication failed"})
+                .to_string(),
+        )
+    } else if body.trim() != "grant_type=client_credentials" {
+        paypal_json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unsupported_grant_type", "error_description": "Grant Type is NULL"})
+                .to_string(),
+        )
+    } else {
+        let token = format!("A21AA{}", crate::unique_id());
+        s.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(token.clone());
+        Json(json!({"scope": "https://uri.paypal.com/services/applications/webhooks",
+                    "access_token": token, "token_type": "Bearer",
+                    "app_id": "APP-80W284485P519543T", "expires_in": 32400, "nonce": "2026-12-05T00:00:00Zn0nce"}))
+        .into_response()
+    };
+    s.app.leave("/v1/oauth2/token", String::new(), response)
+}
+
+async fn paypal_events(
+    State(s): State<PaypalApp>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    s.app.enter().await;
+    let params = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let response = paypal_list(&s, &headers, &pairs);
+    s.app
+        .leave("/v1/notifications/webhooks-events", params, response)
+}
+
+fn paypal_list(s: &PaypalApp, headers: &HeaderMap, pairs: &[(String, String)]) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let valid = s
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|t| t == bearer);
+    if !valid {
+        return paypal_json(
+            StatusCode::UNAUTHORIZED,
+            paypal_error(
+                "AUTHENTICATION_FAILURE",
+                "Authentication failed due to invalid authentication credentials or a missing Authorization header.",
+                None,
+            ),
+        );
+    }
+    if let Reply::Status {
+        status,
+        body,
+        retry_after,
+    } = s.app.script.take()
+    {
+        return scripted(status, body, retry_after);
+    }
+    let one = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let parse = |k: &str| {
+        one(k).map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+        })
+    };
+    let invalid = |issue: &str| {
+        paypal_json(
+            StatusCode::BAD_REQUEST,
+            paypal_error("VALIDATION_ERROR", "Invalid data provided", Some(issue)),
+        )
+    };
+    let (Ok(start), Ok(end)) = (
+        parse("start_time").transpose(),
+        parse("end_time").transpose(),
+    ) else {
+        return invalid("INVALID_DATE_FORMAT");
+    };
+    if start.is_some_and(|t| t < crate::now_secs() - 45 * 86_400) {
+        return invalid("start_time must be within the last 45 days");
+    }
+    let Ok(page_size) = one("page_size").unwrap_or("10").parse::<usize>() else {
+        return invalid("INVALID_PAGE_SIZE");
+    };
+    let page: usize = one("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let created = |e: &Value| {
+        time::OffsetDateTime::parse(
+            e["create_time"].as_str().unwrap_or_default(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(0)
+    };
+    let guard = s.app.lock();
+    let mut matching: Vec<&Value> = guard
+        .events
+        .iter()
+        .filter(|e| start.is_none_or(|t| created(e) >= t) && end.is_none_or(|t| created(e) <= t))
+        .filter(|e| one("event_type").is_none_or(|t| e["event_type"] == t))
+        .collect();
+    // Newest first.
+    matching.sort_by_key(|e| std::cmp::Reverse(created(e)));
+    let items: Vec<&Value> = matching
+        .iter()
+        .skip(page * page_size)
+        .take(page_size)
+        .copied()
+        .collect();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let link = |page: usize| {
+        let mut rest: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{k}={}", v.replace(':', "%3A").replace('+', "%2B")))
+            .collect();
+        rest.push(format!("page={page}"));
+        format!(
+            "http://{host}/v1/notifications/webhooks-events?{}",
+            rest.join("&")
+        )
+    };
+    let mut links = vec![json!({"href": link(page), "rel": "self", "method": "GET"})];
+    if (page + 1) * page_size < matching.len() {
+        links.push(json!({"href": link(page + 1), "rel": "next", "method": "GET"}));
+    }
+    Json(json!({"events": items, "count": items.len(), "links": links})).into_response()
+}

@@ -145,11 +145,26 @@ impl ApiClient {
     }
 
     /// Sends the request `build` makes (given the client and the base URL) with the bearer
-    /// token, and returns the body of a 2xx answer.
+    /// token of the settings, and returns the body of a 2xx answer.
     pub async fn call(
         &self,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<Bytes, ApiError> {
+        self.call_as(Auth::Bearer(self.settings.token.expose_secret()), build)
+            .await
+    }
+
+    /// [`ApiClient::call`] with other credentials: an OAuth access token, or the client
+    /// credentials that obtain one.
+    pub async fn call_as(
+        &self,
+        auth: Auth<'_>,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, ApiError> {
+        let build = |c: &reqwest::Client, base: &str| match auth {
+            Auth::Bearer(token) => build(c, base).bearer_auth(token),
+            Auth::Basic(user, password) => build(c, base).basic_auth(user, Some(password)),
+        };
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(250))
             .with_max_delay(Duration::from_secs(10))
@@ -207,10 +222,7 @@ impl ApiClient {
             return Attempt::Done(Err(ApiError::BreakerOpen(self.provider)));
         }
         self.limit.until_ready().await;
-        let sent = build(&self.client, &self.settings.base)
-            .bearer_auth(self.settings.token.expose_secret())
-            .send()
-            .await;
+        let sent = build(&self.client, &self.settings.base).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -260,6 +272,15 @@ impl ApiClient {
             );
         }
     }
+}
+
+/// How a request authenticates.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    /// `Authorization: Bearer <token>`.
+    Bearer(&'a str),
+    /// `Authorization: Basic <user:password>` (OAuth client credentials).
+    Basic(&'a str, &'a str),
 }
 
 enum Attempt {

@@ -9,6 +9,7 @@
 //! docs/reconcile.md.
 
 pub mod api;
+pub mod paypal;
 mod schedule;
 pub mod square;
 pub mod stripe;
@@ -25,7 +26,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-pub use api::{ApiClient, ApiError, ApiSettings};
+pub use api::{ApiClient, ApiError, ApiSettings, Auth};
 pub use schedule::{ReconcileSchedule, run_scheduled};
 
 use crate::Handlers;
