@@ -359,16 +359,8 @@ impl Publisher {
         meta: &paysync_domain::EventMeta,
         payload: &[u8],
     ) -> Result<(), PublishError> {
-        let props = event_properties(meta, 1);
-        let mut table = props.headers().clone().unwrap_or_default();
-        table.insert(header::REPLAY.into(), AMQPValue::Boolean(true));
-        self.publish_raw(
-            DEFAULT_EXCHANGE,
-            &self.inner.work_queue,
-            payload,
-            props.with_headers(table),
-        )
-        .await
+        self.publish_marked(meta, payload, header::REPLAY, AMQPValue::Boolean(true))
+            .await
     }
 
     /// Publishes an event that reconciliation fetched from the provider's API (authenticated
@@ -380,12 +372,22 @@ impl Publisher {
         meta: &paysync_domain::EventMeta,
         payload: &[u8],
     ) -> Result<(), PublishError> {
+        let source = long_string(paysync_domain::message::SOURCE_RECONCILE);
+        self.publish_marked(meta, payload, header::SOURCE, source)
+            .await
+    }
+
+    /// An event's first publish into the work queue with one more header, `name: value`.
+    async fn publish_marked(
+        &self,
+        meta: &paysync_domain::EventMeta,
+        payload: &[u8],
+        name: &str,
+        value: AMQPValue,
+    ) -> Result<(), PublishError> {
         let props = event_properties(meta, 1);
         let mut table = props.headers().clone().unwrap_or_default();
-        table.insert(
-            header::SOURCE.into(),
-            long_string(paysync_domain::message::SOURCE_RECONCILE),
-        );
+        table.insert(name.into(), value);
         self.publish_raw(
             DEFAULT_EXCHANGE,
             &self.inner.work_queue,

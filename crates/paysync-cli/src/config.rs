@@ -464,13 +464,21 @@ pub fn stripe_api(
     let Some(key) = env.secret("PAYSYNC_STRIPE_API_KEY")? else {
         return Ok(None);
     };
+    let configured = env.parse::<Mode>("PAYSYNC_STRIPE_MODE", Mode::Test)?;
     let mode = if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
         Mode::Test
     } else if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
         Mode::Live
     } else {
-        env.parse::<Mode>("PAYSYNC_STRIPE_MODE", Mode::Test)?
+        configured
     };
+    // A test key on a live deployment (or the reverse) would list the other mode's events.
+    if env.raw("PAYSYNC_STRIPE_MODE").is_some() && mode != configured {
+        bail!(
+            "PAYSYNC_STRIPE_API_KEY is a {mode} key but PAYSYNC_STRIPE_MODE is {configured}: \
+             use the key of the account this deployment receives webhooks for"
+        );
+    }
     let base = api_base(env, "PAYSYNC_STRIPE_API_BASE", stripe::STRIPE_API_BASE)?;
     let settings = ApiSettings::new(base, SecretString::from(key));
     Ok(Some(std::sync::Arc::new(stripe::StripeApi::new(
@@ -850,6 +858,96 @@ mod tests {
         assert_eq!(s.amqp.prefix, "paysync");
         assert_eq!(s.amqp.connection_name, "paysync-receiver");
         assert_eq!(s.amqp.confirm_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reconciliation_settings_default_and_refuse_what_cannot_work() {
+        let none = env(&[]);
+        let clients = provider_clients(&with(&none)).unwrap();
+        assert!(clients.sources.is_empty() && clients.apis.stripe.is_none());
+        let s = reconcile_schedule(&with(&none)).unwrap();
+        assert_eq!(
+            (s.interval, s.lookback, s.settle),
+            (
+                Duration::from_secs(900),
+                Duration::from_secs(86_400),
+                Duration::from_secs(300)
+            )
+        );
+        let vars = env(&[
+            ("PAYSYNC_RECONCILE_INTERVAL", "2m"),
+            ("PAYSYNC_RECONCILE_SETTLE", "0"),
+            ("PAYSYNC_RECONCILE_LOOKBACK", "3600"),
+        ]);
+        let s = reconcile_schedule(&with(&vars)).unwrap();
+        assert_eq!(
+            (s.interval, s.lookback, s.settle),
+            (
+                Duration::from_secs(120),
+                Duration::from_secs(3600),
+                Duration::ZERO
+            )
+        );
+        for (var, value, expected) in [
+            (
+                "PAYSYNC_RECONCILE_INTERVAL",
+                "0",
+                "PAYSYNC_RECONCILE_INTERVAL",
+            ),
+            (
+                "PAYSYNC_RECONCILE_INTERVAL",
+                "soon",
+                "PAYSYNC_RECONCILE_INTERVAL",
+            ),
+            ("PAYSYNC_RECONCILE_PAGE_SIZE", "500", "between 1 and 100"),
+        ] {
+            let vars = env(&[(var, value), ("PAYSYNC_STRIPE_API_KEY", "sk_test_k")]);
+            let err = reconcile_schedule(&with(&vars))
+                .map(|_| ())
+                .and_then(|()| provider_clients(&with(&vars)).map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{var}={value}: {err}");
+        }
+        // Every provider with credentials is a source; Stripe also completes thin events.
+        let vars = env(&[
+            ("PAYSYNC_STRIPE_API_KEY", "rk_live_key"),
+            ("PAYSYNC_STRIPE_MODE", "live"),
+            ("PAYSYNC_SQUARE_ACCESS_TOKEN", "EAAA"),
+            ("PAYSYNC_PAYPAL_CLIENT_ID", "id"),
+            ("PAYSYNC_PAYPAL_CLIENT_SECRET", "secret"),
+        ]);
+        let clients = provider_clients(&with(&vars)).unwrap();
+        let providers: Vec<_> = clients.sources.iter().map(|s| s.provider()).collect();
+        assert_eq!(
+            providers,
+            [
+                paysync_domain::Provider::Stripe,
+                paysync_domain::Provider::Square,
+                paysync_domain::Provider::Paypal
+            ]
+        );
+        assert_eq!(clients.sources[0].mode(), Mode::Live);
+        assert!(clients.apis.stripe.is_some());
+        // A test key on a live deployment lists the wrong events: refused, key not shown.
+        let vars = env(&[
+            ("PAYSYNC_STRIPE_API_KEY", "sk_test_secretvalue"),
+            ("PAYSYNC_STRIPE_MODE", "live"),
+        ]);
+        let err = provider_clients(&with(&vars)).err().unwrap().to_string();
+        assert!(
+            err.contains("test key") && !err.contains("secretvalue"),
+            "{err}"
+        );
+        let vars = env(&[("PAYSYNC_PAYPAL_CLIENT_ID", "id")]);
+        let err = provider_clients(&with(&vars)).err().unwrap().to_string();
+        assert!(err.contains("PAYSYNC_PAYPAL_CLIENT_SECRET"), "{err}");
+        let vars = env(&[
+            ("PAYSYNC_SQUARE_ACCESS_TOKEN", "EAAA"),
+            ("PAYSYNC_SQUARE_API_BASE", "http://squareup.example"),
+        ]);
+        let err = provider_clients(&with(&vars)).err().unwrap().to_string();
+        assert!(err.contains("PAYSYNC_SQUARE_API_BASE"), "{err}");
     }
 
     #[test]

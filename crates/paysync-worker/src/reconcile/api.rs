@@ -227,7 +227,7 @@ impl ApiClient {
             Ok(r) => r,
             Err(e) => {
                 self.record(Outcome::Failure);
-                return Attempt::Outage(self.unavailable(e.without_url().to_string()));
+                return Attempt::Outage(self.unavailable(describe(e)));
             }
         };
         let status = response.status();
@@ -236,7 +236,7 @@ impl ApiClient {
             Ok(b) => b,
             Err(e) => {
                 self.record(Outcome::Failure);
-                return Attempt::Outage(self.unavailable(e.without_url().to_string()));
+                return Attempt::Outage(self.unavailable(describe(e)));
             }
         };
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -287,6 +287,20 @@ enum Attempt {
     Done(Result<Bytes, ApiError>),
     Throttled(Duration),
     Outage(ApiError),
+}
+
+/// A transport error with its causes ("error sending request: … Connection refused"), without
+/// the URL.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// `Retry-After` in seconds (the form the providers send); an HTTP date is not read.

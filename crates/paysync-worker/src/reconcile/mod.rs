@@ -106,8 +106,7 @@ impl Report {
 pub struct ReconcileFailed {
     /// What was done before the failure.
     pub report: Report,
-    /// The failure.
-    #[source]
+    /// The failure (in the message already, so not a `source`: a chain would repeat it).
     pub cause: ReconcileError,
 }
 

@@ -17,6 +17,9 @@ pub const STRIPE_API_BASE: &str = "https://api.stripe.com";
 /// How long Stripe keeps events listable.
 pub const STRIPE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The most `types[]` Stripe takes in one listing.
+const MAX_TYPES: usize = 20;
+
 /// Stripe's API for one account: its events and its objects.
 pub struct StripeApi {
     api: ApiClient,
@@ -101,8 +104,11 @@ impl EventSource for StripeApi {
                     window.until.unix_timestamp().to_string(),
                 ),
             ];
-            for t in &window.types {
-                query.push(("types[]".into(), t.clone()));
+            // Stripe filters up to 20 types; more are filtered by the reconciler instead.
+            if window.types.len() <= MAX_TYPES {
+                for t in &window.types {
+                    query.push(("types[]".into(), t.clone()));
+                }
             }
             if let Some(after) = cursor {
                 query.push(("starting_after".into(), after.to_owned()));
