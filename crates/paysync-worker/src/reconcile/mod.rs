@@ -243,22 +243,41 @@ impl Reconciler {
         let ids: Vec<String> = candidates.iter().map(|(e, _)| e.id.clone()).collect();
         let known = self.store.known_events(provider.as_str(), &ids).await?;
         let now_ms = crate::process::now_ms();
+        let mut missing = Vec::new();
         for (envelope, body) in candidates {
             if known.logged.contains(&envelope.id) {
                 report.already_logged += 1;
-                continue;
-            }
-            if known.dead.contains(&envelope.id) {
+            } else if known.dead.contains(&envelope.id) {
                 report.skip("dead_lettered");
-                continue;
+            } else {
+                missing.push((envelope.into_meta(provider, source.mode(), now_ms), body));
             }
-            if !dry_run {
-                let meta = envelope.into_meta(provider, source.mode(), now_ms);
-                self.publisher.publish_reconciled(&meta, body).await?;
-            }
-            report.published += 1;
         }
-        Ok(())
+        if dry_run {
+            report.published += missing.len();
+            return Ok(());
+        }
+        // A page's publishes wait for their confirms together (the publisher bounds how many
+        // are in flight); the report counts those the broker confirmed.
+        let confirmed = futures::future::join_all(
+            missing
+                .iter()
+                .map(|(meta, body)| self.publisher.publish_reconciled(meta, body)),
+        )
+        .await;
+        let mut first_error = None;
+        for outcome in confirmed {
+            match outcome {
+                Ok(()) => report.published += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e.into()),
+        }
     }
 }
 

@@ -738,3 +738,49 @@ async fn paypal_notifications_never_received_are_found_with_an_oauth_token_renew
     assert!(!text.contains("not-the-secret"), "{text}");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_broker_or_database_outage_stops_the_run_retryably_with_what_was_confirmed() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let fake = FakeStripeApi::start(KEY).await;
+    fake.add_events(stripe_events(now_secs() - 3600, 2));
+    let source = StripeApi::new(api(fake.base(), KEY), Mode::Test, 100);
+    let w = window(now_secs() - 7200, now_secs());
+
+    // The broker cannot be reached: nothing is confirmed, so nothing is counted as published.
+    let mut amqp = broker.settings("down");
+    amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    amqp.confirm_timeout = Duration::from_secs(2);
+    let reconciler = Reconciler::new(store.clone(), Publisher::new(amqp), billing::handlers());
+    let failed = reconciler
+        .run(&source, &w, false, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed.cause, ReconcileError::Publish(_)),
+        "{failed}"
+    );
+    assert!(failed.cause.retryable());
+    assert_eq!((failed.report.listed, failed.report.published), (10, 0));
+
+    // The database cannot be reached: the run stops before publishing anything.
+    let mut settings = db.settings();
+    settings.url = format!("postgres://postgres@127.0.0.1:{}/paysync", closed_port());
+    let unreachable = Store::new(&settings).unwrap();
+    let reconciler = Reconciler::new(unreachable, publisher(&broker), billing::handlers());
+    let failed = reconciler
+        .run(&source, &w, false, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(failed.cause, ReconcileError::Store(_)), "{failed}");
+    assert!(failed.cause.retryable());
+    assert_eq!(failed.report.published, 0);
+    assert_eq!(
+        broker
+            .message_count(&broker.topology().work_queue())
+            .await
+            .unwrap(),
+        0
+    );
+}
