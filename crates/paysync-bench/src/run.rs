@@ -62,6 +62,8 @@ pub enum Group {
     Memory,
     /// The outbox: the dispatcher's drain rate, and end to end with the dispatcher running.
     Outbox,
+    /// Reconciliation: `paysync reconcile stripe` against a fake event list.
+    Reconcile,
 }
 
 /// Counts and durations of one benchmark.
@@ -87,6 +89,8 @@ pub struct Plan {
     pub e2e_count: u64,
     /// Deliveries of the outbox drain row's backlog.
     pub outbox_backlog: u64,
+    /// Events the reconcile row lists (half of them missing from the log).
+    pub reconcile_events: u64,
     /// Rate of the long memory run.
     pub soak_rate: f64,
     /// Length of the long memory run.
@@ -116,6 +120,7 @@ impl Plan {
             worker_messages: if quick { 20_000 } else { 100_000 },
             e2e_count: if quick { 20_000 } else { 60_000 },
             outbox_backlog: if quick { 2_000 } else { 10_000 },
+            reconcile_events: if quick { 4_000 } else { 20_000 },
             soak_rate: 500.0,
             soak_secs: if quick { 45 } else { 600 },
             soak_early_secs: if quick { 15 } else { 60 },

@@ -445,6 +445,21 @@ fn duration(env: &Env<'_>, var: &str, default: Duration) -> anyhow::Result<Durat
     Ok(Duration::from_secs(secs.unsigned_abs()))
 }
 
+/// The settings of a provider API client at `base` with `token`: the rate from
+/// `PAYSYNC_PROVIDER_API_RATE` (requests a second to each provider, default 20).
+fn api_settings(
+    env: &Env<'_>,
+    base: String,
+    token: SecretString,
+) -> anyhow::Result<paysync_worker::reconcile::ApiSettings> {
+    let mut s = paysync_worker::reconcile::ApiSettings::new(base, token);
+    s.per_second = env.parse("PAYSYNC_PROVIDER_API_RATE", s.per_second)?;
+    if s.per_second == 0 {
+        bail!("PAYSYNC_PROVIDER_API_RATE: {POSITIVE}");
+    }
+    Ok(s)
+}
+
 /// Events a page when listing a provider's events (`PAYSYNC_RECONCILE_PAGE_SIZE`, 1–100).
 fn page_size(env: &Env<'_>) -> anyhow::Result<u32> {
     let n: u32 = env.parse("PAYSYNC_RECONCILE_PAGE_SIZE", 100)?;
@@ -460,7 +475,7 @@ fn page_size(env: &Env<'_>) -> anyhow::Result<u32> {
 pub fn stripe_api(
     env: &Env<'_>,
 ) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::stripe::StripeApi>>> {
-    use paysync_worker::reconcile::{ApiSettings, stripe};
+    use paysync_worker::reconcile::stripe;
     let Some(key) = env.secret("PAYSYNC_STRIPE_API_KEY")? else {
         return Ok(None);
     };
@@ -480,7 +495,7 @@ pub fn stripe_api(
         );
     }
     let base = api_base(env, "PAYSYNC_STRIPE_API_BASE", stripe::STRIPE_API_BASE)?;
-    let settings = ApiSettings::new(base, SecretString::from(key));
+    let settings = api_settings(env, base, SecretString::from(key))?;
     Ok(Some(std::sync::Arc::new(stripe::StripeApi::new(
         settings,
         mode,
@@ -494,7 +509,7 @@ pub fn stripe_api(
 pub fn square_api(
     env: &Env<'_>,
 ) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::square::SquareApi>>> {
-    use paysync_worker::reconcile::{ApiSettings, square};
+    use paysync_worker::reconcile::square;
     let Some(token) = env.secret("PAYSYNC_SQUARE_ACCESS_TOKEN")? else {
         return Ok(None);
     };
@@ -504,7 +519,7 @@ pub fn square_api(
         Mode::Test => square::SQUARE_SANDBOX_API_BASE,
     };
     let base = api_base(env, "PAYSYNC_SQUARE_API_BASE", default)?;
-    let settings = ApiSettings::new(base, SecretString::from(token));
+    let settings = api_settings(env, base, SecretString::from(token))?;
     Ok(Some(std::sync::Arc::new(square::SquareApi::new(
         settings,
         mode,
@@ -519,7 +534,7 @@ pub fn square_api(
 pub fn paypal_api(
     env: &Env<'_>,
 ) -> anyhow::Result<Option<std::sync::Arc<paysync_worker::reconcile::paypal::PaypalApi>>> {
-    use paysync_worker::reconcile::{ApiSettings, paypal};
+    use paysync_worker::reconcile::paypal;
     let id = env.secret("PAYSYNC_PAYPAL_CLIENT_ID")?;
     let secret = env.secret("PAYSYNC_PAYPAL_CLIENT_SECRET")?;
     let (id, secret) = match (id, secret) {
@@ -539,7 +554,7 @@ pub fn paypal_api(
     };
     let base = api_base(env, "PAYSYNC_PAYPAL_API_BASE", default)?;
     // The app's credentials go in the OAuth call; the listing uses the token they obtain.
-    let settings = ApiSettings::new(base, SecretString::from(String::new()));
+    let settings = api_settings(env, base, SecretString::from(String::new()))?;
     Ok(Some(std::sync::Arc::new(paypal::PaypalApi::new(
         settings,
         SecretString::from(id),
@@ -900,6 +915,11 @@ mod tests {
                 "PAYSYNC_RECONCILE_INTERVAL",
             ),
             ("PAYSYNC_RECONCILE_PAGE_SIZE", "500", "between 1 and 100"),
+            (
+                "PAYSYNC_PROVIDER_API_RATE",
+                "0",
+                "PAYSYNC_PROVIDER_API_RATE",
+            ),
         ] {
             let vars = env(&[(var, value), ("PAYSYNC_STRIPE_API_KEY", "sk_test_k")]);
             let err = reconcile_schedule(&with(&vars))

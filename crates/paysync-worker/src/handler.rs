@@ -158,7 +158,7 @@ pub trait Handler: Send + Sync {
 /// as `ignored` and acked.
 #[derive(Clone, Default)]
 pub struct Handlers {
-    by_type: HashMap<(Provider, String), Arc<dyn Handler>>,
+    by_type: HashMap<Provider, HashMap<String, Arc<dyn Handler>>>,
 }
 
 impl Handlers {
@@ -174,14 +174,16 @@ impl Handlers {
         event_type: impl Into<String>,
         handler: Arc<dyn Handler>,
     ) -> &mut Self {
-        self.by_type.insert((provider, event_type.into()), handler);
+        self.by_type
+            .entry(provider)
+            .or_default()
+            .insert(event_type.into(), handler);
         self
     }
 
     /// The handler for `provider`'s `event_type`.
     pub fn get(&self, provider: Provider, event_type: &str) -> Option<&Arc<dyn Handler>> {
-        // A borrowed lookup needs the key's own type; event types are short.
-        self.by_type.get(&(provider, event_type.to_owned()))
+        self.by_type.get(&provider)?.get(event_type)
     }
 
     /// Whether a handler exists for `provider`'s `event_type` (also: whether it may be a

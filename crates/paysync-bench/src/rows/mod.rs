@@ -1,6 +1,6 @@
 //! The rows of the table, each measured `runs` times (except the long memory run): one module
 //! per group of rows that `--only` selects (`broker`, `receiver`, `pgbench`, `worker`, `e2e`,
-//! `outbox`, `memory`), what they share in `common`, and here the order of the table.
+//! `outbox`, `reconcile`, `memory`), what they share in `common`, and here the order of the table.
 //!
 //! A row that fails is reported as `FAILED` with its error, and the others still run. Checks
 //! that do not stop a measurement (every answer 2xx, every message in the queue, every event
@@ -14,6 +14,7 @@ mod memory;
 mod outbox;
 mod pgbench;
 mod receiver;
+mod reconcile;
 mod worker;
 
 use crate::report::Row;
@@ -67,6 +68,10 @@ pub async fn all(bench: &Bench) -> Vec<Row> {
     if bench.measures(Group::Outbox) {
         let measured = outbox::measure(bench).await;
         rows.extend(or_failed(bench, measured, outbox::names()));
+    }
+    if bench.measures(Group::Reconcile) {
+        let measured = reconcile::measure(bench).await;
+        rows.extend(or_failed(bench, measured, reconcile::names()));
     }
     rows.extend(receiver_peak);
     rows.extend(worker_peak);
