@@ -6,18 +6,18 @@
 //! delay levels and is applied once the API is back; never a dead letter. Bad credentials and
 //! an unknown transaction are permanent. Credentials never appear in errors or logs.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use paysync_domain::billing::authorizenet::{Transaction, amount_minor};
-use paysync_domain::breaker::{Admit, Breaker, BreakerPolicy, Outcome};
+use paysync_domain::breaker::BreakerPolicy;
 use paysync_domain::timestamp::parse_rfc3339_ms;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
 use crate::Failure;
 use crate::billing::TransactionSource;
+use crate::provider_api::{ApiClient, ApiError, ApiSettings, Auth};
 
 /// Authorize.Net's production JSON API endpoint.
 pub const AUTHORIZENET_API_URL: &str = "https://api.authorize.net/xml/v1/request.api";
@@ -100,115 +100,88 @@ impl EnrichError {
 /// unexpected system error and the maintenance window.
 const RETRY_CODES: &[&str] = &["E00001", "E00104"];
 
-/// The transaction-details client: one per worker, shared by its lanes.
+/// The transaction-details client: one per worker, shared by its lanes. It is the providers'
+/// [`ApiClient`] (rate limit, breaker), called once per lookup: an event whose lookup fails
+/// waits in the broker's delay levels, not in its lane.
 pub struct AuthorizeNetApi {
-    settings: AuthorizeNetApiSettings,
-    client: reqwest::Client,
-    breaker: Mutex<Breaker>,
-    epoch: Instant,
-    limit: governor::DefaultDirectRateLimiter,
+    api: ApiClient,
+    login_id: SecretString,
+    transaction_key: SecretString,
+}
+
+/// The API's JSON answer, past the byte-order mark it starts with.
+fn answer(body: &[u8]) -> Option<Value> {
+    let text = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+    serde_json::from_slice(text).ok()
+}
+
+/// The first message of an answer that is not `Ok`: its code and text.
+fn refusal(body: &Value) -> Option<(String, String)> {
+    if body["messages"]["resultCode"] == "Ok" {
+        return None;
+    }
+    let first = &body["messages"]["message"][0];
+    Some((
+        first["code"].as_str().unwrap_or("unknown").to_owned(),
+        first["text"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect(),
+    ))
+}
+
+/// A 200 that says "try again": the gateway's outage codes.
+fn outage_in_body(body: &[u8]) -> Option<String> {
+    let (code, text) = refusal(&answer(body)?)?;
+    RETRY_CODES
+        .contains(&code.as_str())
+        .then(|| format!("{code} {text}"))
 }
 
 impl AuthorizeNetApi {
     /// A client for `settings`.
     pub fn new(settings: AuthorizeNetApiSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout / 2)
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        let per_second =
-            std::num::NonZeroU32::new(settings.per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        let mut api = ApiSettings::new(settings.url, SecretString::from(String::new()));
+        api.timeout = settings.timeout;
+        api.per_second = settings.per_second;
+        api.breaker = settings.breaker;
+        api.attempts = 1;
         Self {
-            breaker: Mutex::new(Breaker::new(settings.breaker.clone())),
-            client,
-            epoch: Instant::now(),
-            limit: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
-            settings,
-        }
-    }
-
-    fn record(&self, outcome: Option<Outcome>, probe: bool) {
-        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Some(o) => {
-                if let Some(t) = b.record(self.epoch.elapsed(), o, rand::random::<f64>()) {
-                    tracing::warn!(from = t.from, to = t.to, "Authorize.Net API breaker");
-                }
-            }
-            None if probe => b.probe_abandoned(),
-            None => {}
+            api: ApiClient::new("Authorize.Net", api, |_| None).with_outage_in_body(outage_in_body),
+            login_id: settings.login_id,
+            transaction_key: settings.transaction_key,
         }
     }
 
     /// The details of transaction `id`.
     pub async fn transaction_details(&self, id: &str) -> Result<Transaction, EnrichError> {
-        let admit = {
-            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-            b.admit(self.epoch.elapsed())
-        };
-        if let Admit::No { .. } = admit {
-            return Err(EnrichError::BreakerOpen);
-        }
-        let probe = admit == Admit::Probe;
-        self.limit.until_ready().await;
-        let result = self.call(id).await;
-        let outcome = match &result {
-            Ok(_) => Some(Outcome::Success),
-            Err(EnrichError::Unavailable(_)) => Some(Outcome::Failure),
-            // The API answered: it is healthy, whatever it thinks of the request.
-            Err(_) => Some(Outcome::Success),
-        };
-        self.record(outcome, probe);
-        result
-    }
-
-    async fn call(&self, id: &str) -> Result<Transaction, EnrichError> {
         let request = json!({"getTransactionDetailsRequest": {
             "merchantAuthentication": {
-                "name": self.settings.login_id.expose_secret(),
-                "transactionKey": self.settings.transaction_key.expose_secret(),
+                "name": self.login_id.expose_secret(),
+                "transactionKey": self.transaction_key.expose_secret(),
             },
             "transId": id,
         }});
-        let response = self
-            .client
-            .post(&self.settings.url)
-            .json(&request)
-            .send()
+        let body = self
+            .api
+            .call_once_as(Auth::InBody, |c, url| c.post(url).json(&request))
             .await
-            .map_err(|e| EnrichError::Unavailable(e.without_url().to_string()))?;
-        let status = response.status();
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(EnrichError::Unavailable(format!("HTTP {status}")));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| EnrichError::Unavailable(e.without_url().to_string()))?;
-        if !status.is_success() {
-            return Err(EnrichError::Refused {
-                code: format!("HTTP {}", status.as_u16()),
-                text: String::new(),
-            });
-        }
-        // The API starts its JSON with a byte-order mark.
-        let text = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
-        let body: Value =
-            serde_json::from_slice(text).map_err(|e| EnrichError::Unreadable(e.to_string()))?;
-        if body["messages"]["resultCode"] != "Ok" {
-            let first = &body["messages"]["message"][0];
-            let code = first["code"].as_str().unwrap_or("unknown").to_owned();
-            let text = first["text"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect();
-            if RETRY_CODES.contains(&code.as_str()) {
-                return Err(EnrichError::Unavailable(format!("{code} {text}")));
-            }
+            .map_err(|e| match e {
+                ApiError::Unavailable { detail, .. } => EnrichError::Unavailable(detail),
+                ApiError::BreakerOpen(_) => EnrichError::BreakerOpen,
+                ApiError::Refused {
+                    status, message, ..
+                } => EnrichError::Refused {
+                    code: format!("HTTP {status}"),
+                    text: message,
+                },
+                ApiError::Unreadable { detail, .. } => EnrichError::Unreadable(detail),
+            })?;
+        let body = answer(&body)
+            .ok_or_else(|| EnrichError::Unreadable("the answer is not JSON".into()))?;
+        if let Some((code, text)) = refusal(&body) {
             return Err(EnrichError::Refused { code, text });
         }
         transaction(&body["transaction"])

@@ -16,6 +16,7 @@ mod metrics;
 mod monitor;
 pub mod ops;
 mod process;
+pub mod provider_api;
 pub mod reconcile;
 mod settings;
 

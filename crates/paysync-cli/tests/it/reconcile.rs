@@ -167,36 +167,24 @@ async fn an_outage_or_missing_credentials_end_with_a_clear_error_and_a_failure_e
     );
     assert!(!stderr.contains(KEY) && !String::from_utf8_lossy(&out.stdout).contains(KEY));
 
-    let out = reconcile(
-        &broker,
-        &db,
-        &fake.base(),
-        None,
-        &["stripe", "--since", "1h"],
-    )
-    .await;
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PAYSYNC_STRIPE_API_KEY"));
-
-    let out = reconcile(
-        &broker,
-        &db,
-        &fake.base(),
-        Some(KEY),
-        &["authorizenet", "--since", "1h"],
-    )
-    .await;
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
-
-    let out = reconcile(
-        &broker,
-        &db,
-        &fake.base(),
-        Some(KEY),
-        &["stripe", "--since", "yesterday"],
-    )
-    .await;
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+    // Refused before any call: each names what is wrong.
+    for (key, args, expected) in [
+        (None, ["stripe", "--since", "1h"], "PAYSYNC_STRIPE_API_KEY"),
+        (
+            Some(KEY),
+            ["authorizenet", "--since", "1h"],
+            "not supported yet",
+        ),
+        (Some(KEY), ["stripe", "--since", "yesterday"], "--since"),
+        (Some(KEY), ["stripe", "--since", "1h"], "--until"),
+    ] {
+        let mut args = args.to_vec();
+        if expected == "--until" {
+            args.extend(["--until", "2h"]);
+        }
+        let out = reconcile(&broker, &db, &fake.base(), key, &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }

@@ -8,7 +8,6 @@
 //! live webhooks publishes at most duplicates, which the event log absorbs. See
 //! docs/reconcile.md.
 
-pub mod api;
 pub mod paypal;
 mod schedule;
 pub mod square;
@@ -26,7 +25,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-pub use api::{ApiClient, ApiError, ApiSettings, Auth};
+pub use crate::provider_api::{ApiClient, ApiError, ApiSettings, Auth};
 pub use schedule::{ReconcileSchedule, run_scheduled};
 
 use crate::Handlers;

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 
-use super::api::{ApiClient, ApiError, ApiSettings, Auth};
 use super::{EventSource, Page, Window};
+use crate::provider_api::{ApiClient, ApiError, ApiSettings, Auth};
 
 /// PayPal's live API.
 pub const PAYPAL_API_BASE: &str = "https://api-m.paypal.com";

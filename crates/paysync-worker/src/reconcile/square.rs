@@ -11,8 +11,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 
-use super::api::{ApiClient, ApiError, ApiSettings};
 use super::{EventSource, Page, Window};
+use crate::provider_api::{ApiClient, ApiError, ApiSettings};
 
 /// Square's production API.
 pub const SQUARE_API_BASE: &str = "https://connect.squareup.com";

@@ -8,8 +8,8 @@ use paysync_domain::{Mode, Provider};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::api::{ApiClient, ApiError, ApiSettings};
 use super::{EventSource, Page, Window};
+use crate::provider_api::{ApiClient, ApiError, ApiSettings};
 
 /// Stripe's production API.
 pub const STRIPE_API_BASE: &str = "https://api.stripe.com";
@@ -38,11 +38,13 @@ impl StripeApi {
         }
     }
 
-    /// The current JSON of the object at `path` (a checked `/v1/…` path from a thin event).
+    /// The current JSON of the object at `path` (a checked `/v1/…` path from a thin event),
+    /// in one attempt: the thin event's retries go through the broker, not through a lane
+    /// waiting here.
     pub async fn object(&self, path: &str) -> Result<String, ApiError> {
         let body = self
             .api
-            .call(|c, base| c.get(format!("{base}{path}")))
+            .call_once(|c, base| c.get(format!("{base}{path}")))
             .await?;
         String::from_utf8(body.to_vec()).map_err(|_| ApiError::Unreadable {
             provider: "stripe",

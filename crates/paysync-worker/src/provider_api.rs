@@ -1,5 +1,6 @@
-//! The HTTP client for the providers' own APIs (event lists, thin-event objects): a bearer
-//! token, a rate limit, a circuit breaker, and retries that honour `Retry-After`.
+//! The HTTP client for the providers' own APIs (event lists, thin-event objects, Authorize.Net's
+//! transaction details): credentials, a rate limit, a circuit breaker, and retries that honour
+//! `Retry-After`.
 //!
 //! Rule of thumb: a 429 is the provider being healthy and busy. It neither opens the breaker
 //! nor fails the call: the client waits as long as the provider asks (up to a cap) and tries
@@ -115,6 +116,7 @@ pub struct ApiClient {
     epoch: Instant,
     limit: governor::DefaultDirectRateLimiter,
     error_message: ErrorMessage,
+    outage_in_body: Option<ErrorMessage>,
 }
 
 impl ApiClient {
@@ -135,8 +137,17 @@ impl ApiClient {
             epoch: Instant::now(),
             limit: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
             error_message,
+            outage_in_body: None,
             settings,
         }
+    }
+
+    /// Also treats a 2xx answer as an outage when `check` finds one in its body (an API that
+    /// reports "try again later" inside a 200): it counts toward the breaker and is retried
+    /// like a 5xx. `check` returns the provider's message.
+    pub fn with_outage_in_body(mut self, check: ErrorMessage) -> Self {
+        self.outage_in_body = Some(check);
+        self
     }
 
     /// The API base URL.
@@ -154,6 +165,33 @@ impl ApiClient {
             .await
     }
 
+    /// One attempt, for a caller that has a better place to wait than here (the worker's
+    /// `prepare`, whose event goes through the broker's delay levels instead of holding its
+    /// lane): a 429 or an outage is returned at once as [`ApiError::Unavailable`].
+    pub async fn call_once(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, ApiError> {
+        self.call_once_as(Auth::Bearer(self.settings.token.expose_secret()), build)
+            .await
+    }
+
+    /// [`ApiClient::call_once`] with other credentials.
+    pub async fn call_once_as(
+        &self,
+        auth: Auth<'_>,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, ApiError> {
+        let build = |c: &reqwest::Client, base: &str| auth.apply(build(c, base));
+        match self.attempt(&build).await {
+            Attempt::Done(result) => result,
+            Attempt::Throttled(wait) => {
+                Err(self.unavailable(format!("HTTP 429, asked to wait {} s", wait.as_secs())))
+            }
+            Attempt::Outage(err) => Err(err),
+        }
+    }
+
     /// [`ApiClient::call`] with other credentials: an OAuth access token, or the client
     /// credentials that obtain one.
     pub async fn call_as(
@@ -161,10 +199,7 @@ impl ApiClient {
         auth: Auth<'_>,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<Bytes, ApiError> {
-        let build = |c: &reqwest::Client, base: &str| match auth {
-            Auth::Bearer(token) => build(c, base).bearer_auth(token),
-            Auth::Basic(user, password) => build(c, base).basic_auth(user, Some(password)),
-        };
+        let build = |c: &reqwest::Client, base: &str| auth.apply(build(c, base));
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(250))
             .with_max_delay(Duration::from_secs(10))
@@ -249,6 +284,14 @@ impl ApiClient {
             let message = (self.error_message)(&body).unwrap_or_default();
             return Attempt::Outage(self.unavailable(format!("HTTP {status} {message}")));
         }
+        if let Some(detail) = self
+            .outage_in_body
+            .filter(|_| status.is_success())
+            .and_then(|check| check(&body))
+        {
+            self.record(Outcome::Failure);
+            return Attempt::Outage(self.unavailable(detail));
+        }
         self.record(Outcome::Success);
         if !status.is_success() {
             return Attempt::Done(Err(ApiError::Refused {
@@ -281,6 +324,18 @@ pub enum Auth<'a> {
     Bearer(&'a str),
     /// `Authorization: Basic <user:password>` (OAuth client credentials).
     Basic(&'a str, &'a str),
+    /// No header: the credentials are in the request body (Authorize.Net's JSON API).
+    InBody,
+}
+
+impl Auth<'_> {
+    fn apply(self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            Auth::InBody => request,
+        }
+    }
 }
 
 enum Attempt {
