@@ -36,7 +36,10 @@ pub struct ProviderApis {
 /// stand-in).
 pub trait ObjectSource: Send + Sync {
     /// The object at the API path `path`. An outage must be a retryable [`Failure`].
-    fn object<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<String, Failure>>;
+    fn object<'a>(
+        &'a self,
+        object: &'a billing::stripe::ThinObject,
+    ) -> BoxFuture<'a, Result<String, Failure>>;
 }
 
 /// A Stripe thin event on a worker without a Stripe API key.
@@ -139,8 +142,8 @@ impl Handler for Billing {
             }
             let id = match needs {
                 Enrichment::AuthorizeNetTransaction(id) => id,
-                Enrichment::StripeObject(path) => {
-                    let _ = p.completed.set(self.thin_snapshot(event, path).await?);
+                Enrichment::StripeObject(object) => {
+                    let _ = p.completed.set(self.thin_snapshot(event, object).await?);
                     return Ok(());
                 }
             };
@@ -196,15 +199,15 @@ impl Billing {
     async fn thin_snapshot(
         &self,
         event: &Event,
-        path: &str,
+        thin: &billing::stripe::ThinObject,
     ) -> Result<Result<Changes, BillingError>, Failure> {
         let source = self.apis.stripe.as_ref().ok_or_else(|| {
             Failure::permanent(
                 "enrichment_unconfigured",
-                ThinEventUnconfigured(path.to_owned()),
+                ThinEventUnconfigured(thin.path.clone()),
             )
         })?;
-        let object = source.object(path).await?;
+        let object = source.object(thin).await?;
         Ok(
             billing::stripe::snapshot_of_thin(event.body(), &object).and_then(|snapshot| {
                 let base = billing::stripe::thin_base(&event.meta.event_type)

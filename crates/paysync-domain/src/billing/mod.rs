@@ -160,9 +160,8 @@ pub struct Changes {
 pub enum Enrichment {
     /// Authorize.Net's `getTransactionDetails` of this transaction id.
     AuthorizeNetTransaction(String),
-    /// The current state of the object a Stripe thin event refers to: a checked API path
-    /// (`/v1/invoices/in_…`, see [`stripe::thin_object_path`]).
-    StripeObject(String),
+    /// The current state of the object a Stripe thin event refers to.
+    StripeObject(stripe::ThinObject),
 }
 
 /// Event types `provider`'s mapper applies; any other type is recorded as `ignored`.

@@ -108,6 +108,16 @@ pub fn thin_base(event_type: &str) -> Option<&'static str> {
     HANDLED_TYPES.iter().copied().find(|t| *t == base)
 }
 
+/// Where the object of a thin event is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinObject {
+    /// The checked API path (`related_object.url`, see [`thin_object_path`]).
+    pub path: String,
+    /// The event's `context` (a connected account, `acct_…`): sent as `Stripe-Context` so the
+    /// platform's key reads that account's object.
+    pub context: Option<String>,
+}
+
 /// The API path of the object a thin event refers to (`related_object.url`), if it is one we
 /// may call: a `/v1/` path of ids and names only, so an event cannot point the worker's
 /// authenticated client anywhere else.
@@ -171,8 +181,26 @@ pub fn changes(event_type: &str, event: &Json<'_>) -> Result<Changes, BillingErr
     if at(event, "object").and_then(Json::as_str) == Some(crate::stripe::THIN_OBJECT) {
         // A thin event names its object; the worker fetches it and maps the snapshot.
         thin_base(event_type).ok_or(BillingError::Missing("type"))?;
+        let context = match at(event, "context") {
+            None => None,
+            Some(c) if c.is_null() => None,
+            Some(c) => Some(
+                c.as_str()
+                    .filter(|c| {
+                        !c.is_empty()
+                            && c.len() <= 100
+                            && c.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/')
+                    })
+                    .ok_or(BillingError::Missing("context"))?
+                    .to_owned(),
+            ),
+        };
         return Ok(Changes {
-            needs: Some(super::Enrichment::StripeObject(thin_object_path(event)?)),
+            needs: Some(super::Enrichment::StripeObject(ThinObject {
+                path: thin_object_path(event)?,
+                context,
+            })),
             ..Changes::default()
         });
     }
@@ -463,14 +491,39 @@ mod thin_tests {
         let c = changes_of_body("v1.invoice.paid", THIN).unwrap();
         assert_eq!(
             c.needs,
-            Some(super::super::Enrichment::StripeObject(
-                "/v1/invoices/in_1".into()
-            ))
+            Some(super::super::Enrichment::StripeObject(ThinObject {
+                path: "/v1/invoices/in_1".into(),
+                context: None,
+            }))
         );
         assert!(c.snaps.is_empty() && c.effects.is_empty());
         assert_eq!(thin_base("v1.invoice.paid"), Some("invoice.paid"));
         assert_eq!(thin_base("v1.billing.meter.error_report_triggered"), None);
         assert_eq!(thin_base("invoice.paid"), None);
+    }
+
+    #[test]
+    fn a_thin_event_of_a_connected_account_is_fetched_in_its_context() {
+        let body = THIN.replace(
+            r#""livemode":false"#,
+            r##""livemode":false,"context":"acct_1Nv0FG""##,
+        );
+        let c = changes_of_body("v1.invoice.paid", &body).unwrap();
+        assert_eq!(
+            c.needs,
+            Some(super::super::Enrichment::StripeObject(ThinObject {
+                path: "/v1/invoices/in_1".into(),
+                context: Some("acct_1Nv0FG".into()),
+            }))
+        );
+        for bad in [r#""context":"acct 1""#, r#""context":7"#, r#""context":"""#] {
+            let body = THIN.replace(r#""livemode":false"#, &format!(r#""livemode":false,{bad}"#));
+            assert_eq!(
+                changes_of_body("v1.invoice.paid", &body),
+                Err(BillingError::Missing("context")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

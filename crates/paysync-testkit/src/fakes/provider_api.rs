@@ -209,6 +209,15 @@ impl FakeStripeApi {
         self.0.lock().objects.insert(path.to_owned(), object);
     }
 
+    /// Makes `object` the answer to `GET <path>` with `Stripe-Context: <context>` (a connected
+    /// account's object, invisible without the header).
+    pub fn put_object_in(&self, context: &str, path: &str, object: Value) {
+        self.0
+            .lock()
+            .objects
+            .insert(format!("{context}:{path}"), object);
+    }
+
     /// A 429 as Stripe sends it, asking to wait `secs`.
     pub fn rate_limited(secs: u64) -> Reply {
         Reply::Status {
@@ -364,7 +373,11 @@ async fn stripe_object(
     {
         scripted(status, body, retry_after)
     } else {
-        match app.lock().objects.get(&full) {
+        let key = match headers.get("stripe-context").and_then(|c| c.to_str().ok()) {
+            Some(context) => format!("{context}:{full}"),
+            None => full.clone(),
+        };
+        match app.lock().objects.get(&key) {
             Some(o) => Json(o.clone()).into_response(),
             None => stripe_refusal(
                 StatusCode::NOT_FOUND,

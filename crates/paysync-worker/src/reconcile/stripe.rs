@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use paysync_domain::billing::stripe::ThinObject;
 use paysync_domain::{Mode, Provider};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -38,13 +39,19 @@ impl StripeApi {
         }
     }
 
-    /// The current JSON of the object at `path` (a checked `/v1/…` path from a thin event),
-    /// in one attempt: the thin event's retries go through the broker, not through a lane
-    /// waiting here.
-    pub async fn object(&self, path: &str) -> Result<String, ApiError> {
+    /// The current JSON of the object a thin event names (a checked `/v1/…` path, in the
+    /// event's account context), in one attempt: the thin event's retries go through the
+    /// broker, not through a lane waiting here.
+    pub async fn object(&self, thin: &ThinObject) -> Result<String, ApiError> {
         let body = self
             .api
-            .call_once(|c, base| c.get(format!("{base}{path}")))
+            .call_once(|c, base| {
+                let request = c.get(format!("{base}{}", thin.path));
+                match &thin.context {
+                    Some(context) => request.header("Stripe-Context", context),
+                    None => request,
+                }
+            })
             .await?;
         String::from_utf8(body.to_vec()).map_err(|_| ApiError::Unreadable {
             provider: "stripe",
@@ -143,9 +150,9 @@ impl EventSource for StripeApi {
 }
 
 impl crate::billing::ObjectSource for StripeApi {
-    fn object<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<String, crate::Failure>> {
+    fn object<'a>(&'a self, thin: &'a ThinObject) -> BoxFuture<'a, Result<String, crate::Failure>> {
         Box::pin(async move {
-            StripeApi::object(self, path).await.map_err(|e| {
+            StripeApi::object(self, thin).await.map_err(|e| {
                 if e.retryable() {
                     crate::Failure::retryable("provider_api_unavailable", e)
                 } else {

@@ -576,9 +576,17 @@ async fn a_signed_stripe_thin_event_is_accepted_and_applied_from_the_fetched_obj
     });
     let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
     let receiver = spawn_receiver(receiver_settings(WHSEC, broker.settings("receiver"))).await;
+    // A connected account's refund, readable only in its context.
+    fake.put_object_in(
+        "acct_1Connected",
+        "/v1/refunds/re_thin",
+        json!({"id": "re_thin", "object": "refund", "charge": "ch_thin", "payment_intent": "pi_thin",
+               "amount": 200, "currency": "eur", "status": "succeeded"}),
+    );
     let thin = |id: &str, ty: &str, url: &str| {
+        let context = url.contains("re_thin").then_some("acct_1Connected");
         json!({"id": id, "object": "v2.core.event", "type": ty, "livemode": false,
-               "created": "2026-12-05T10:00:00.123Z", "context": null,
+               "created": "2026-12-05T10:00:00.123Z", "context": context,
                "related_object": {"id": url.rsplit('/').next().unwrap(), "type": "x", "url": url}})
         .to_string()
     };
@@ -595,10 +603,11 @@ async fn a_signed_stripe_thin_event_is_accepted_and_applied_from_the_fetched_obj
             "v1.payment_intent.succeeded",
             "/v1/payment_intents/pi_thin",
         ),
+        thin("evt_thin_re", "v1.refund.updated", "/v1/refunds/re_thin"),
     ] {
         assert_eq!(receiver.post(body.as_bytes(), WHSEC).await, 200, "{body}");
     }
-    wait_logged(&store, 2).await;
+    wait_logged(&store, 3).await;
     let rows = store
         .events(&EventFilter {
             limit: 10,
@@ -616,6 +625,11 @@ async fn a_signed_stripe_thin_event_is_accepted_and_applied_from_the_fetched_obj
     assert_eq!(view["external_ref"], "acct_thin");
     assert_eq!(view["email"], "thin@example.com");
     assert!(view.to_string().contains("4200"), "{view}");
+    // The connected account's refund was read in its context and counts for the payment.
+    assert!(
+        view.to_string().contains("\"refunded_minor\":200"),
+        "{view}"
+    );
     assert!(fake.requests().iter().any(|r| r.status == 500));
     receiver.stop().await;
     worker.stop().await;
