@@ -564,6 +564,35 @@ pub fn paypal_api(
     ))))
 }
 
+/// Authorize.Net's notification history, when its API credentials are set (the same
+/// `PAYSYNC_AUTHORIZENET_API_LOGIN_ID` and `PAYSYNC_AUTHORIZENET_TRANSACTION_KEY` as the
+/// transaction-details lookup). Its mode is `PAYSYNC_AUTHORIZENET_MODE`; the base
+/// (`PAYSYNC_AUTHORIZENET_REST_BASE`) defaults to the production or sandbox REST host.
+pub fn authorizenet_history(
+    env: &Env<'_>,
+) -> anyhow::Result<
+    Option<std::sync::Arc<paysync_worker::reconcile::authorizenet::AuthorizeNetHistory>>,
+> {
+    use paysync_worker::reconcile::authorizenet as anet;
+    let Some(credentials) = authorizenet_api(env)? else {
+        return Ok(None);
+    };
+    let mode = env.parse::<Mode>("PAYSYNC_AUTHORIZENET_MODE", Mode::Test)?;
+    let default = match mode {
+        Mode::Live => anet::AUTHORIZENET_REST_BASE,
+        Mode::Test => anet::AUTHORIZENET_SANDBOX_REST_BASE,
+    };
+    let base = api_base(env, "PAYSYNC_AUTHORIZENET_REST_BASE", default)?;
+    let settings = api_settings(env, base, SecretString::from(String::new()))?;
+    Ok(Some(std::sync::Arc::new(anet::AuthorizeNetHistory::new(
+        settings,
+        credentials.login_id,
+        credentials.transaction_key,
+        mode,
+        page_size(env)?,
+    ))))
+}
+
 /// The provider APIs a worker uses, each client built once (one rate limit and breaker per
 /// provider and process): the billing handlers' lookups and the reconciler's event lists.
 pub struct ProviderClients {
@@ -582,6 +611,9 @@ pub fn provider_clients(env: &Env<'_>) -> anyhow::Result<ProviderClients> {
         sources.push(s.clone());
     }
     if let Some(s) = square_api(env)? {
+        sources.push(s);
+    }
+    if let Some(s) = authorizenet_history(env)? {
         sources.push(s);
     }
     if let Some(s) = paypal_api(env)? {
@@ -936,6 +968,8 @@ mod tests {
             ("PAYSYNC_SQUARE_ACCESS_TOKEN", "EAAA"),
             ("PAYSYNC_PAYPAL_CLIENT_ID", "id"),
             ("PAYSYNC_PAYPAL_CLIENT_SECRET", "secret"),
+            ("PAYSYNC_AUTHORIZENET_API_LOGIN_ID", "login"),
+            ("PAYSYNC_AUTHORIZENET_TRANSACTION_KEY", "key"),
         ]);
         let clients = provider_clients(&with(&vars)).unwrap();
         let providers: Vec<_> = clients.sources.iter().map(|s| s.provider()).collect();
@@ -944,6 +978,7 @@ mod tests {
             [
                 paysync_domain::Provider::Stripe,
                 paysync_domain::Provider::Square,
+                paysync_domain::Provider::AuthorizeNet,
                 paysync_domain::Provider::Paypal
             ]
         );

@@ -19,7 +19,7 @@ use crate::config::{self, Env};
 /// What to reconcile.
 #[derive(clap::Args)]
 pub struct ReconcileArgs {
-    /// The provider: stripe, square or paypal (Authorize.Net's history is not read yet).
+    /// The provider: stripe, square, authorizenet or paypal.
     #[arg(value_parser = crate::events::parse_provider)]
     provider: Provider,
     /// Start of the window: an RFC 3339 time, or `<n>s|m|h|d` before now.
@@ -63,9 +63,9 @@ fn source(env: &Env<'_>, provider: Provider) -> anyhow::Result<Arc<dyn EventSour
             config::paypal_api(env)?.map(|s| s as Arc<dyn EventSource>),
             "PAYSYNC_PAYPAL_CLIENT_ID and PAYSYNC_PAYPAL_CLIENT_SECRET",
         ),
-        Provider::AuthorizeNet => bail!(
-            "reconciling authorizenet is not supported yet: its notification history is not read \
-             (docs/reconcile.md); resend from the Merchant Interface"
+        Provider::AuthorizeNet => (
+            config::authorizenet_history(env)?.map(|s| s as Arc<dyn EventSource>),
+            "PAYSYNC_AUTHORIZENET_API_LOGIN_ID and PAYSYNC_AUTHORIZENET_TRANSACTION_KEY",
         ),
     };
     source.with_context(|| {

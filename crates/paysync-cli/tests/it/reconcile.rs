@@ -173,7 +173,7 @@ async fn an_outage_or_missing_credentials_end_with_a_clear_error_and_a_failure_e
         (
             Some(KEY),
             ["authorizenet", "--since", "1h"],
-            "not supported yet",
+            "PAYSYNC_AUTHORIZENET_API_LOGIN_ID",
         ),
         (Some(KEY), ["stripe", "--since", "yesterday"], "--since"),
         (Some(KEY), ["stripe", "--since", "1h"], "--until"),

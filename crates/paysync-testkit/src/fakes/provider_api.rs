@@ -786,3 +786,176 @@ fn paypal_list(s: &PaypalApp, headers: &HeaderMap, pairs: &[(String, String)]) -
     }
     Json(json!({"events": items, "count": items.len(), "links": links})).into_response()
 }
+
+// --- Authorize.Net ---
+
+/// A fake Authorize.Net merchant's webhook notification history (REST API, HTTP Basic with
+/// the API login id and transaction key).
+pub struct FakeAuthorizeNetHistory(Fake);
+
+impl FakeAuthorizeNetHistory {
+    /// A fake accepting `login_id:transaction_key`.
+    pub async fn start(login_id: &str, transaction_key: &str) -> Self {
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{login_id}:{transaction_key}")
+            )
+        );
+        Self(
+            Fake::start(&basic, |app| {
+                Router::new()
+                    .route("/rest/v1/notifications", get(anet_history))
+                    .route("/rest/v1/notifications/{id}", get(anet_notification))
+                    .with_state(app)
+            })
+            .await,
+        )
+    }
+
+    /// The API base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.0.addr)
+    }
+
+    /// What it answers.
+    pub fn script(&self) -> &Scripted {
+        &self.0.script
+    }
+
+    /// Adds notifications (webhook bodies as posted) to the history.
+    pub fn add_notifications(&self, bodies: impl IntoIterator<Item = Value>) {
+        self.0.lock().events.extend(bodies);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.0.lock().requests.clone()
+    }
+}
+
+fn anet_refusal(status: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"status": status.as_u16(), "reason": reason, "message": message,
+               "correlationId": "0f4a8c8e-bench-fake"})
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// The App's token holds the whole expected `Authorization` value here.
+fn anet_authorized(app: &App, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(app.token.as_str())
+}
+
+async fn anet_history(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    app.enter().await;
+    let params = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let response = if !anet_authorized(&app, &headers) {
+        anet_refusal(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "The credentials are invalid.",
+        )
+    } else if let Reply::Status {
+        status,
+        body,
+        retry_after,
+    } = app.script.take()
+    {
+        scripted(status, body, retry_after)
+    } else {
+        let one = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let number = |k: &str, default: usize| one(k).map_or(Ok(default), str::parse::<usize>);
+        match (number("offset", 0), number("limit", 1000)) {
+            (Ok(offset), Ok(limit)) if (1..=1000).contains(&limit) => {
+                let (from, to) = (one("from_date"), one("to_date"));
+                let s = app.lock();
+                let summaries: Vec<Value> = s
+                    .events
+                    .iter()
+                    .filter(|e| {
+                        let day = e["eventDate"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .get(..10)
+                            .unwrap_or("");
+                        from.is_none_or(|f| day >= f) && to.is_none_or(|t| day <= t)
+                    })
+                    .skip(offset)
+                    .take(limit)
+                    .map(|e| {
+                        let id = e["notificationId"].as_str().unwrap_or_default();
+                        // The history shows the time without a zone.
+                        let date = e["eventDate"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim_end_matches('Z');
+                        json!({"_links": {"self": {"href": format!("/rest/v1/notifications/{id}")}},
+                               "notificationId": id, "deliveryStatus": "Failed",
+                               "eventType": e["eventType"], "eventDate": date})
+                    })
+                    .collect();
+                Json(json!({"_links": {"self": {"href": format!("/rest/v1/notifications?offset={offset}&limit={limit}")}},
+                            "notifications": summaries}))
+                .into_response()
+            }
+            _ => anet_refusal(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "offset and limit must be numbers, limit at most 1000.",
+            ),
+        }
+    };
+    app.leave("/rest/v1/notifications", params, response)
+}
+
+async fn anet_notification(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    app.enter().await;
+    let path = format!("/rest/v1/notifications/{id}");
+    let response = if !anet_authorized(&app, &headers) {
+        anet_refusal(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "The credentials are invalid.",
+        )
+    } else {
+        let s = app.lock();
+        match s.events.iter().find(|e| {
+            e["notificationId"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&id))
+        }) {
+            Some(body) => Json(body.clone()).into_response(),
+            None => anet_refusal(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The notification was not found.",
+            ),
+        }
+    };
+    app.leave(&path, String::new(), response)
+}

@@ -8,6 +8,7 @@
 //! live webhooks publishes at most duplicates, which the event log absorbs. See
 //! docs/reconcile.md.
 
+pub mod authorizenet;
 pub mod paypal;
 mod schedule;
 pub mod square;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use paysync_amqp::{PublishError, Publisher};
 use paysync_domain::message::parse_envelope;
-use paysync_domain::{Mode, Provider};
+use paysync_domain::{Envelope, Mode, Provider};
 use paysync_store::{Store, StoreError};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -63,6 +64,33 @@ pub trait EventSource: Send + Sync {
         window: &'a Window,
         cursor: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, ApiError>>;
+
+    /// What a listed item is: the event itself (the default), or a summary whose full event
+    /// is fetched with [`EventSource::event`] when it is missing (Authorize.Net's history).
+    fn listed(&self, item: &RawValue) -> Listed {
+        let _ = item;
+        Listed::Event
+    }
+
+    /// The full event of the summary with this id (only for lists of summaries).
+    fn event<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {
+        let _ = id;
+        Box::pin(async {
+            Err(ApiError::Unreadable {
+                provider: "reconcile",
+                detail: "this provider's list carries whole events".into(),
+            })
+        })
+    }
+}
+
+/// What an item of a provider's list is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// The event itself, as a webhook would carry it.
+    Event,
+    /// A summary: the event's envelope (`None` when unreadable); the event is fetched apart.
+    Summary(Option<Envelope>),
 }
 
 /// What a run found, so far or in full.
@@ -217,8 +245,13 @@ impl Reconciler {
         let mut candidates = Vec::with_capacity(events.len());
         for raw in events {
             report.listed += 1;
-            let body = raw.get().as_bytes();
-            let Ok(envelope) = parse_envelope(provider, body) else {
+            let listed = match source.listed(raw) {
+                Listed::Event => parse_envelope(provider, raw.get().as_bytes())
+                    .ok()
+                    .map(|e| (e, Some(raw.get().as_bytes()))),
+                Listed::Summary(summary) => summary.map(|e| (e, None)),
+            };
+            let Some((envelope, body)) = listed else {
                 report.skip("unreadable");
                 continue;
             };
@@ -249,13 +282,39 @@ impl Reconciler {
             } else if known.dead.contains(&envelope.id) {
                 report.skip("dead_lettered");
             } else {
-                missing.push((envelope.into_meta(provider, source.mode(), now_ms), body));
+                missing.push((envelope, body));
             }
         }
         if dry_run {
             report.published += missing.len();
             return Ok(());
         }
+        // Summaries become events: each missing one fetched in full, and read again.
+        let mut fetched: Vec<(Envelope, Box<RawValue>)> = Vec::new();
+        let mut listed: Vec<(Envelope, &[u8])> = Vec::new();
+        for (summary, body) in missing {
+            match body {
+                Some(body) => listed.push((summary, body)),
+                None => {
+                    let full = source.event(&summary.id).await?;
+                    match parse_envelope(provider, full.get().as_bytes()) {
+                        Ok(e) if e.id == summary.id && e.event_type == summary.event_type => {
+                            fetched.push((e, full))
+                        }
+                        _ => report.skip("unreadable"),
+                    }
+                }
+            }
+        }
+        let missing: Vec<(paysync_domain::EventMeta, &[u8])> = listed
+            .into_iter()
+            .chain(
+                fetched
+                    .iter()
+                    .map(|(e, full)| (e.clone(), full.get().as_bytes())),
+            )
+            .map(|(e, body)| (e.into_meta(provider, source.mode(), now_ms), body))
+            .collect();
         // A page's publishes wait for their confirms together (the publisher bounds how many
         // are in flight); the report counts those the broker confirmed.
         let confirmed = futures::future::join_all(

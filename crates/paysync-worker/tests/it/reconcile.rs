@@ -12,9 +12,12 @@ use paysync_domain::billing::account_view;
 use paysync_domain::{EventMeta, Mode, Provider};
 use paysync_store::{EventFilter, Store};
 use paysync_testkit::fakes::Reply;
-use paysync_testkit::fakes::provider_api::{FakePaypalApi, FakeSquareApi, FakeStripeApi};
+use paysync_testkit::fakes::provider_api::{
+    FakeAuthorizeNetHistory, FakePaypalApi, FakeSquareApi, FakeStripeApi,
+};
 use paysync_testkit::{TestBroker, TestDb, closed_port, now_secs, poll_until, sample};
 use paysync_worker::billing::{self, ProviderApis};
+use paysync_worker::reconcile::authorizenet::AuthorizeNetHistory;
 use paysync_worker::reconcile::paypal::PaypalApi;
 use paysync_worker::reconcile::square::SquareApi;
 use paysync_worker::reconcile::stripe::StripeApi;
@@ -797,4 +800,126 @@ async fn a_broker_or_database_outage_stops_the_run_retryably_with_what_was_confi
             .unwrap(),
         0
     );
+}
+
+/// Eight Authorize.Net notifications: four customer profiles with our reference, and a
+/// subscription of each.
+fn authorizenet_notifications(t0: OffsetDateTime) -> Vec<Value> {
+    let at = |s: u64| {
+        (t0 + Duration::from_secs(s))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    for n in 0..4u64 {
+        out.push(
+            json!({"notificationId": format!("5c3f7e00-1265-4e8e-abd0-a7d73416388{n}"),
+            "eventType": "net.authorize.customer.created", "eventDate": at(n * 10),
+            "webhookId": "0b90f2e8-02ae-4d1d-b2e0-1bd167e60176",
+            "payload": {"merchantCustomerId": format!("acct_a{n}"), "description": "Profile",
+                "entityName": "customerProfile", "id": format!("39{n}")}}),
+        );
+        out.push(
+            json!({"notificationId": format!("81c1e1d4-3f6e-4c5b-9d6b-0a1b2c3d4e5{n}"),
+            "eventType": "net.authorize.customer.subscription.created", "eventDate": at(n * 10 + 5),
+            "webhookId": "0b90f2e8-02ae-4d1d-b2e0-1bd167e60176",
+            "payload": {"name": "Pro", "amount": 23.45, "status": "active",
+                "profile": {"customerProfileId": 390 + n, "customerPaymentProfileId": 694,
+                    "customerShippingAddressId": 0},
+                "entityName": "subscription", "id": format!("144{n}")}}),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn authorizenet_notifications_never_received_are_fetched_whole_from_the_history() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let handlers = billing::handlers();
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers.clone()).await;
+    let t0 = OffsetDateTime::now_utc() - Duration::from_secs(2 * 86_400);
+    let events = authorizenet_notifications(t0);
+    let fake = FakeAuthorizeNetHistory::start("5KP3u95bQpv", "346HZ32z3fP4hTG2").await;
+    fake.add_notifications(events.clone());
+    // Five of the eight were delivered.
+    for e in events.iter().take(5) {
+        apply(&store, &handlers, Provider::AuthorizeNet, e).await;
+    }
+    let source = AuthorizeNetHistory::new(
+        api(fake.base(), "unused"),
+        SecretString::from("5KP3u95bQpv".to_owned()),
+        SecretString::from("346HZ32z3fP4hTG2".to_owned()),
+        Mode::Test,
+        3,
+    );
+    let w = Window {
+        since: t0 - Duration::from_secs(60),
+        until: OffsetDateTime::now_utc(),
+        types: Vec::new(),
+    };
+    let dry = Reconciler::new(
+        store.clone(),
+        unreachable_publisher(&broker),
+        handlers.clone(),
+    );
+    let report = dry.run(&source, &w, true, &|_| {}).await.unwrap();
+    assert_eq!(
+        (
+            report.pages,
+            report.listed,
+            report.already_logged,
+            report.published
+        ),
+        (3, 8, 5, 3),
+        "{report:?}"
+    );
+    // A dry run fetches no notification.
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.path == "/rest/v1/notifications")
+    );
+    let reconciler = Reconciler::new(store.clone(), publisher(&broker), handlers.clone());
+    let report = reconciler.run(&source, &w, false, &|_| {}).await.unwrap();
+    assert_eq!(report.published, 3, "{report:?}");
+    wait_logged(&store, 8).await;
+    let fetched: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path != "/rest/v1/notifications")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        fetched.len(),
+        3,
+        "only the missing ones fetched: {fetched:?}"
+    );
+    let first = &fake.requests()[0];
+    assert!(
+        first.params.contains("from_date=") && first.params.contains("limit=3"),
+        "{first:?}"
+    );
+    let again = reconciler.run(&source, &w, false, &|_| {}).await.unwrap();
+    assert_eq!((again.already_logged, again.published), (8, 0));
+    assert_eq!(
+        accounts(&store).await,
+        reference_accounts(Provider::AuthorizeNet, &events).await
+    );
+    // Wrong credentials: the API's own refusal, never the key.
+    let wrong = AuthorizeNetHistory::new(
+        api(fake.base(), "unused"),
+        SecretString::from("5KP3u95bQpv".to_owned()),
+        SecretString::from("not-the-transaction-key".to_owned()),
+        Mode::Test,
+        3,
+    );
+    let failed = reconciler.run(&wrong, &w, true, &|_| {}).await.unwrap_err();
+    let text = failed.to_string();
+    assert!(
+        text.contains("HTTP 401") && text.contains("credentials are invalid"),
+        "{text}"
+    );
+    assert!(!text.contains("not-the-transaction-key"), "{text}");
+    worker.stop().await;
 }
