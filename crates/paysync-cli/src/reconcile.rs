@@ -136,7 +136,13 @@ pub async fn run(env: &Env<'_>, args: ReconcileArgs) -> anyhow::Result<ExitCode>
         bar.tick();
     };
     let outcome = reconciler
-        .run(source.as_ref(), &window, args.dry_run, &progress)
+        .run_audited(
+            source.as_ref(),
+            &window,
+            args.dry_run,
+            &config::actor(env),
+            &progress,
+        )
         .await;
     bar.finish_and_clear();
     publisher.close().await;
@@ -144,21 +150,6 @@ pub async fn run(env: &Env<'_>, args: ReconcileArgs) -> anyhow::Result<ExitCode>
         Ok(r) => r,
         Err(e) => &e.report,
     };
-    let target = format!("{} {}..{}", args.provider, window.since, window.until);
-    let details = serde_json::to_value(report).unwrap_or_default();
-    if let Err(e) = store
-        .record_action(
-            &config::actor(env),
-            "events.reconcile",
-            &target,
-            report.published as i64,
-            args.dry_run,
-            details,
-        )
-        .await
-    {
-        eprintln!("paysync: could not record the action in the audit trail: {e}");
-    }
     if args.json {
         let mut v = json!(report);
         v["since"] = json!(window.since.unix_timestamp());

@@ -31,7 +31,7 @@ pub use outbox::{
     DestinationControl, DestinationRow,
 };
 pub use paysync_domain::billing::AccountFacts;
-pub use reconcile::{Checkpoint, KnownEvents, SessionLock};
+pub use reconcile::{Checkpoint, CheckpointRow, KnownEvents, SessionLock};
 pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
 /// The text of the statements the worker runs for an event, for the bench's pgbench scripts

@@ -19,12 +19,26 @@ pub struct KnownEvents {
 }
 
 /// The last complete reconciliation of a provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Checkpoint {
     /// The end of the window it compared in full.
+    #[serde(with = "time::serde::rfc3339")]
     pub until: OffsetDateTime,
     /// When it finished.
+    #[serde(with = "time::serde::rfc3339")]
     pub succeeded_at: OffsetDateTime,
+}
+
+/// A provider's checkpoint with the counts of the run that set it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CheckpointRow {
+    /// The provider.
+    pub provider: String,
+    /// The checkpoint.
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
+    /// That run's report.
+    pub report: serde_json::Value,
 }
 
 /// A session advisory lock on its own connection, outside the pool; released when dropped
@@ -82,6 +96,31 @@ impl Store {
             until: r.get(0),
             succeeded_at: r.get(1),
         }))
+    }
+
+    /// Every provider's checkpoint, by provider.
+    pub async fn reconcile_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .0
+            .query(
+                "select provider, until_at, succeeded_at, report from reconcile_checkpoints \
+                 order by provider",
+                &[],
+            )
+            .await
+            .map_err(StoreError::db("list reconcile checkpoints"))?;
+        Ok(rows
+            .iter()
+            .map(|r| CheckpointRow {
+                provider: r.get(0),
+                checkpoint: Checkpoint {
+                    until: r.get(1),
+                    succeeded_at: r.get(2),
+                },
+                report: r.get(3),
+            })
+            .collect())
     }
 
     /// Records a complete reconciliation of `provider` up to `until` (never moving the

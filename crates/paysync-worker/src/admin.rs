@@ -29,13 +29,25 @@ use crate::ops::{Ops, OpsError, Selection};
 struct AdminState {
     ops: Ops,
     token: Arc<SecretString>,
+    reconcile: ReconcileDoor,
+}
+
+/// What the admin API needs to reconcile: the reconciler, and the event lists the worker was
+/// given (set after the router is built).
+#[derive(Clone)]
+pub struct ReconcileDoor {
+    /// Runs and audits.
+    pub reconciler: crate::reconcile::Reconciler,
+    /// The worker's event lists.
+    pub sources: crate::SharedSources,
 }
 
 /// The admin routes under `/admin`, guarded by `token`.
-pub fn router(ops: Ops, token: SecretString) -> Router {
+pub fn router(ops: Ops, token: SecretString, reconcile: ReconcileDoor) -> Router {
     let state = AdminState {
         ops,
         token: Arc::new(token),
+        reconcile,
     };
     Router::new()
         .route("/admin/dlq/groups", get(groups))
@@ -47,6 +59,10 @@ pub fn router(ops: Ops, token: SecretString) -> Router {
         .route("/admin/dlq/purge", post(purge))
         .route("/admin/dlq/export", get(export))
         .route("/admin/events/replay", post(replay))
+        .route(
+            "/admin/reconcile",
+            get(reconcile_status).post(reconcile_run),
+        )
         .merge(outbox::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -264,4 +280,90 @@ async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Re
             )
             .await,
     )
+}
+
+/// Every provider's last complete reconciliation, and the providers this worker can read.
+async fn reconcile_status(State(s): State<AdminState>) -> Response {
+    let readable: Vec<&'static str> = s
+        .reconcile
+        .sources
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|source| source.provider().as_str())
+        .collect();
+    match s.reconcile.reconciler.store().reconcile_checkpoints().await {
+        Ok(rows) => Json(json!({"checkpoints": rows, "providers": readable})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReconcileBody {
+    provider: String,
+    since: String,
+    until: Option<String>,
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Runs `paysync reconcile` for one provider with this worker's credentials; answers its
+/// report (with `error` and 503 when it stopped).
+async fn reconcile_run(State(s): State<AdminState>, Json(body): Json<ReconcileBody>) -> Response {
+    let refuse = |m: String| (StatusCode::BAD_REQUEST, Json(json!({"error": m}))).into_response();
+    let provider: paysync_domain::Provider = match body.provider.parse() {
+        Ok(p) => p,
+        Err(e) => return refuse(format!("{e}")),
+    };
+    let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339);
+    let (Ok(since), Ok(until)) = (
+        parse(&body.since),
+        body.until
+            .as_deref()
+            .map_or(Ok(OffsetDateTime::now_utc()), parse),
+    ) else {
+        return refuse("since and until must be RFC 3339 times".into());
+    };
+    if since >= until {
+        return refuse("since must be before until".into());
+    }
+    let source = s
+        .reconcile
+        .sources
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|source| source.provider() == provider)
+        .cloned();
+    let Some(source) = source else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("this worker has no API credentials for {provider}")})),
+        )
+            .into_response();
+    };
+    let window = crate::reconcile::Window {
+        since: since.max(OffsetDateTime::now_utc() - source.retention()),
+        until,
+        types: body.types,
+    };
+    match s
+        .reconcile
+        .reconciler
+        .run_audited(source.as_ref(), &window, body.dry_run, "admin-api", &|_| {})
+        .await
+    {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            let mut v = json!(e.report);
+            v["error"] = json!(e.to_string());
+            (StatusCode::SERVICE_UNAVAILABLE, Json(v)).into_response()
+        }
+    }
 }

@@ -47,8 +47,11 @@ pub struct App {
     processor: Arc<Processor>,
     consuming: Arc<AtomicBool>,
     database_ok: Arc<AtomicBool>,
-    reconcile_sources: Vec<Arc<dyn reconcile::EventSource>>,
+    reconcile_sources: SharedSources,
 }
+
+/// The event lists a worker reconciles, shared by its scheduler and its admin API.
+pub type SharedSources = Arc<std::sync::RwLock<Vec<Arc<dyn reconcile::EventSource>>>>;
 
 impl App {
     /// Builds the worker with `handlers`, refusing what [`Settings::validate`] refuses. Needs
@@ -84,10 +87,19 @@ impl App {
             })
         };
         let mut metrics_router = paysync_telemetry::metrics_router(registry, readiness);
+        let reconcile_sources = SharedSources::default();
         if let Some(token) = settings.admin_token.clone() {
             metrics_router = metrics_router.merge(admin::router(
                 ops::Ops::new(store.clone(), publisher.clone()),
                 token,
+                admin::ReconcileDoor {
+                    reconciler: reconcile::Reconciler::new(
+                        store.clone(),
+                        publisher.clone(),
+                        handlers.clone(),
+                    ),
+                    sources: reconcile_sources.clone(),
+                },
             ));
         }
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
@@ -109,7 +121,7 @@ impl App {
             processor,
             consuming,
             database_ok,
-            reconcile_sources: Vec::new(),
+            reconcile_sources,
         })
     }
 
@@ -123,8 +135,11 @@ impl App {
 
     /// Reconciles these providers' event lists with the event log on the schedule of
     /// [`Settings::reconcile`], one process per provider at a time (docs/reconcile.md).
-    pub fn with_reconcile_sources(mut self, sources: Vec<Arc<dyn reconcile::EventSource>>) -> Self {
-        self.reconcile_sources = sources;
+    pub fn with_reconcile_sources(self, sources: Vec<Arc<dyn reconcile::EventSource>>) -> Self {
+        *self
+            .reconcile_sources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = sources;
         self
     }
 
@@ -177,7 +192,10 @@ impl App {
                 self.processor.publisher.clone(),
                 self.processor.handlers.clone(),
             ),
-            self.reconcile_sources,
+            self.reconcile_sources
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             self.settings.reconcile.clone(),
             self.processor.metrics.clone(),
             stop.clone(),

@@ -233,6 +233,53 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// An operator's run ([`Reconciler::run`]), recorded in the audit trail as
+    /// `events.reconcile` by `actor` whether it finished or not: the CLI's and the admin
+    /// API's one implementation.
+    pub async fn run_audited(
+        &self,
+        source: &dyn EventSource,
+        window: &Window,
+        dry_run: bool,
+        actor: &str,
+        progress: &(dyn Fn(&Report) + Sync),
+    ) -> Result<Report, ReconcileFailed> {
+        let outcome = self.run(source, window, dry_run, progress).await;
+        let report = match &outcome {
+            Ok(r) => r,
+            Err(e) => &e.report,
+        };
+        let mut details = serde_json::to_value(report).unwrap_or_default();
+        if let Err(e) = &outcome {
+            details["error"] = serde_json::json!(e.to_string());
+        }
+        let time = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let target = format!(
+            "{} {}..{}",
+            source.provider(),
+            time(window.since),
+            time(window.until)
+        );
+        if let Err(e) = self
+            .store
+            .record_action(
+                actor,
+                "events.reconcile",
+                &target,
+                report.published as i64,
+                dry_run,
+                details,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "reconciliation: cannot record the action in the audit trail");
+        }
+        outcome
+    }
+
     async fn compare(
         &self,
         source: &dyn EventSource,

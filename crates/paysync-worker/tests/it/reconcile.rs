@@ -923,3 +923,131 @@ async fn authorizenet_notifications_never_received_are_fetched_whole_from_the_hi
     assert!(!text.contains("not-the-transaction-key"), "{text}");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_reports_checkpoints_and_runs_a_reconciliation_like_the_cli() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let fake = FakeStripeApi::start(KEY).await;
+    let t0 = now_secs() - 3600;
+    fake.add_events(stripe_events(t0, 2));
+    let token = "an-admin-token-for-reconcile";
+    let mut s = settings(&broker, &db, fast_retry(3));
+    s.admin_token = Some(SecretString::from(token.to_owned()));
+    // A schedule that never comes round during the test: only the API runs.
+    s.reconcile.interval = Duration::from_secs(3600);
+    s.reconcile.lookback = Duration::from_secs(60);
+    let source: Arc<dyn EventSource> =
+        Arc::new(StripeApi::new(api(fake.base(), KEY), Mode::Test, 100));
+    let app = paysync_worker::App::build(s, billing::handlers())
+        .await
+        .unwrap()
+        .with_reconcile_sources(vec![source]);
+    let worker = spawn(app).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", worker.metrics_base);
+    let post = |body: Value| {
+        client
+            .post(url("/admin/reconcile"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let since = OffsetDateTime::from_unix_timestamp(t0 - 60)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+
+    let unauthorized = client.get(url("/admin/reconcile")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let status: Value = client
+        .get(url("/admin/reconcile"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["providers"], json!(["stripe"]), "{status}");
+
+    let dry: Value = post(json!({"provider": "stripe", "since": since, "dry_run": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry["listed"].as_u64(), dry["published"].as_u64()),
+        (Some(10), Some(10)),
+        "{dry}"
+    );
+    let run = post(json!({"provider": "stripe", "since": since}))
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 200);
+    wait_logged(&store, 10).await;
+    let again: Value = post(json!({"provider": "stripe", "since": since}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again["already_logged"].as_u64(),
+            again["published"].as_u64()
+        ),
+        (Some(10), Some(0))
+    );
+
+    // Refusals: a provider without credentials, a bad time, an API outage.
+    let square = post(json!({"provider": "square", "since": since}))
+        .await
+        .unwrap();
+    assert_eq!(square.status(), 404);
+    let bad = post(json!({"provider": "stripe", "since": "yesterday"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    fake.script().always(FakeStripeApi::api_error());
+    let down = post(json!({"provider": "stripe", "since": since}))
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503);
+    let down: Value = down.json().await.unwrap();
+    assert!(
+        down["error"]
+            .as_str()
+            .unwrap()
+            .contains("stripe API unavailable"),
+        "{down}"
+    );
+
+    // Every run is in the audit trail, by the admin API.
+    let client_db = db.client().await.unwrap();
+    let rows = client_db
+        .query(
+            &format!(
+                "select actor, dry_run, affected from {}.operator_actions where action = 'events.reconcile' order by id",
+                db.schema()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let audit: Vec<(String, bool, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            ("admin-api".to_owned(), true, 10),
+            ("admin-api".to_owned(), false, 10),
+            ("admin-api".to_owned(), false, 0),
+            ("admin-api".to_owned(), false, 0)
+        ]
+    );
+    worker.stop().await;
+}
