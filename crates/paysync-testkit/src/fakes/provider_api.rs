@@ -549,10 +549,8 @@ fn square_page(app: &App, headers: &HeaderMap, body: &str) -> Response {
 // --- PayPal ---
 
 /// A fake PayPal REST app: OAuth client credentials and its event notifications.
-pub struct FakePaypalApi {
-    fake: Fake,
-    tokens: Arc<Mutex<Vec<String>>>,
-}
+pub struct FakePaypalApi(Fake, Arc<Mutex<Vec<String>>>);
+common_api!(FakePaypalApi);
 
 /// PayPal's REST error body.
 pub fn paypal_error(name: &str, message: &str, issue: Option<&str>) -> String {
@@ -589,32 +587,12 @@ impl FakePaypalApi {
                 .with_state(state)
         })
         .await;
-        Self { fake, tokens }
-    }
-
-    /// The API base URL.
-    pub fn base(&self) -> String {
-        format!("http://{}", self.fake.addr)
-    }
-
-    /// What it answers to event listings.
-    pub fn script(&self) -> &Scripted {
-        &self.fake.script
-    }
-
-    /// Adds events to the app's notifications.
-    pub fn add_events(&self, events: impl IntoIterator<Item = Value>) {
-        self.fake.lock().events.extend(events);
-    }
-
-    /// Every request so far.
-    pub fn requests(&self) -> Vec<ApiRequest> {
-        self.fake.lock().requests.clone()
+        Self(fake, tokens)
     }
 
     /// Revokes every access token issued so far (as an expiry would).
     pub fn expire_tokens(&self) {
-        self.tokens
+        self.1
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
@@ -792,6 +770,7 @@ fn paypal_list(s: &PaypalApp, headers: &HeaderMap, pairs: &[(String, String)]) -
 /// A fake Authorize.Net merchant's webhook notification history (REST API, HTTP Basic with
 /// the API login id and transaction key).
 pub struct FakeAuthorizeNetHistory(Fake);
+common_api!(FakeAuthorizeNetHistory);
 
 impl FakeAuthorizeNetHistory {
     /// A fake accepting `login_id:transaction_key`.
@@ -812,26 +791,6 @@ impl FakeAuthorizeNetHistory {
             })
             .await,
         )
-    }
-
-    /// The API base URL.
-    pub fn base(&self) -> String {
-        format!("http://{}", self.0.addr)
-    }
-
-    /// What it answers.
-    pub fn script(&self) -> &Scripted {
-        &self.0.script
-    }
-
-    /// Adds notifications (webhook bodies as posted) to the history.
-    pub fn add_notifications(&self, bodies: impl IntoIterator<Item = Value>) {
-        self.0.lock().events.extend(bodies);
-    }
-
-    /// Every request so far.
-    pub fn requests(&self) -> Vec<ApiRequest> {
-        self.0.lock().requests.clone()
     }
 }
 

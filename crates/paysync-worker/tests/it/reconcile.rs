@@ -841,7 +841,7 @@ async fn authorizenet_notifications_never_received_are_fetched_whole_from_the_hi
     let t0 = OffsetDateTime::now_utc() - Duration::from_secs(2 * 86_400);
     let events = authorizenet_notifications(t0);
     let fake = FakeAuthorizeNetHistory::start("5KP3u95bQpv", "346HZ32z3fP4hTG2").await;
-    fake.add_notifications(events.clone());
+    fake.add_events(events.clone());
     // Five of the eight were delivered.
     for e in events.iter().take(5) {
         apply(&store, &handlers, Provider::AuthorizeNet, e).await;
