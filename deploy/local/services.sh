@@ -119,6 +119,17 @@ ensure_tools() {
   command -v promtool >/dev/null 2>&1 || die "promtool missing after installing prometheus"
 }
 
+# Debian's `chromium` and `chromium-driver` (chromedriver) run the console's browser tests: the
+# testkit's `browser` module drives a headless Chromium through chromedriver.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    say "tools: chromium and chromedriver present"
+    return
+  fi
+  apt_install chromium chromium-driver
+  [ -x /usr/bin/chromedriver ] || die "chromedriver missing after installing chromium-driver"
+}
+
 # `just` runs the developer recipes (`just bench`, `just test`, ...). Not in Debian 12, so it
 # comes from crates.io, built with the machine's Rust toolchain (about a minute, once).
 ensure_just() {
@@ -154,6 +165,7 @@ ensure_mail_catcher() {
 ensure_rabbitmq
 ensure_postgres
 ensure_tools
+ensure_browser
 ensure_just
 ensure_mail_catcher
 say "all services up"

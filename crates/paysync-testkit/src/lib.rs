@@ -5,6 +5,7 @@
 //! Rule of thumb: no mocks of our broker or database here; only helpers to isolate, observe
 //! and poll the real ones.
 
+pub mod browser;
 pub mod fakes;
 mod message;
 mod metrics;
@@ -12,6 +13,8 @@ mod proxy;
 mod running;
 mod webhook;
 
+/// The WebDriver client behind [`browser::Browser`], so test crates need not depend on it.
+pub use fantoccini;
 pub use message::{RawProperties, TakenMessage};
 pub use metrics::{sample, scrape};
 pub use proxy::{Fault, FaultProxy};
