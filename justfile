@@ -43,6 +43,10 @@ bench *args: services
     cargo build --release --locked --bin paysync --bin paysync-bench
     target/release/paysync-bench run {{args}}
 
+# Run the console's browser test and keep its screenshots (1280 and 390 px) in docs/console/.
+console-screenshots: services
+    PAYSYNC_CONSOLE_SCREENSHOTS="$PWD/docs/console" cargo test -p paysync-worker --test it --locked console::an_operator
+
 # Format check and clippy with warnings as errors.
 lint:
     cargo fmt --all -- --check

@@ -141,7 +141,7 @@ const RECORD_DUPLICATES: &str = "update event_log set duplicates = duplicates + 
 const RECORD_DUPLICATE: &str = "update event_log set duplicates = duplicates + 1 \
     where provider = $1 and event_id = $2";
 
-const COLUMNS: &str = "provider, event_id, event_type, created, livemode, api_version, account_id, \
+pub(crate) const COLUMNS: &str = "provider, event_id, event_type, created, livemode, api_version, account_id, \
     outcome, attempts, duplicates, replays, received_at, processed_at";
 
 impl Tx<'_> {
@@ -390,7 +390,7 @@ impl Store {
     }
 }
 
-fn row_to_event(r: &tokio_postgres::Row, with_payload: bool) -> EventRow {
+pub(crate) fn row_to_event(r: &tokio_postgres::Row, with_payload: bool) -> EventRow {
     EventRow {
         provider: r.get(0),
         event_id: r.get(1),

@@ -7,6 +7,7 @@
 //! a retry and the dead-letter queue without string matching.
 
 mod billing;
+mod console;
 mod dead_letters;
 mod error;
 mod events;
@@ -20,6 +21,7 @@ mod settings;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 pub use billing::Resolution;
+pub use console::{AccountHit, EventRate, EventSearch, Page};
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "reconcile_checkpoints",
         sql: include_str!("../../../migrations/0009_reconcile_checkpoints.sql"),
     },
+    Migration {
+        version: 10,
+        name: "console_indexes",
+        sql: include_str!("../../../migrations/0010_console_indexes.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

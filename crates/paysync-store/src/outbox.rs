@@ -270,11 +270,11 @@ const COMPLETE: &str = "with u as ( \
     from u) \
   select age from u";
 
-const COLUMNS: &str = "id, destination, operation, idempotency_key, provider, intent, source_id, \
+pub(crate) const COLUMNS: &str = "id, destination, operation, idempotency_key, provider, intent, source_id, \
     account_id, state, attempts, next_attempt_at, last_error, last_status, fingerprint, reason, \
     external_ref, created_at, done_at";
 
-fn delivery_row(r: &Row) -> DeliveryRow {
+pub(crate) fn delivery_row(r: &Row) -> DeliveryRow {
     DeliveryRow {
         id: r.get(0),
         destination: r.get(1),

@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod billing;
+mod console;
 pub mod enrich;
 mod failure;
 mod handler;
@@ -89,18 +90,25 @@ impl App {
         let mut metrics_router = paysync_telemetry::metrics_router(registry, readiness);
         let reconcile_sources = SharedSources::default();
         if let Some(token) = settings.admin_token.clone() {
-            metrics_router = metrics_router.merge(admin::router(
-                ops::Ops::new(store.clone(), publisher.clone()),
-                token,
-                admin::ReconcileDoor {
-                    reconciler: reconcile::Reconciler::new(
-                        store.clone(),
-                        publisher.clone(),
-                        handlers.clone(),
-                    ),
-                    sources: reconcile_sources.clone(),
-                },
-            ));
+            let ops = ops::Ops::new(store.clone(), publisher.clone());
+            let door = admin::ReconcileDoor {
+                reconciler: reconcile::Reconciler::new(
+                    store.clone(),
+                    publisher.clone(),
+                    handlers.clone(),
+                ),
+                sources: reconcile_sources.clone(),
+            };
+            let console = console::router(console::ConsoleParts {
+                ops: ops.clone(),
+                token: token.clone(),
+                reconcile: door.clone(),
+                metrics: metrics.clone(),
+            })
+            .context("building the console")?;
+            metrics_router = metrics_router
+                .merge(admin::router(ops, token, door))
+                .merge(console);
         }
         let metrics_listener = TcpListener::bind(settings.metrics_addr)
             .await
@@ -165,9 +173,14 @@ impl App {
     ) -> anyhow::Result<()> {
         let stop = Shutdown::on(shutdown);
         let metrics = tokio::spawn(
-            axum::serve(self.metrics_listener, self.metrics_router)
-                .with_graceful_shutdown(stop.waiter())
-                .into_future(),
+            axum::serve(
+                self.metrics_listener,
+                // The console limits failed logins per client address.
+                self.metrics_router
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.waiter())
+            .into_future(),
         );
         let publisher = self.processor.publisher.clone();
         let supervisor = {

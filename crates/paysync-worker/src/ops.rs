@@ -408,6 +408,12 @@ impl Ops {
         })
     }
 
+    /// How many open dead letters `selection` holds now: the preview of a retry or an archive
+    /// (a read, not audited).
+    pub async fn count_open(&self, selection: &Selection) -> Result<usize, OpsError> {
+        Ok(self.selected(selection).await?.len())
+    }
+
     /// Republishes the selected open dead letters to the work queue with a fresh attempt
     /// budget and their redrive count incremented; each is marked retried after its publish
     /// was confirmed. `progress(done, total)` is called after each.
@@ -608,6 +614,21 @@ impl Ops {
     pub async fn history(&self, limit: i64) -> Result<Vec<ActionView>, OpsError> {
         let actions = self.store.actions(limit).await?;
         Ok(actions.iter().map(ActionView::from).collect())
+    }
+
+    /// How many logged events a replay with this selection would republish: its preview (a
+    /// read, not audited).
+    pub async fn replay_count(
+        &self,
+        provider: Provider,
+        ids: Option<&[String]>,
+        event_type: Option<&str>,
+        since: Option<OffsetDateTime>,
+    ) -> Result<i64, OpsError> {
+        Ok(self
+            .store
+            .count_events_for_replay(provider.as_str(), ids, event_type, since)
+            .await?)
     }
 
     /// Republishes logged events for reprocessing: the handler runs again (it must be

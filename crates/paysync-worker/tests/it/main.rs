@@ -7,6 +7,7 @@ mod batches;
 mod billing;
 mod billing_order;
 mod billing_workers;
+mod console;
 mod dead_letters;
 mod exactly_once;
 mod faults;

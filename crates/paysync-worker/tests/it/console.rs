@@ -1,0 +1,625 @@
+//! The operator console in a real headless Chromium (Debian's `chromium` driven through
+//! `chromedriver` with `fantoccini`): log in, open the dead-letter group a test made, fix its
+//! cause, retry the whole group through the preview, watch it drain; and, over plain HTTP, the
+//! console's guards: sessions, CSRF tokens and the login limit.
+//!
+//! The browser test also takes a screenshot of every page at 1280 and 390 CSS pixels. They go
+//! to `$PAYSYNC_CONSOLE_SCREENSHOTS` when set (`just console-screenshots` sets it to
+//! `docs/console`), else under the target directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use paysync_domain::Provider;
+use paysync_store::{Store, Tx};
+use paysync_testkit::browser::Browser;
+use paysync_testkit::fantoccini::Locator;
+use paysync_testkit::{
+    TestBroker, TestDb, open_dead_letters, poll_until, stripe_fixture, verified_event,
+};
+use paysync_worker::{App, Event, Failure, Handler, Handlers};
+use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const TOKEN: &str = "console-admin-token-for-tests";
+/// The event type whose handler fails until the test fixes its cause.
+const BROKEN_TYPE: &str = "customer.tax_id.created";
+
+/// A handler that fails permanently until `fixed`, then applies; counts applications per event.
+struct Fixable {
+    fixed: Arc<AtomicBool>,
+    applied: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Handler for Fixable {
+    fn handle<'a>(
+        &'a self,
+        _tx: &'a Tx<'a>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            if !self.fixed.load(Ordering::SeqCst) {
+                return Err(Failure::permanent(
+                    "test_tax_ids_unsupported",
+                    std::io::Error::other(format!(
+                        "tax ids are not mapped yet ({})",
+                        event.meta.event_id
+                    )),
+                ));
+            }
+            *self
+                .applied
+                .lock()
+                .unwrap()
+                .entry(event.meta.event_id.clone())
+                .or_default() += 1;
+            Ok(())
+        })
+    }
+}
+
+struct Console {
+    worker: Running,
+    fixed: Arc<AtomicBool>,
+    applied: Arc<Mutex<HashMap<String, u32>>>,
+    store: Store,
+    _db: TestDb,
+    _broker: TestBroker,
+}
+
+/// A worker with the billing handlers, a fixable handler for [`BROKEN_TYPE`] and the console
+/// on, with the three destinations registered so billing events make deliveries.
+async fn console_worker() -> Console {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    store
+        .register_destinations(&["email", "chat", "hubspot"], "test")
+        .await
+        .unwrap();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(Mutex::new(HashMap::new()));
+    let mut handlers: Handlers = paysync_worker::billing::handlers();
+    handlers.register(
+        Provider::Stripe,
+        BROKEN_TYPE,
+        Arc::new(Fixable {
+            fixed: fixed.clone(),
+            applied: applied.clone(),
+        }),
+    );
+    let mut s = settings(&broker, &db, fast_retry(2));
+    s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
+    let worker = spawn(App::build(s, handlers).await.unwrap()).await;
+    Console {
+        worker,
+        fixed,
+        applied,
+        store,
+        _db: db,
+        _broker: broker,
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("PAYSYNC_CONSOLE_SCREENSHOTS").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots"),
+        PathBuf::from,
+    )
+}
+
+/// Screenshots of the current page at 1280 and 390 px (`<name>-1280.png`, `<name>-390.png`);
+/// at each width the page must not be wider than the window (nothing cut off sideways: wide
+/// tables scroll inside their own box).
+async fn shoot(browser: &Browser, name: &str) {
+    for width in [1280, 390] {
+        browser.set_width(width).await.unwrap();
+        let overflow = browser
+            .client()
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{name} at {width} px is {overflow} px wider than the window"
+        );
+        browser
+            .screenshot_full(&screenshot_dir().join(format!("{name}-{width}.png")))
+            .await
+            .unwrap();
+    }
+    browser.set_width(1280).await.unwrap();
+}
+
+/// The text of the first element matching `css`, waiting for it to appear.
+async fn text(browser: &Browser, css: &str) -> String {
+    browser
+        .client()
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn path(browser: &Browser) -> String {
+    let url = browser.client().current_url().await.unwrap();
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// Clicks the first element matching `css` and waits until the browser is on a page whose
+/// path (and query) starts with `lands_on` and that page has loaded.
+async fn click(browser: &Browser, css: &str, lands_on: &str) {
+    let before = browser.client().current_url().await.unwrap();
+    browser
+        .client()
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    poll_until(
+        Duration::from_secs(10),
+        &format!("{css} leads to {lands_on}"),
+        || async {
+            let now = browser.client().current_url().await.ok()?;
+            let state = browser
+                .client()
+                .execute("return document.readyState;", vec![])
+                .await
+                .ok()?;
+            let loaded =
+                state == "complete" && browser.client().find(Locator::Css("main")).await.is_ok();
+            let moved = path(browser).await.starts_with(lands_on);
+            // A form posted to the page it is on lands on the same URL: the new page is loaded
+            // when the old one's elements are gone, which `loaded` cannot tell; callers wait
+            // for an element of the new page instead.
+            (loaded && moved && (now != before || lands_on.is_empty())).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_logs_in_fixes_a_dead_letter_group_retries_it_and_watches_it_drain() {
+    let c = console_worker().await;
+    let publisher = publisher(&c._broker);
+    // Billing state for the accounts, events and outbox pages: real Stripe payloads.
+    for name in [
+        "customer.updated.json",
+        "customer.subscription.created.json",
+        "invoice.paid.json",
+        "charge.succeeded.json",
+        "charge.refunded.json",
+        "charge.dispute.created.json",
+    ] {
+        let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();
+        body["id"] = Value::from(format!("evt_console_{}", name.trim_end_matches(".json")));
+        let hook = verified_event(serde_json::to_vec(&body).unwrap());
+        publisher.publish(&hook).await.unwrap();
+    }
+    let broken: Vec<String> = (0..6).map(|i| format!("evt_taxid_{i}")).collect();
+    for id in &broken {
+        publish_event(&publisher, id, BROKEN_TYPE).await;
+    }
+    poll_until(Duration::from_secs(60), "6 open dead letters", || async {
+        (open_dead_letters(&c.store, 100).await.unwrap().len() == 6).then_some(())
+    })
+    .await
+    .unwrap();
+    let base = &c.worker.metrics_base;
+    let browser = Browser::start().await.unwrap();
+    let b = browser.client();
+
+    // Without a session the console sends the operator to the login, and back after it.
+    b.goto(&format!("{base}/console/dlq")).await.unwrap();
+    assert_eq!(path(&browser).await, "/console/login?next=%2Fconsole%2Fdlq");
+    shoot(&browser, "login").await;
+    b.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&browser, ".error").await,
+        "That is not the admin token."
+    );
+    // Chromium may fill the field in again after a failed login: start from an empty one.
+    let field = b.find(Locator::Css("#token")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(TOKEN).await.unwrap();
+    click(&browser, "form button[type=submit]", "/console/dlq").await;
+    assert_eq!(path(&browser).await, "/console/dlq");
+    shoot(&browser, "dlq").await;
+
+    // The group: its title says why, it holds the six letters.
+    let title = text(&browser, "table.groups tbody tr td a").await;
+    assert!(
+        title.starts_with("test_tax_ids_unsupported: tax ids are not mapped yet (evt_taxid_"),
+        "{title}"
+    );
+    click(
+        &browser,
+        "table.groups tbody tr td a",
+        "/console/dlq/letters?group=",
+    )
+    .await;
+    let rows = b.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 6);
+    shoot(&browser, "dlq-group").await;
+    let group_url = b.current_url().await.unwrap();
+    click(&browser, "tbody tr td.num a", "/console/dlq/letters/").await;
+    let chain = text(&browser, "ol.chain").await;
+    assert!(chain.contains("tax ids are not mapped yet"), "{chain}");
+    let page = b.source().await.unwrap();
+    assert!(!page.contains(TOKEN), "the token never appears on a page");
+    shoot(&browser, "dlq-letter").await;
+
+    // The cause is fixed; retry the whole group: first the preview, then the confirmation.
+    c.fixed.store(true, Ordering::SeqCst);
+    b.goto(group_url.as_str()).await.unwrap();
+    click(
+        &browser,
+        "button[name=scope][value=group][formaction='/console/dlq/retry']",
+        "/console/dlq/retry",
+    )
+    .await;
+    assert_eq!(text(&browser, "[data-count]").await, "6");
+    assert_eq!(
+        open_dead_letters(&c.store, 100).await.unwrap().len(),
+        6,
+        "a preview changes nothing"
+    );
+    shoot(&browser, "dlq-retry-preview").await;
+    click(&browser, "button.primary", "/console/dlq/letters?group=").await;
+    assert_eq!(
+        text(&browser, ".flash").await,
+        format!(
+            "Retried 6 of 6 dead letters (group {}).",
+            group_url
+                .query_pairs()
+                .find(|(k, _)| k == "group")
+                .unwrap()
+                .1
+        )
+    );
+
+    // The group drains: the dead-letter page shows none left, each event applied once.
+    poll_until(Duration::from_secs(60), "the group drained", || async {
+        b.goto(&format!("{base}/console/dlq")).await.unwrap();
+        let status = text(&browser, "main").await;
+        status.contains("No open dead letters").then_some(())
+    })
+    .await
+    .unwrap();
+    poll_until(Duration::from_secs(30), "6 events applied", || async {
+        let applied = c.applied.lock().unwrap().clone();
+        (applied.len() == 6).then_some(applied)
+    })
+    .await
+    .unwrap();
+    for id in &broken {
+        let row = c.store.event("stripe", id).await.unwrap().unwrap();
+        assert_eq!((row.outcome.as_str(), row.attempts), ("applied", 1), "{id}");
+    }
+    let applied = c.applied.lock().unwrap().clone();
+    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+
+    // The other pages, with data, at both widths.
+    b.goto(&format!("{base}/console")).await.unwrap();
+    assert!(text(&browser, "main").await.contains("Events, last 5 min"));
+    shoot(&browser, "overview").await;
+    b.goto(&format!("{base}/console/events")).await.unwrap();
+    let listed = b.find_all(Locator::Css("tbody tr")).await.unwrap().len();
+    assert_eq!(listed, 12, "6 billing events and 6 retried ones");
+    shoot(&browser, "events").await;
+    b.goto(&format!("{base}/console/events?type={BROKEN_TYPE}"))
+        .await
+        .unwrap();
+    assert_eq!(b.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 6);
+    b.goto(&format!(
+        "{base}/console/events/stripe/evt_console_invoice.paid"
+    ))
+    .await
+    .unwrap();
+    assert!(text(&browser, "pre").await.contains("\"invoice\""));
+    shoot(&browser, "event").await;
+    b.goto(&format!("{base}/console/accounts")).await.unwrap();
+    assert_eq!(b.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 4);
+    shoot(&browser, "accounts").await;
+    b.goto(&format!(
+        "{base}/console/events/stripe/evt_console_invoice.paid"
+    ))
+    .await
+    .unwrap();
+    click(
+        &browser,
+        "dl.facts a[href^='/console/accounts/']",
+        "/console/accounts/",
+    )
+    .await;
+    assert!(text(&browser, "ol.timeline").await.contains("invoice.paid"));
+    shoot(&browser, "account").await;
+    b.goto(&format!("{base}/console/outbox")).await.unwrap();
+    shoot(&browser, "outbox").await;
+    b.goto(&format!("{base}/console/audit")).await.unwrap();
+    let audit = text(&browser, "tbody tr").await;
+    assert!(
+        audit.contains("console") && audit.contains("dlq.retry"),
+        "{audit}"
+    );
+    shoot(&browser, "audit").await;
+
+    // Logging out ends the session.
+    click(&browser, "form.logout button", "/console/login").await;
+    b.goto(&format!("{base}/console/audit")).await.unwrap();
+    assert!(path(&browser).await.starts_with("/console/login"));
+    browser.close().await;
+    c.worker.stop().await;
+}
+
+/// An HTTP client that shows redirects instead of following them.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn login(client: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/console/login"))
+        .form(&[("token", token), ("next", "/console/dlq")])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The session cookie a successful login set (`name=value`).
+fn session_cookie(response: &reqwest::Response) -> String {
+    let set = response.headers()[SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    page[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn every_page_needs_a_session_every_form_its_token_and_failed_logins_are_limited() {
+    let c = console_worker().await;
+    let publisher = publisher(&c._broker);
+    publish_event(&publisher, "evt_guard_1", BROKEN_TYPE).await;
+    poll_until(Duration::from_secs(60), "1 open dead letter", || async {
+        (open_dead_letters(&c.store, 10).await.unwrap().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let id = open_dead_letters(&c.store, 10).await.unwrap()[0].id;
+    let base = &c.worker.metrics_base;
+    let client = http();
+
+    // No session: every page redirects to the login, and so does a form post.
+    for page in [
+        "/console",
+        "/console/dlq",
+        "/console/dlq/letters",
+        &format!("/console/dlq/letters/{id}"),
+        "/console/events",
+        "/console/events/stripe/evt_guard_1",
+        "/console/accounts",
+        "/console/accounts/1",
+        "/console/outbox",
+        "/console/outbox/deliveries/1",
+        "/console/audit",
+    ] {
+        let r = client.get(format!("{base}{page}")).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{page}");
+        let to = r.headers()[LOCATION].to_str().unwrap();
+        assert!(
+            to.starts_with("/console/login?next=%2Fconsole"),
+            "{page}: {to}"
+        );
+    }
+    let r = client
+        .post(format!("{base}/console/dlq/retry"))
+        .form(&[("scope", "all"), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/console/login?next=%2Fconsole");
+    // A cookie that is not a session is no session either.
+    let r = client
+        .get(format!("{base}/console"))
+        .header(COOKIE, "paysync_console=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+
+    // A login sets an HttpOnly, SameSite=Strict cookie for /console; Secure behind TLS.
+    let ok = login(&client, base, TOKEN).await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()[LOCATION], "/console/dlq");
+    let set = ok.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.ends_with("; Path=/console; HttpOnly; SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = session_cookie(&ok);
+    let tls = client
+        .post(format!("{base}/console/login"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tls.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure")
+    );
+
+    // A form post without the CSRF token, or with another, is refused and changes nothing.
+    let page = client
+        .get(format!("{base}/console/dlq"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let other = csrf_of(
+        &client
+            .get(format!("{base}/console/dlq"))
+            .header(COOKIE, session_cookie(&tls))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_ne!(csrf, other, "each session has its own token");
+    for form in [
+        vec![("scope", "all"), ("confirm", "yes")],
+        vec![
+            ("scope", "all"),
+            ("confirm", "yes"),
+            ("csrf", other.as_str()),
+        ],
+    ] {
+        for action in ["/console/dlq/retry", "/console/dlq/archive"] {
+            let r = client
+                .post(format!("{base}{action}"))
+                .header(COOKIE, &cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{action} {form:?}");
+            assert!(r.text().await.unwrap().contains("nothing was changed"));
+        }
+    }
+    assert_eq!(open_dead_letters(&c.store, 10).await.unwrap().len(), 1);
+    assert!(
+        c.store.actions(10).await.unwrap().is_empty(),
+        "nothing audited"
+    );
+    // With its token the same archive goes through, through the preview, audited as console.
+    let preview = client
+        .post(format!("{base}/console/dlq/archive"))
+        .header(COOKIE, &cookie)
+        .form(&[("scope", "all"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 200);
+    assert!(preview.text().await.unwrap().contains("data-count=\"1\""));
+    assert_eq!(open_dead_letters(&c.store, 10).await.unwrap().len(), 1);
+    let done = client
+        .post(format!("{base}/console/dlq/archive"))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("scope", "all"),
+            ("csrf", csrf.as_str()),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    assert!(open_dead_letters(&c.store, 10).await.unwrap().is_empty());
+    let actions = c.store.actions(10).await.unwrap();
+    assert_eq!(
+        actions
+            .iter()
+            .map(|a| (a.actor.as_str(), a.action.as_str(), a.affected))
+            .collect::<Vec<_>>(),
+        [("console", "dlq.archive", 1)]
+    );
+
+    // Logout needs the token too, and ends the session.
+    let r = client
+        .post(format!("{base}/console/logout"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = client
+        .get(format!("{base}/console"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the session ended");
+
+    // Wrong tokens: an error each time, then after five the address must wait, right token
+    // or not.
+    for _ in 0..5 {
+        let r = login(&client, base, "console-admin-token-for-testX").await;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get(SET_COOKIE).is_none());
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("That is not the admin token.")
+        );
+    }
+    let r = login(&client, base, TOKEN).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()[RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(r.text().await.unwrap().contains("Too many failed attempts"));
+    c.worker.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_admin_token_there_is_no_console() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let worker = spawn_worker(&broker, &db, fast_retry(2), Handlers::new()).await;
+    let r = http()
+        .get(format!("{}/console/login", worker.metrics_base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    worker.stop().await;
+}
