@@ -742,6 +742,15 @@ pub(crate) async fn outbox(
         Ok(d) => d,
         Err(e) => return c.failed(&op, &e),
     };
+    let destinations: Vec<Value> = destinations
+        .iter()
+        .map(|d| {
+            let rate = crate::ops::outbox::destination(&d.name)
+                .map(crate::ops::outbox::retry_rate)
+                .ok();
+            context! { retry_rate => rate, ..Value::from_serialize(d) }
+        })
+        .collect();
     let deliveries: Vec<DeliveryView> = page.rows.iter().map(DeliveryView::from).collect();
     let next = page.next.map(|before| {
         let mut query = json!(q);

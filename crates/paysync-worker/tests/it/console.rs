@@ -623,3 +623,194 @@ async fn without_an_admin_token_there_is_no_console() {
     assert_eq!(r.status(), 404);
     worker.stop().await;
 }
+
+/// A logged-in HTTP session: its cookie and its CSRF token.
+async fn session(client: &reqwest::Client, base: &str) -> (String, String) {
+    let cookie = session_cookie(&login(client, base, TOKEN).await);
+    let page = client
+        .get(format!("{base}/console/audit"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page.text().await.unwrap());
+    (cookie, csrf)
+}
+
+#[tokio::test]
+async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_console() {
+    let c = console_worker().await;
+    let publisher = publisher(&c._broker);
+    for name in [
+        "customer.updated.json",
+        "customer.subscription.created.json",
+        "invoice.paid.json",
+        "charge.refunded.json",
+    ] {
+        let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();
+        body["id"] = Value::from(format!("evt_ops_{}", name.trim_end_matches(".json")));
+        publisher
+            .publish(&verified_event(serde_json::to_vec(&body).unwrap()))
+            .await
+            .unwrap();
+    }
+    let invoice = "evt_ops_invoice.paid";
+    let row = logged(&c._db, invoice).await;
+    let account = row
+        .account_id
+        .expect("the invoice's customer has an account");
+    let base = &c.worker.metrics_base;
+    let client = http();
+    let (cookie, csrf) = session(&client, base).await;
+    let get = |path: String| {
+        let request = client.get(format!("{base}{path}")).header(COOKIE, &cookie);
+        async move { request.send().await.unwrap() }
+    };
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+        let mut form = form;
+        form.push(("csrf", csrf.clone()));
+        let request = client
+            .post(format!("{base}{path}"))
+            .header(COOKIE, &cookie)
+            .form(&form);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Finding the account: by a customer's email in another case, by customer id; one hit
+    // opens it. Its page and the event search by account show the invoice.
+    for q in [
+        "SIGNIN0.1948655930080856@restmail.net",
+        "cus_JsuO3bmrj0QlAw",
+    ] {
+        let r = get(format!("/console/accounts?q={}", urlencode(q))).await;
+        assert_eq!(r.status(), 303, "{q}");
+        let to = r.headers()[LOCATION].to_str().unwrap().to_owned();
+        assert!(to.starts_with("/console/accounts/"), "{q}: {to}");
+    }
+    let r = get(format!("/console/accounts?q=nobody%40example.com")).await;
+    assert!(r.text().await.unwrap().contains("No account matches"));
+    let page = get(format!("/console/accounts/{account}")).await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("invoice.paid"));
+    let page = get(format!(
+        "/console/events?account={account}&type=invoice.paid"
+    ))
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(page.contains(invoice), "the search by account finds it");
+    let page = get("/console/events?id=evt_ops_invoice.paid".into())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(invoice), "an id without a provider is found");
+    let r = get("/console/events?since=yesterday".into()).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("since: &quot;yesterday&quot; is not a time")
+    );
+
+    // Replay: a preview counts, the confirmation republishes, the handler runs again.
+    let form = vec![
+        ("provider", "stripe".to_owned()),
+        ("event_id", invoice.to_owned()),
+    ];
+    let preview = post("/console/events/replay", form.clone()).await;
+    assert!(preview.text().await.unwrap().contains("data-count=\"1\""));
+    let mut confirmed = form;
+    confirmed.push(("confirm", "yes".into()));
+    let done = post("/console/events/replay", confirmed).await;
+    assert_eq!(done.status(), 303);
+    poll_until(Duration::from_secs(30), "the replay applied", || async {
+        let row = c.store.event("stripe", invoice).await.unwrap()?;
+        (row.replays == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The outbox: a destination paused with a reason, forced open, back to auto and resumed;
+    // a pending delivery skipped with a reason (refused without one).
+    let paused = post(
+        "/console/outbox/destination",
+        vec![
+            ("name", "chat".into()),
+            ("action", "pause".into()),
+            ("minutes", "30".into()),
+            ("reason", "chat vendor incident".into()),
+        ],
+    )
+    .await;
+    assert_eq!(paused.status(), 303);
+    let chat = c.store.destination("chat").await.unwrap().unwrap();
+    assert_eq!(chat.pause_reason.as_deref(), Some("chat vendor incident"));
+    for action in ["open", "auto", "resume"] {
+        let r = post(
+            "/console/outbox/destination",
+            vec![("name", "chat".into()), ("action", action.into())],
+        )
+        .await;
+        assert_eq!(r.status(), 303, "{action}");
+    }
+    let chat = c.store.destination("chat").await.unwrap().unwrap();
+    assert_eq!((chat.forced.as_str(), chat.paused_until), ("auto", None));
+    let id = poll_until(Duration::from_secs(30), "a pending delivery", || async {
+        let page = get("/console/outbox?state=pending".into())
+            .await
+            .text()
+            .await
+            .unwrap();
+        let at = page.find("name=\"id\" value=\"")? + "name=\"id\" value=\"".len();
+        Some(
+            page[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>(),
+        )
+    })
+    .await
+    .unwrap();
+    let refused = post("/console/outbox/skip", vec![("id", id.clone())]).await;
+    assert_eq!(refused.status(), 400);
+    let skipped = post(
+        "/console/outbox/skip",
+        vec![("id", id.clone()), ("reason", "sent by hand".into())],
+    )
+    .await;
+    assert_eq!(skipped.status(), 303);
+    let page = get(format!("/console/outbox/deliveries/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("sent by hand"), "the delivery page shows why");
+
+    // Every one of these is in the audit trail as the console's.
+    let actions: Vec<(String, String)> = c
+        .store
+        .actions(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.actor, a.action))
+        .collect();
+    for action in ["events.replay", "outbox.skip"] {
+        assert!(
+            actions.contains(&("console".to_owned(), action.to_owned())),
+            "{action}: {actions:?}"
+        );
+    }
+    assert!(
+        actions.iter().all(|(actor, _)| actor == "console"),
+        "{actions:?}"
+    );
+    c.worker.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('@', "%40")
+}
