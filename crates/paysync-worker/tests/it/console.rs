@@ -687,7 +687,7 @@ async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_con
         let to = r.headers()[LOCATION].to_str().unwrap().to_owned();
         assert!(to.starts_with("/console/accounts/"), "{q}: {to}");
     }
-    let r = get(format!("/console/accounts?q=nobody%40example.com")).await;
+    let r = get("/console/accounts?q=nobody%40example.com".to_owned()).await;
     assert!(r.text().await.unwrap().contains("No account matches"));
     let page = get(format!("/console/accounts/{account}")).await;
     assert_eq!(page.status(), 200);
