@@ -7,7 +7,7 @@
 use time::OffsetDateTime;
 
 use crate::events::{COLUMNS as EVENT_COLUMNS, row_to_event};
-use crate::operators::{LETTER_COLUMNS, letter};
+use crate::operators::{LETTER_COLUMNS, action, letter};
 use crate::outbox::{COLUMNS as DELIVERY_COLUMNS, delivery_row};
 use crate::{DeadLetterFilter, DeadLetterRow, DeliveryFilter, DeliveryRow, EventRow, Store};
 use crate::{OperatorAction, StoreError};
@@ -306,16 +306,7 @@ impl Store {
         let rows = rows
             .iter()
             .map(|r| {
-                let a = OperatorAction {
-                    id: r.get(0),
-                    at: r.get(1),
-                    actor: r.get(2),
-                    action: r.get(3),
-                    target: r.get(4),
-                    affected: r.get(5),
-                    dry_run: r.get(6),
-                    details: r.get(7),
-                };
+                let a = action(r);
                 (a.id, a)
             })
             .collect();

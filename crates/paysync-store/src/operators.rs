@@ -84,6 +84,20 @@ pub struct ReplayEvent {
 pub(crate) const LETTER_COLUMNS: &str = "id, event_id, event_type, error_kind, error_chain, fingerprint, attempts, \
     first_failed_at, last_failed_at, state, redrives, routing_key, headers, body";
 
+/// An `operator_actions` row read as `id, at, actor, action, target, affected, dry_run, details`.
+pub(crate) fn action(r: &tokio_postgres::Row) -> OperatorAction {
+    OperatorAction {
+        id: r.get(0),
+        at: r.get(1),
+        actor: r.get(2),
+        action: r.get(3),
+        target: r.get(4),
+        affected: r.get(5),
+        dry_run: r.get(6),
+        details: r.get(7),
+    }
+}
+
 pub(crate) fn letter(r: &tokio_postgres::Row) -> DeadLetterRow {
     DeadLetterRow {
         id: r.get(0),
@@ -289,19 +303,7 @@ impl Store {
             )
             .await
             .map_err(StoreError::db("read operator actions"))?;
-        Ok(rows
-            .iter()
-            .map(|r| OperatorAction {
-                id: r.get(0),
-                at: r.get(1),
-                actor: r.get(2),
-                action: r.get(3),
-                target: r.get(4),
-                affected: r.get(5),
-                dry_run: r.get(6),
-                details: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(action).collect())
     }
 
     /// Logged events to replay: the given ids, or a type since a time.

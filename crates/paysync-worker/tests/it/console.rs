@@ -106,6 +106,17 @@ async fn console_worker() -> Console {
     }
 }
 
+/// Publishes real Stripe payloads, each under the id `<prefix><fixture name>` (the fixtures
+/// share ids).
+async fn publish_fixtures(publisher: &paysync_amqp::Publisher, prefix: &str, names: &[&str]) {
+    for name in names {
+        let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();
+        body["id"] = Value::from(format!("{prefix}{}", name.trim_end_matches(".json")));
+        let hook = verified_event(serde_json::to_vec(&body).unwrap());
+        publisher.publish(&hook).await.unwrap();
+    }
+}
+
 fn screenshot_dir() -> PathBuf {
     std::env::var_os("PAYSYNC_CONSOLE_SCREENSHOTS").map_or_else(
         || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots"),
@@ -201,19 +212,19 @@ async fn an_operator_logs_in_fixes_a_dead_letter_group_retries_it_and_watches_it
     let c = console_worker().await;
     let publisher = publisher(&c._broker);
     // Billing state for the accounts, events and outbox pages: real Stripe payloads.
-    for name in [
-        "customer.updated.json",
-        "customer.subscription.created.json",
-        "invoice.paid.json",
-        "charge.succeeded.json",
-        "charge.refunded.json",
-        "charge.dispute.created.json",
-    ] {
-        let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();
-        body["id"] = Value::from(format!("evt_console_{}", name.trim_end_matches(".json")));
-        let hook = verified_event(serde_json::to_vec(&body).unwrap());
-        publisher.publish(&hook).await.unwrap();
-    }
+    publish_fixtures(
+        &publisher,
+        "evt_console_",
+        &[
+            "customer.updated.json",
+            "customer.subscription.created.json",
+            "invoice.paid.json",
+            "charge.succeeded.json",
+            "charge.refunded.json",
+            "charge.dispute.created.json",
+        ],
+    )
+    .await;
     let broken: Vec<String> = (0..6).map(|i| format!("evt_taxid_{i}")).collect();
     for id in &broken {
         publish_event(&publisher, id, BROKEN_TYPE).await;
@@ -641,19 +652,17 @@ async fn session(client: &reqwest::Client, base: &str) -> (String, String) {
 async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_console() {
     let c = console_worker().await;
     let publisher = publisher(&c._broker);
-    for name in [
-        "customer.updated.json",
-        "customer.subscription.created.json",
-        "invoice.paid.json",
-        "charge.refunded.json",
-    ] {
-        let mut body: Value = serde_json::from_slice(&stripe_fixture(name)).unwrap();
-        body["id"] = Value::from(format!("evt_ops_{}", name.trim_end_matches(".json")));
-        publisher
-            .publish(&verified_event(serde_json::to_vec(&body).unwrap()))
-            .await
-            .unwrap();
-    }
+    publish_fixtures(
+        &publisher,
+        "evt_ops_",
+        &[
+            "customer.updated.json",
+            "customer.subscription.created.json",
+            "invoice.paid.json",
+            "charge.refunded.json",
+        ],
+    )
+    .await;
     let invoice = "evt_ops_invoice.paid";
     let row = logged(&c._db, invoice).await;
     let account = row
