@@ -876,3 +876,87 @@ async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_con
 fn urlencode(s: &str) -> String {
     s.replace('@', "%40")
 }
+
+#[tokio::test]
+async fn outages_of_the_database_or_the_broker_show_on_the_page_and_change_nothing() {
+    let c = console_worker().await;
+    publish_event(&publisher(&c._broker), "evt_outage_1", BROKEN_TYPE).await;
+    poll_until(Duration::from_secs(60), "1 open dead letter", || async {
+        (open_dead_letters(&c.store, 10).await.unwrap().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    c.worker.stop().await;
+    let client = http();
+
+    // The database unreachable: the overview says which figures it could not read, the other
+    // pages and actions answer 503 with the cause.
+    let mut s = settings(&c._broker, &c._db, fast_retry(2));
+    s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
+    s.store.url = format!(
+        "postgres://postgres@127.0.0.1:{}/paysync",
+        paysync_testkit::closed_port()
+    );
+    let worker = spawn(App::build(s, Handlers::new()).await.unwrap()).await;
+    let base = &worker.metrics_base;
+    let (cookie, csrf) = session(&client, base).await;
+    let overview = client
+        .get(format!("{base}/console"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    let page = overview.text().await.unwrap();
+    assert!(page.contains("Some figures could not be read"), "{page}");
+    assert!(page.contains("event log: "), "{page}");
+    let dlq = client
+        .get(format!("{base}/console/dlq"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dlq.status(), 503);
+    assert!(dlq.text().await.unwrap().contains("no database connection"));
+    let retry = client
+        .post(format!("{base}/console/dlq/retry"))
+        .header(COOKIE, &cookie)
+        .form(&[("scope", "all"), ("confirm", "yes"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 503);
+    worker.stop().await;
+
+    // The broker unreachable: a retry says it was not confirmed and how to continue; the
+    // letter stays open.
+    let mut s = settings(&c._broker, &c._db, fast_retry(2));
+    s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
+    s.amqp.url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        paysync_testkit::closed_port()
+    );
+    s.amqp.connect_timeout = Duration::from_secs(2);
+    let worker = spawn(App::build(s, Handlers::new()).await.unwrap()).await;
+    let base = &worker.metrics_base;
+    let (cookie, csrf) = session(&client, base).await;
+    let retry = client
+        .post(format!("{base}/console/dlq/retry"))
+        .header(COOKIE, &cookie)
+        .form(&[("scope", "all"), ("confirm", "yes"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 503);
+    let page = retry.text().await.unwrap();
+    assert!(
+        page.contains("republish not confirmed after 0 of 1; run the same command again"),
+        "{page}"
+    );
+    assert_eq!(open_dead_letters(&c.store, 10).await.unwrap().len(), 1);
+    assert!(
+        !page.contains("guest:guest"),
+        "no broker credentials on a page"
+    );
+    worker.stop().await;
+}
