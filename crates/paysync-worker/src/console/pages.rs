@@ -141,7 +141,7 @@ pub(crate) async fn overview(State(c): State<Console>, op: Operator) -> Response
             .map(|s| s.provider().as_str())
             .collect();
     let queues = queue_depths(&c);
-    if let Some((_, n)) = queues.iter().find(|(q, n)| q == "dead" && *n > 0) {
+    if let Some((_, n)) = queues.iter().find(|(q, n)| q.starts_with("dead") && *n > 0) {
         problems.push(format!("{n} messages wait in the dead-letter queue"));
     }
     c.page(
@@ -158,22 +158,34 @@ pub(crate) async fn overview(State(c): State<Console>, op: Operator) -> Response
     )
 }
 
-/// The queue depths the worker's monitor last read (`paysync_queue_messages`).
+/// The queue depths the worker's monitor last read (`paysync_queue_messages`): the work queue,
+/// the dead-letter queue, and the retry delay levels summed into one line.
 fn queue_depths(c: &Console) -> Vec<(String, i64)> {
-    let mut out: Vec<(String, i64)> =
-        c.0.parts
-            .metrics
-            .queue_messages
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|m| {
-                let queue = m.get_label().first()?.value().to_owned();
-                Some((queue, m.get_gauge().get_value() as i64))
-            })
-            .collect();
-    out.sort();
-    out
+    let mut work = None;
+    let mut dead = None;
+    let mut delayed = None;
+    for family in c.0.parts.metrics.queue_messages.collect() {
+        for m in family.get_metric() {
+            let Some(queue) = m.get_label().first().map(|l| l.value()) else {
+                continue;
+            };
+            let n = m.get_gauge().get_value() as i64;
+            match queue {
+                "work" => work = Some(n),
+                "dead" => dead = Some(n),
+                q if q.starts_with("delay.") => *delayed.get_or_insert(0) += n,
+                _ => {}
+            }
+        }
+    }
+    [
+        ("work", work),
+        ("waiting to retry (delay levels)", delayed),
+        ("dead letters (before storing)", dead),
+    ]
+    .into_iter()
+    .filter_map(|(name, n)| Some((name.to_owned(), n?)))
+    .collect()
 }
 
 // ---- dead letters ------------------------------------------------------------------------

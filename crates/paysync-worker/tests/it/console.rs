@@ -95,6 +95,8 @@ async fn console_worker() -> Console {
     );
     let mut s = settings(&broker, &db, fast_retry(2));
     s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
+    // The overview's queue depths come from the monitor: read them every second.
+    s.monitor_interval = Duration::from_secs(1);
     let worker = spawn(App::build(s, handlers).await.unwrap()).await;
     Console {
         worker,
@@ -374,8 +376,23 @@ async fn an_operator_logs_in_fixes_a_dead_letter_group_retries_it_and_watches_it
     assert!(applied.values().all(|n| *n == 1), "{applied:?}");
 
     // The other pages, with data, at both widths.
-    b.goto(&format!("{base}/console")).await.unwrap();
-    assert!(text(&browser, "main").await.contains("Events, last 5 min"));
+    let overview = poll_until(Duration::from_secs(30), "queue depths", || async {
+        b.goto(&format!("{base}/console")).await.unwrap();
+        let main = text(&browser, "main").await;
+        main.contains("waiting to retry (delay levels)")
+            .then_some(main)
+    })
+    .await
+    .unwrap();
+    for line in [
+        "Nothing needs attention",
+        "Events, last 5 min",
+        "stripe applied 12",
+        "work 0",
+        "dead letters (before storing) 0",
+    ] {
+        assert!(overview.contains(line), "{line:?} in {overview}");
+    }
     shoot(&browser, "overview").await;
     b.goto(&format!("{base}/console/events")).await.unwrap();
     let listed = b.find_all(Locator::Css("tbody tr")).await.unwrap().len();
