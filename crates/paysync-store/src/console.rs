@@ -5,6 +5,7 @@
 //! so a page costs the same on the first screen and the hundredth; no page counts a whole table.
 
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 
 use crate::events::{COLUMNS as EVENT_COLUMNS, row_to_event};
 use crate::operators::{LETTER_COLUMNS, action, letter};
@@ -247,27 +248,39 @@ impl Store {
     ) -> Result<Page<AccountHit>, StoreError> {
         let conn = self.conn().await?;
         let query = query.trim();
-        let q = (!query.is_empty()).then_some(query);
         let as_id = query.parse::<i64>().ok();
+        let providers: Vec<String> = PROVIDERS.iter().map(|p| (*p).to_owned()).collect();
+        let fetch = limit.max(0) + 1;
+        // Each way of naming an account is its own index lookup, never a scan: the id, the
+        // reference, a customer id under each provider's key, an email in any case.
+        let (matching, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_empty() {
+            ("true", vec![&after, &fetch])
+        } else {
+            (
+                "a.id in (select id from accounts where id = $3 \
+                          union all select id from accounts where external_ref = $4 \
+                          union all select account_id from provider_customers \
+                                    where provider = any($5) and customer_id = $4 \
+                          union all select account_id from provider_customers \
+                                    where email is not null and lower(email) = lower($4))",
+                vec![&after, &fetch, &as_id, &query, &providers],
+            )
+        };
+        let sql = format!(
+            "select a.id, a.external_ref, a.created_at, \
+                    coalesce((select array_agg(pc.provider || ':' || pc.customer_id \
+                              order by pc.provider, pc.customer_id) \
+                              from provider_customers pc where pc.account_id = a.id), '{{}}'), \
+                    (select pc.email from provider_customers pc \
+                      where pc.account_id = a.id and pc.email is not null \
+                      order by pc.provider, pc.customer_id limit 1) \
+             from accounts a \
+             where {matching} and ($1::int8 is null or a.id > $1) \
+             order by a.id limit $2"
+        );
         let rows = conn
             .0
-            .query(
-                "select a.id, a.external_ref, a.created_at, \
-                        coalesce((select array_agg(pc.provider || ':' || pc.customer_id \
-                                  order by pc.provider, pc.customer_id) \
-                                  from provider_customers pc where pc.account_id = a.id), '{}'), \
-                        (select pc.email from provider_customers pc \
-                          where pc.account_id = a.id and pc.email is not null \
-                          order by pc.provider, pc.customer_id limit 1) \
-                 from accounts a \
-                 where ($1::text is null or a.id = $2 or a.external_ref = $1 \
-                        or a.id in (select account_id from provider_customers \
-                                    where customer_id = $1 \
-                                       or (email is not null and lower(email) = lower($1)))) \
-                   and ($3::int8 is null or a.id > $3) \
-                 order by a.id limit $4",
-                &[&q, &as_id, &after, &(limit.max(0) + 1)],
-            )
+            .query(&sql, &params)
             .await
             .map_err(StoreError::db("search accounts"))?;
         let rows = rows

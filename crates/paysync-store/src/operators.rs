@@ -120,19 +120,44 @@ pub(crate) fn letter(r: &tokio_postgres::Row) -> DeadLetterRow {
 impl Store {
     /// Open dead letters grouped by fingerprint, largest group first.
     pub async fn dead_letter_groups(&self) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        self.groups_where("", &[]).await
+    }
+
+    /// The open dead letters of one fingerprint as a group, or `None` when none is open.
+    pub async fn dead_letter_group(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<DeadLetterGroup>, StoreError> {
+        let groups = self
+            .groups_where("and fingerprint = $1", &[&fingerprint])
+            .await?;
+        Ok(groups.into_iter().next())
+    }
+
+    /// The groups of the open letters that `filter` (an `and …` clause) keeps. The title is cut
+    /// from the oldest letter's chain only, so the cost is one pass over the group's rows.
+    async fn groups_where(
+        &self,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<DeadLetterGroup>, StoreError> {
         let conn = self.conn().await?;
+        let sql = format!(
+            "with g as ( \
+               select fingerprint, min(error_kind) as kind, min(id) as first_id, count(*) as n, \
+                      min(first_failed_at) as first_at, max(last_failed_at) as last_at, \
+                      array_remove(array_agg(distinct event_type), null) as types \
+               from dead_letters where state = 'open' {filter} group by fingerprint) \
+             select g.fingerprint, g.kind, \
+                    g.kind || ': ' || split_part(regexp_replace(d.error_chain, \
+                        '^retries exhausted[^\\n]*\\n', ''), E'\\n', 1), \
+                    g.n, g.first_at, g.last_at, g.types \
+             from g join dead_letters d on d.id = g.first_id \
+             order by g.n desc, g.fingerprint"
+        );
         let rows = conn
             .0
-            .query(
-                "select fingerprint, min(error_kind), \
-                        min(error_kind) || ': ' || (array_agg(split_part(regexp_replace(error_chain, \
-                            '^retries exhausted[^\\n]*\\n', ''), E'\\n', 1) order by id))[1], \
-                        count(*), min(first_failed_at), max(last_failed_at), \
-                        array_remove(array_agg(distinct event_type), null) \
-                 from dead_letters where state = 'open' \
-                 group by fingerprint order by count(*) desc, fingerprint",
-                &[],
-            )
+            .query(&sql, params)
             .await
             .map_err(StoreError::db("group dead letters"))?;
         Ok(rows

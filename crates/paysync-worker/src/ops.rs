@@ -385,6 +385,12 @@ impl Ops {
         Ok(groups.iter().map(GroupView::from).collect())
     }
 
+    /// The open dead letters of one group, or `None` when none is open.
+    pub async fn group(&self, fingerprint: &str) -> Result<Option<GroupView>, OpsError> {
+        let group = self.store.dead_letter_group(fingerprint).await?;
+        Ok(group.as_ref().map(GroupView::from))
+    }
+
     /// Dead letters matching `filter`.
     pub async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<LetterView>, OpsError> {
         let rows = self.store.dead_letter_list(filter).await?;

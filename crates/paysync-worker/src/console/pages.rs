@@ -236,12 +236,10 @@ pub(crate) async fn letters(
         Err(e) => return c.failed(&op, &e.into()),
     };
     let group = match &filter.group {
-        Some(g) => c
-            .ops()
-            .groups()
-            .await
-            .ok()
-            .and_then(|gs| gs.into_iter().find(|x| &x.group == g)),
+        Some(g) => match c.ops().group(g).await {
+            Ok(group) => group,
+            Err(e) => return c.failed(&op, &e),
+        },
         None => None,
     };
     let letters: Vec<LetterView> = page.rows.iter().map(LetterView::summary).collect();
