@@ -24,7 +24,7 @@ use crate::report::{self, Header};
 /// Arguments of `paysync-bench run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Small counts, short durations and one run of each row: under two minutes, to see
+    /// Small counts, short durations and one run of each row: about two minutes, to see
     /// that everything works and roughly where it stands. Published figures come from a full run.
     #[arg(long)]
     pub quick: bool,
@@ -64,6 +64,9 @@ pub enum Group {
     Outbox,
     /// Reconciliation: `paysync reconcile stripe` against a fake event list.
     Reconcile,
+    /// The operator console's pages on 100,000 events, 10,000 dead letters and 10,000
+    /// accounts.
+    Console,
 }
 
 /// Counts and durations of one benchmark.

@@ -34,6 +34,11 @@ impl Checks {
         }
     }
 
+    /// Whether every check held.
+    pub(super) fn is_ok(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// `checked: <verified>`, or `CHECK FAILED: …` with every failure.
     pub(super) fn note(&self, verified: &str) -> String {
         if self.0.is_empty() {

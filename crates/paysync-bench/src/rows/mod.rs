@@ -1,6 +1,7 @@
 //! The rows of the table, each measured `runs` times (except the long memory run): one module
 //! per group of rows that `--only` selects (`broker`, `receiver`, `pgbench`, `worker`, `e2e`,
-//! `outbox`, `reconcile`, `memory`), what they share in `common`, and here the order of the table.
+//! `outbox`, `reconcile`, `console`, `memory`), what they share in `common`, and here the order
+//! of the table.
 //!
 //! A row that fails is reported as `FAILED` with its error, and the others still run. Checks
 //! that do not stop a measurement (every answer 2xx, every message in the queue, every event
@@ -9,6 +10,7 @@
 
 mod broker;
 mod common;
+mod console;
 mod e2e;
 mod memory;
 mod outbox;
@@ -72,6 +74,10 @@ pub async fn all(bench: &Bench) -> Vec<Row> {
     if bench.measures(Group::Reconcile) {
         let measured = reconcile::measure(bench).await;
         rows.extend(or_failed(bench, measured, reconcile::names()));
+    }
+    if bench.measures(Group::Console) {
+        let measured = console::measure(bench).await;
+        rows.extend(or_failed(bench, measured, console::names()));
     }
     rows.extend(receiver_peak);
     rows.extend(worker_peak);
