@@ -73,6 +73,7 @@ impl App {
             publisher: publisher.clone(),
             metrics,
             body_limit: settings.body_limit,
+            request_timeout: settings.request_timeout,
             retry_after: HeaderValue::from(settings.retry_after_secs),
         });
         let router = public_router(state, settings.request_timeout);
@@ -212,16 +213,20 @@ fn readiness(publisher: &Publisher) -> Readiness {
     })
 }
 
+/// The public routes. The webhook handler keeps its own deadline, so that a 408 is counted
+/// like every other answer; the health routes get the same deadline from a layer.
 fn public_router(state: Arc<AppState>, request_timeout: std::time::Duration) -> Router {
-    Router::new()
-        .route("/webhooks/{provider}", post(routes::webhook))
+    let health = Router::new()
         .route("/healthz", get(paysync_telemetry::healthz))
         .route("/readyz", get(routes::readyz))
-        .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
-        ))
+        ));
+    Router::new()
+        .route("/webhooks/{provider}", post(routes::webhook))
+        .merge(health)
+        .with_state(state)
 }
 
 #[cfg(test)]

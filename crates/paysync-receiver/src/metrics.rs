@@ -19,6 +19,7 @@ pub const OUTCOMES: &[&str] = &[
     "bad_algorithm",
     "too_large",
     "bad_request",
+    "timeout",
     "unavailable",
 ];
 

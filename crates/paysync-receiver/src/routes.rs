@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) publisher: Publisher,
     pub(crate) metrics: ReceiverMetrics,
     pub(crate) body_limit: usize,
+    /// The whole request's deadline: reading, verifying, publishing, the confirm.
+    pub(crate) request_timeout: std::time::Duration,
     pub(crate) retry_after: HeaderValue,
 }
 
@@ -88,7 +90,18 @@ pub(crate) async fn webhook(
     };
     // The request's own header map, not a copy of it (axum's `HeaderMap` extractor clones).
     let (parts, body) = request.into_parts();
-    let outcome = handle(&state, verifier, &parts.headers, body).await;
+    let handled = tokio::time::timeout(
+        state.request_timeout,
+        handle(&state, verifier, &parts.headers, body),
+    )
+    .await;
+    let outcome = handled.unwrap_or_else(|_| {
+        tracing::info!(provider = verifier.provider().as_str(), "webhook cut off by the request timeout");
+        Outcome {
+            label: "timeout",
+            response: StatusCode::REQUEST_TIMEOUT.into_response(),
+        }
+    });
     state.metrics.observe(
         verifier.provider(),
         outcome.label,

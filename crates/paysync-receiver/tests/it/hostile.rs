@@ -35,6 +35,14 @@ async fn a_body_that_trickles_in_is_cut_off_by_the_request_timeout() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_nothing_published(&broker).await;
+    // Counted like every other answer (it was not, while a layer outside the handler cut it).
+    let scrape = app.scrape().await;
+    let timeouts = paysync_testkit::sample(
+        &scrape,
+        "paysync_webhooks_received_total",
+        &[("provider", "stripe"), ("outcome", "timeout")],
+    );
+    assert_eq!(timeouts, 1.0, "{scrape}");
     app.stop().await.unwrap();
 }
 
