@@ -37,9 +37,10 @@ pub use reconcile::{Checkpoint, CheckpointRow, KnownEvents, SessionLock};
 pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
 /// The text of the statements the worker runs for an event, for the bench's pgbench scripts
-/// (a test in `paysync-bench` fails when a script no longer matches them).
+/// (a test in `paysync-bench` fails when a script no longer matches them), and of the monitor's
+/// unlinked count, whose plan a test checks.
 pub mod statements {
-    pub use crate::billing::{CUSTOMER_LINKS, INSERT_TASKS, upsert_sql};
+    pub use crate::billing::{CUSTOMER_LINKS, INSERT_TASKS, UNLINKED_EVENTS, upsert_sql};
     pub use crate::events::{INSERT_EVENT, INSERT_EVENTS};
 }
 

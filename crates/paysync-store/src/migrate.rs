@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "console_indexes",
         sql: include_str!("../../../migrations/0010_console_indexes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "event_log_unlinked_index",
+        sql: include_str!("../../../migrations/0011_event_log_unlinked_index.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {
