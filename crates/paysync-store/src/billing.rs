@@ -87,17 +87,17 @@ const KINDS: [ObjectKind; 6] = [
     ObjectKind::Checkout,
 ];
 
+/// The count behind `paysync_events_unlinked`, which the worker's monitor runs every pass: it
+/// reads the partial index `event_log_unlinked_idx` (migration 11), never the whole log.
+pub const UNLINKED_EVENTS: &str =
+    "select count(*) from event_log where outcome = 'applied' and account_id is null";
+
 /// The snapshot upsert of `kind` for any number of rows (arrays, one element per row), built
 /// once. One statement does both jobs: the order key decides whether a snapshot's fields
 /// replace the stored ones, and a missing account or customer link is filled in whatever the
 /// key says (so links never depend on order); for payments the refunded amount only grows. A
 /// row is only rewritten when one of these changes something. Rows go in in key order; the
 /// caller passes at most one write per row (a statement cannot update a row twice).
-/// The count behind `paysync_events_unlinked`, which the worker's monitor runs every pass: it
-/// reads the partial index `event_log_unlinked_idx` (migration 11), never the whole log.
-pub const UNLINKED_EVENTS: &str =
-    "select count(*) from event_log where outcome = 'applied' and account_id is null";
-
 pub fn upsert_sql(kind: ObjectKind) -> &'static str {
     static BUILT: [std::sync::OnceLock<String>; 6] = [const { std::sync::OnceLock::new() }; 6];
     let slot = KINDS.iter().position(|k| *k == kind).unwrap_or_default();
