@@ -186,6 +186,13 @@ impl Handlers {
         self.by_type.get(&provider)?.get(event_type)
     }
 
+    /// Every registered provider and event type.
+    pub fn types(&self) -> impl Iterator<Item = (Provider, &str)> {
+        self.by_type
+            .iter()
+            .flat_map(|(p, types)| types.keys().map(move |t| (*p, t.as_str())))
+    }
+
     /// Whether a handler exists for `provider`'s `event_type` (also: whether it may be a
     /// metric label).
     pub fn knows(&self, provider: Provider, event_type: &str) -> bool {

@@ -61,6 +61,7 @@ impl App {
         settings.validate()?;
         let registry = paysync_telemetry::new_registry("worker");
         let metrics = WorkerMetrics::register(&registry).context("registering metrics")?;
+        metrics.start_at_zero(&handlers, settings.retry.max_attempts);
         let store = Store::new(&settings.store).context("database settings")?;
         let publisher = Publisher::new(AmqpSettings {
             connection_name: format!("{}-publisher", settings.amqp.connection_name),

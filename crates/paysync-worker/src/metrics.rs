@@ -98,6 +98,21 @@ const LAG_BUCKETS: &[f64] = &[
 ];
 
 impl WorkerMetrics {
+    /// Creates at zero the series whose labels the worker's configuration decides: each
+    /// registered event type's outcomes and each attempt that can schedule a retry, so that
+    /// dashboards and `rate()` alerts see them before the first event or retry.
+    pub fn start_at_zero(&self, handlers: &crate::Handlers, max_attempts: u32) {
+        for (provider, event_type) in handlers.types() {
+            for outcome in OUTCOMES {
+                self.processed
+                    .with_label_values(&[provider.as_str(), event_type, outcome]);
+            }
+        }
+        for attempt in 1..max_attempts {
+            self.retries.with_label_values(&[&attempt.to_string()]);
+        }
+    }
+
     /// Declares and registers the metrics in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let processed = IntCounterVec::new(
@@ -248,6 +263,13 @@ impl WorkerMetrics {
             for provider in paysync_domain::Provider::ALL {
                 processed.with_label_values(&[provider.as_str(), "other", outcome]);
             }
+        }
+        for provider in paysync_domain::Provider::ALL {
+            for outcome in ["ok", "failed"] {
+                reconcile_runs.with_label_values(&[provider.as_str(), outcome]);
+            }
+            duration.with_label_values(&[provider.as_str()]);
+            lag.with_label_values(&[provider.as_str()]);
         }
         Ok(Self {
             processed,

@@ -392,3 +392,74 @@ async fn a_real_prometheus_scrapes_receiver_and_worker_and_sees_the_processed_ra
     drop(prometheus);
     stack.stop().await;
 }
+
+/// Before any event, retry or reconciliation, every series with a closed label set is in the
+/// scrape at zero: `rate()` and `increase()` alerts and the dashboard see them from the start
+/// (Prometheus' "avoid missing metrics").
+#[tokio::test]
+async fn every_series_with_a_closed_label_set_is_scraped_at_zero_from_start_up() {
+    use crate::helpers::{fast_retry, spawn_worker};
+    let (broker, db) = (
+        paysync_testkit::TestBroker::new(),
+        paysync_testkit::TestDb::new(),
+    );
+    let handlers = paysync_worker::billing::handlers();
+    let worker = spawn_worker(&broker, &db, fast_retry(4), handlers).await;
+    let scrape = worker.scrape().await;
+    let zero = |metric: &str, labels: &[(&str, &str)]| {
+        let line = scrape.lines().filter(|l| !l.starts_with('#')).find(|l| {
+            l.split_once('{').is_some_and(|(name, rest)| {
+                name == metric
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+        });
+        assert_eq!(
+            line.and_then(|l| l.rsplit_once(' ')).map(|(_, v)| v),
+            Some("0"),
+            "{metric}{labels:?} at zero in the scrape"
+        );
+    };
+    for attempt in ["1", "2", "3"] {
+        zero("paysync_retries_scheduled_total", &[("attempt", attempt)]);
+    }
+    for provider in ["stripe", "square", "authorizenet", "paypal"] {
+        for outcome in ["ok", "failed"] {
+            zero(
+                "paysync_reconcile_runs_total",
+                &[("provider", provider), ("outcome", outcome)],
+            );
+        }
+        zero("paysync_event_lag_seconds_count", &[("provider", provider)]);
+        zero(
+            "paysync_event_processing_duration_seconds_count",
+            &[("provider", provider)],
+        );
+    }
+    for outcome in [
+        "applied",
+        "duplicate",
+        "ignored",
+        "retry_scheduled",
+        "dead_lettered",
+    ] {
+        zero(
+            "paysync_events_processed_total",
+            &[
+                ("provider", "stripe"),
+                ("event_type", "invoice.paid"),
+                ("outcome", outcome),
+            ],
+        );
+        zero(
+            "paysync_events_processed_total",
+            &[
+                ("provider", "square"),
+                ("event_type", "payment.updated"),
+                ("outcome", outcome),
+            ],
+        );
+    }
+    worker.stop().await;
+}
