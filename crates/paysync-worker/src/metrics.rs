@@ -14,6 +14,12 @@ pub const OUTCOMES: &[&str] = &[
     "dead_lettered",
 ];
 
+/// `path` labels of `paysync_event_lag_seconds` (a closed set): `direct` for a webhook's first
+/// delivery, `delayed` for one that waited on purpose (a retry, a redrive, a replay, an event
+/// found by reconciliation), whose lag says how long ago the provider sent it, not how fast
+/// the worker is.
+pub const LAG_PATHS: &[&str] = &["direct", "delayed"];
+
 /// The worker's metrics.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -22,7 +28,7 @@ pub struct WorkerMetrics {
     pub processed: IntCounterVec,
     /// `paysync_event_processing_duration_seconds{provider}`: delivery to ack.
     pub duration: HistogramVec,
-    /// `paysync_event_lag_seconds{provider}`: received by the receiver → committed.
+    /// `paysync_event_lag_seconds{provider,path}`: received by the receiver → committed.
     pub lag: HistogramVec,
     /// `paysync_retries_scheduled_total{attempt}`: retries by the attempt that failed.
     pub retries: IntCounterVec,
@@ -36,6 +42,9 @@ pub struct WorkerMetrics {
     /// `paysync_queue_messages{queue}`: messages ready per queue (`work`, `dead`,
     /// `delay.0`…`delay.14`), read from the broker by the monitor.
     pub queue_messages: IntGaugeVec,
+    /// `paysync_queue_depths_read_timestamp_seconds`: when the monitor last read the queue
+    /// depths (0 until it has), so an alert can tell a still queue from an unread one.
+    pub queue_depths_read: IntGauge,
     /// `paysync_db_pool_connections{state}`: pooled connections `in_use` and `idle`.
     pub pool_connections: IntGaugeVec,
     /// `paysync_db_pool_max_connections`: the pool's size limit.
@@ -136,7 +145,7 @@ impl WorkerMetrics {
                 "Time from receipt by the receiver to commit by the worker.",
             )
             .buckets(LAG_BUCKETS.to_vec()),
-            &["provider"],
+            &["provider", "path"],
         )?;
         let retries = IntCounterVec::new(
             Opts::new(
@@ -177,6 +186,11 @@ impl WorkerMetrics {
             ),
             &["state"],
         )?;
+        let queue_depths_read = IntGauge::new(
+            "paysync_queue_depths_read_timestamp_seconds",
+            "When the worker's monitor last read the queue depths, unix seconds (0: not yet).",
+        )?;
+        registry.register(Box::new(queue_depths_read.clone()))?;
         let pool_max = IntGauge::new(
             "paysync_db_pool_max_connections",
             "Database pool size limit.",
@@ -269,7 +283,9 @@ impl WorkerMetrics {
                 reconcile_runs.with_label_values(&[provider.as_str(), outcome]);
             }
             duration.with_label_values(&[provider.as_str()]);
-            lag.with_label_values(&[provider.as_str()]);
+            for path in LAG_PATHS {
+                lag.with_label_values(&[provider.as_str(), path]);
+            }
         }
         Ok(Self {
             processed,
@@ -280,6 +296,7 @@ impl WorkerMetrics {
             in_flight,
             dead_letters,
             queue_messages,
+            queue_depths_read,
             pool_connections,
             pool_max,
             pool_waiting,

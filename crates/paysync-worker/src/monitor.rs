@@ -46,6 +46,11 @@ pub(crate) async fn run(
                         .with_label_values(&[&queue])
                         .set(i64::from(ready));
                 }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                m.queue_depths_read
+                    .set(i64::try_from(now).unwrap_or(i64::MAX));
             }
             Err(err) => tracing::debug!(error = %err, "queue depths unavailable"),
         }

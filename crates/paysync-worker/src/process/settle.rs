@@ -54,7 +54,15 @@ impl Processor {
         }
         if done != Done::Duplicate {
             let lag = (now_ms() - meta.received_at_ms).max(0) as f64 / 1000.0;
-            self.metrics.lag.with_label_values(&[provider]).observe(lag);
+            let delayed = event.attempt > 1
+                || event.replay
+                || incoming.header_i64(header::REDRIVES).is_some_and(|n| n > 0)
+                || incoming.header_str(header::SOURCE).is_some();
+            let path = if delayed { "delayed" } else { "direct" };
+            self.metrics
+                .lag
+                .with_label_values(&[provider, path])
+                .observe(lag);
         }
         incoming.ack();
         self.count(provider, &meta.event_type, done.label());

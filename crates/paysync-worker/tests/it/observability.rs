@@ -145,9 +145,17 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         (
             (
                 "paysync_event_lag_seconds_count",
-                vec![("provider", "stripe")],
+                vec![("provider", "stripe"), ("path", "direct")],
             ),
-            2.0,
+            1.0,
+        ),
+        // charge.failed committed on its second attempt: its lag includes the retry delay.
+        (
+            (
+                "paysync_event_lag_seconds_count",
+                vec![("provider", "stripe"), ("path", "delayed")],
+            ),
+            1.0,
         ),
     ];
     let worker_scrape = poll_until(Duration::from_secs(30), "worker counters", || async {
@@ -437,6 +445,14 @@ async fn every_series_with_a_closed_label_set_is_scraped_at_zero_from_start_up()
             &[("provider", provider)],
         );
     }
+    // The monitor's first pass stamps its reading of the queue depths (0 until then).
+    poll_until(Duration::from_secs(30), "the queue depths read", || async {
+        let scrape = worker.scrape().await;
+        let read = sample(&scrape, "paysync_queue_depths_read_timestamp_seconds", &[]);
+        (read > 1_700_000_000.0).then_some(())
+    })
+    .await
+    .unwrap();
     for outcome in [
         "applied",
         "duplicate",
