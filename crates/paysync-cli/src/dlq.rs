@@ -56,11 +56,17 @@ pub enum DlqCommand {
         select: SelectArgs,
     },
     /// Delete archived dead letters older than a duration (e.g. 30d, 12h). Needs --yes.
+    #[command(group(clap::ArgGroup::new("state").required(true).args(["archived", "retried"])))]
     Purge {
-        /// Only archived letters (required, so nothing open is ever purged).
-        #[arg(long, required = true)]
+        /// Archived letters (one of --archived or --retried is required, so nothing open is
+        /// ever purged).
+        #[arg(long)]
         archived: bool,
-        /// Archived longer ago than this: `<n>s|m|h|d`.
+        /// Retried letters: their copy went back to the work queue (if it failed again, it is
+        /// a dead letter of its own).
+        #[arg(long)]
+        retried: bool,
+        /// Archived (or retried) longer ago than this: `<n>s|m|h|d`.
         #[arg(long)]
         older_than: String,
         /// Really delete; without it, only count.
@@ -297,9 +303,20 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
         DlqCommand::Archive { select } => print(&ops.archive(&select.selection()?, &actor).await?)?,
         DlqCommand::Purge {
             archived: _,
+            retried,
             older_than,
             yes,
-        } => print(&ops.purge(parse_duration(&older_than)?, yes, &actor).await?)?,
+        } => {
+            let state = if retried {
+                paysync_store::PurgeState::Retried
+            } else {
+                paysync_store::PurgeState::Archived
+            };
+            print(
+                &ops.purge(state, parse_duration(&older_than)?, yes, &actor)
+                    .await?,
+            )?;
+        }
         DlqCommand::Export { filter } => {
             let lines = ops.export(&filter.filter(i64::MAX)?, &actor).await?;
             let mut out = std::io::stdout().lock();

@@ -96,7 +96,10 @@ pub(crate) async fn webhook(
     )
     .await;
     let outcome = handled.unwrap_or_else(|_| {
-        tracing::info!(provider = verifier.provider().as_str(), "webhook cut off by the request timeout");
+        tracing::info!(
+            provider = verifier.provider().as_str(),
+            "webhook cut off by the request timeout"
+        );
         Outcome {
             label: "timeout",
             response: StatusCode::REQUEST_TIMEOUT.into_response(),

@@ -27,7 +27,7 @@ pub use error::StoreError;
 pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};
 pub use lane::{CHANNEL as OUTBOX_CHANNEL, LaneConnection};
 pub use migrate::{MIGRATIONS, Migration};
-pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, ReplayEvent};
+pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, PurgeState, ReplayEvent};
 pub use outbox::{
     AttemptRecord, AttemptRow, Claimed, Completion, DeliveryContext, DeliveryFilter, DeliveryRow,
     DestinationControl, DestinationRow,

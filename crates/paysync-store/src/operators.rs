@@ -39,6 +39,26 @@ pub struct DeadLetterFilter {
     pub limit: i64,
 }
 
+/// Which dead letters a purge deletes: never open ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeState {
+    /// Archived letters, by the time they were archived.
+    Archived,
+    /// Letters retried (their copy was confirmed back in the work queue), by the time of the
+    /// retry. A copy that fails again comes back as a dead letter of its own.
+    Retried,
+}
+
+impl PurgeState {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Archived => "archived",
+            Self::Retried => "retried",
+        }
+    }
+}
+
 /// An operator action for the audit trail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorAction {
@@ -265,15 +285,22 @@ impl Store {
             .map_err(StoreError::db("archive dead letters"))
     }
 
-    /// Archived letters archived more than `older_than_secs` ago: counted, and deleted only
-    /// when `delete` is true.
-    pub async fn purge_archived(
+    /// Letters in `state` that entered it more than `older_than_secs` ago: counted, and
+    /// deleted only when `delete` is true.
+    pub async fn purge_dead_letters(
         &self,
+        state: PurgeState,
         older_than_secs: i64,
         delete: bool,
     ) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
-        let filter = "state = 'archived' and archived_at < now() - make_interval(secs => $1::bigint::double precision)";
+        let (name, since) = match state {
+            PurgeState::Archived => ("archived", "archived_at"),
+            PurgeState::Retried => ("retried", "retried_at"),
+        };
+        let filter = format!(
+            "state = '{name}' and {since} < now() - make_interval(secs => $1::bigint::double precision)"
+        );
         let n = if delete {
             conn.0
                 .execute(

@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use paysync_store::DeadLetterFilter;
+use paysync_store::{DeadLetterFilter, PurgeState};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -207,14 +207,27 @@ async fn history(State(s): State<AdminState>) -> Response {
 #[derive(serde::Deserialize)]
 struct PurgeBody {
     older_than_secs: i64,
+    /// `archived` (the default) or `retried`.
+    state: Option<String>,
     #[serde(default)]
     yes: bool,
 }
 
 async fn purge(State(s): State<AdminState>, Json(body): Json<PurgeBody>) -> Response {
+    let state = match body.state.as_deref().unwrap_or("archived") {
+        "archived" => PurgeState::Archived,
+        "retried" => PurgeState::Retried,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "state: archived or retried (open letters are never purged)\n",
+            )
+                .into_response();
+        }
+    };
     answer(
         s.ops
-            .purge(body.older_than_secs, body.yes, "admin-api")
+            .purge(state, body.older_than_secs, body.yes, "admin-api")
             .await,
     )
 }

@@ -14,7 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use paysync_amqp::Publisher;
 use paysync_domain::{EventMeta, Provider};
 use paysync_store::{
-    DeadLetterFilter, DeadLetterGroup, DeadLetterRow, EventRow, OperatorAction, Store, StoreError,
+    DeadLetterFilter, DeadLetterGroup, DeadLetterRow, EventRow, OperatorAction, PurgeState, Store,
+    StoreError,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -513,16 +514,20 @@ impl Ops {
         })
     }
 
-    /// Deletes archived dead letters older than `older_than_secs`, only when `yes`;
-    /// otherwise reports how many would go.
+    /// Deletes the dead letters archived (or retried) more than `older_than_secs` ago, only when
+    /// `yes`; otherwise reports how many would go. Open letters are never deleted.
     pub async fn purge(
         &self,
+        state: PurgeState,
         older_than_secs: i64,
         yes: bool,
         actor: &str,
     ) -> Result<PurgeReport, OpsError> {
-        let n = self.store.purge_archived(older_than_secs, yes).await?;
-        let target = format!("archived older than {older_than_secs} s");
+        let n = self
+            .store
+            .purge_dead_letters(state, older_than_secs, yes)
+            .await?;
+        let target = format!("{} older than {older_than_secs} s", state.as_str());
         self.store
             .record_action(actor, "dlq.purge", &target, n as i64, !yes, json!({}))
             .await?;

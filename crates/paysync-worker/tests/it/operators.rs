@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paysync_store::{DeadLetterFilter, EventFilter, Store};
+use paysync_store::{DeadLetterFilter, EventFilter, PurgeState, Store};
 use paysync_testkit::{
     TestBroker, TestDb, open_dead_letters, poll_until, stripe_fixture, verified_event,
 };
@@ -369,7 +369,10 @@ async fn archive_hides_purge_needs_yes_and_every_action_is_in_the_history() {
     assert_eq!(archived.len(), 1, "but remain countable");
     assert_eq!(as_json(ops.groups().await.unwrap())[0]["count"], 1);
 
-    let dry = ops.purge(0, false, "test").await.unwrap();
+    let dry = ops
+        .purge(PurgeState::Archived, 0, false, "test")
+        .await
+        .unwrap();
     assert_eq!(as_json(&dry)["would_delete"], 1);
     assert_eq!(as_json(&dry)["deleted"], 0);
     assert!(
@@ -377,7 +380,11 @@ async fn archive_hides_purge_needs_yes_and_every_action_is_in_the_history() {
         "nothing deleted without --yes"
     );
     assert_eq!(
-        as_json(ops.purge(0, true, "test").await.unwrap())["deleted"],
+        as_json(
+            ops.purge(PurgeState::Archived, 0, true, "test")
+                .await
+                .unwrap()
+        )["deleted"],
         1
     );
     assert!(store.dead_letter(first).await.unwrap().is_none());
@@ -574,6 +581,93 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
         calls.count.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "the handler really ran again"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn retried_dead_letters_are_purged_by_age_and_open_ones_never() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let mut failing = Handlers::new();
+    register(&mut failing, "invoice.paid", Script::FailPermanently);
+    let token = "an-admin-token-long-enough";
+    let mut s = settings(&broker, &db, fast_retry(3));
+    s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
+    let worker = spawn(App::build(s, failing).await.unwrap()).await;
+    let publisher = publisher(&broker);
+    for id in ["evt_purge_1", "evt_purge_2"] {
+        publish_event(&publisher, id, "invoice.paid").await;
+    }
+    open_letters(&store, 2).await;
+    let ops = ops_for(&broker, &store);
+    let first = open_dead_letters(&store, 10).await.unwrap()[0].id;
+    // Retried: its copy is confirmed in the work queue (where it fails again, as a new letter
+    // of the same event, once the worker takes it).
+    let retried = ops
+        .retry(&Selection::Ids(vec![first]), false, "test", &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(retried.retried, 1);
+    assert_eq!(
+        store.dead_letter(first).await.unwrap().unwrap().state,
+        "retried"
+    );
+
+    let young = ops
+        .purge(PurgeState::Retried, 3600, true, "test")
+        .await
+        .unwrap();
+    assert_eq!(young.deleted, 0, "retried less than an hour ago");
+    let dry = ops
+        .purge(PurgeState::Retried, 0, false, "test")
+        .await
+        .unwrap();
+    assert_eq!(dry.would_delete, Some(1));
+    assert!(store.dead_letter(first).await.unwrap().is_some());
+    let done = ops
+        .purge(PurgeState::Retried, 0, true, "test")
+        .await
+        .unwrap();
+    assert_eq!(done.deleted, 1);
+    assert!(store.dead_letter(first).await.unwrap().is_none());
+    let open: Vec<String> = open_dead_letters(&store, 10)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.event_id.clone())
+        .collect();
+    assert!(open.contains(&"evt_purge_2".to_owned()), "{open:?}");
+
+    // The admin API takes the state; an open letter is never a purge's.
+    let client = reqwest::Client::new();
+    let purge = |state: &'static str| {
+        client
+            .post(format!("{}/admin/dlq/purge", worker.metrics_base))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"older_than_secs": 0, "state": state}))
+            .send()
+    };
+    let r = purge("open").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = purge("retried").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let targets: Vec<String> = store
+        .actions(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action == "dlq.purge")
+        .map(|a| a.target)
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "retried older than 0 s",
+            "retried older than 0 s",
+            "retried older than 0 s",
+            "retried older than 3600 s"
+        ]
     );
     worker.stop().await;
 }
