@@ -13,7 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use paysync_amqp::{PublishError, Publisher};
 use paysync_domain::Provider;
 use paysync_domain::verify::{Inbound, Verifier, WebhookError};
@@ -191,9 +191,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The most a refused body is read and thrown away before the 413, so that a client that sends
+/// its whole body before it reads (no `Expect: 100-continue`) finds the answer instead of a
+/// write error on a closed connection. A body declared larger is refused without reading it.
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` up front, and
-/// while streaming for chunked bodies).
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Outcome> {
+/// while streaming for chunked bodies). A refused body is drained up to [`DRAIN_MAX_BYTES`]
+/// before the answer; the request's deadline bounds that too.
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Outcome> {
     let too_large = || {
         Outcome::reject(
             "too_large",
@@ -205,18 +211,33 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if declared.is_some_and(|len| len > DRAIN_MAX_BYTES) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(Outcome::reject(
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            "request body could not be read".into(),
-        )),
+    let mut kept = Vec::with_capacity(declared.map_or(0, |len| len.min(limit as u64) as usize));
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Outcome::reject(
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                "request body could not be read".into(),
+            ));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total <= limit as u64 {
+            kept.extend_from_slice(&data);
+        } else if total > DRAIN_MAX_BYTES {
+            break;
+        }
     }
+    if total > limit as u64 {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// `GET /readyz` on the public listener: ready when the broker connection is up.

@@ -117,3 +117,41 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert_eq!(app.get(format!("{}/healthz", app.base)).await.status(), 200);
     app.stop().await.unwrap();
 }
+
+/// A client that sends a body over the limit without `Expect: 100-continue` writes all of it
+/// before it reads: it must find the 413 when it does, not a reset connection.
+#[tokio::test]
+async fn a_client_that_sends_a_large_body_without_asking_first_reads_the_413() {
+    let broker = TestBroker::new();
+    let app = spawn(settings(broker.settings("receiver"), Mode::Test)).await;
+    for size in [2 * 1024 * 1024, 12 * 1024 * 1024] {
+        let mut stream = raw_connection(&app).await;
+        let head = format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nContent-Length: {size}\r\nStripe-Signature: t=1,v1=00\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            // The receiver reads the refused body (up to 16 MiB) before it answers and closes,
+            // so no write fails.
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(matches!(read, Ok(Ok(_))), "{size}: {read:?}, sent {sent}");
+        assert_eq!(sent, size, "every byte of the body was taken");
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "{size}: {text:?}, sent {sent}"
+        );
+    }
+    assert_nothing_published(&broker).await;
+    app.stop().await.unwrap();
+}
