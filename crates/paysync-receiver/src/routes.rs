@@ -198,7 +198,7 @@ pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` up front, and
 /// while streaming for chunked bodies). A refused body is drained up to [`DRAIN_MAX_BYTES`]
-/// before the answer; the request's deadline bounds that too.
+/// (or the limit, when larger) before the answer; the request's deadline bounds that too.
 async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Outcome> {
     let too_large = || {
         Outcome::reject(
@@ -211,7 +211,9 @@ async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > DRAIN_MAX_BYTES) {
+    // Never below the limit itself (a limit above 16 MiB reads what it allows).
+    let drain_max = DRAIN_MAX_BYTES.max(limit as u64);
+    if declared.is_some_and(|len| len > drain_max) {
         return Err(too_large());
     }
     let mut kept = Vec::with_capacity(declared.map_or(0, |len| len.min(limit as u64) as usize));
@@ -230,7 +232,7 @@ async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<
         total += data.len() as u64;
         if total <= limit as u64 {
             kept.extend_from_slice(&data);
-        } else if total > DRAIN_MAX_BYTES {
+        } else if total > drain_max {
             break;
         }
     }
