@@ -492,6 +492,16 @@ impl Lane {
     pub fn is_connected(&self) -> bool {
         self.channel.status().connected()
     }
+
+    /// Closes the channel and waits for the broker's answer. A channel only dropped is closed
+    /// by lapin in the background, and when the connection is closing by then, lapin logs the
+    /// refused close as an ERROR; closing first keeps a clean stop quiet. A lane already lost
+    /// has nothing to close: the error is ignored.
+    pub async fn close(self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "shutdown".into()).await;
+        }
+    }
 }
 
 #[cfg(test)]

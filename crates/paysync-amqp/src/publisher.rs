@@ -462,10 +462,17 @@ impl Publisher {
         }
     }
 
-    /// Closes the connection (after in-flight publishes had their chance to finish).
+    /// Closes the channels, then the connection (after in-flight publishes had their chance to
+    /// finish). Channels left to lapin are closed in the background, racing the connection's
+    /// close, and lapin logs each refused close as an ERROR.
     pub async fn close(&self) {
         let link = self.take_link();
         if let Some(link) = link {
+            for channel in &link.channels {
+                if channel.status().connected() {
+                    let _ = channel.close(200, "shutdown".into()).await;
+                }
+            }
             let _ = link.connection.close(200, "shutdown".into()).await;
         }
     }

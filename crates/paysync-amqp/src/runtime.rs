@@ -216,6 +216,23 @@ async fn run_lane<F, Fut>(
     F: Fn(Vec<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    consume_lane(&mut lane, role, max_batch, &handle, &stop, &halt).await;
+    // Closed here, before the link closes the connection (see `Lane::close`).
+    let _ = tokio::time::timeout(BROKER_GOODBYE, lane.close()).await;
+}
+
+/// The lane's loop, until a stop, a halt or the lane's loss.
+async fn consume_lane<F, Fut>(
+    lane: &mut Lane,
+    role: &'static str,
+    max_batch: usize,
+    handle: &Arc<F>,
+    stop: &Signal,
+    halt: &Signal,
+) where
+    F: Fn(Vec<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let next = tokio::select! {
             // A stop wins over deliveries already waiting: the lane finishes its batch, never

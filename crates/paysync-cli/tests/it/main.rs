@@ -7,3 +7,4 @@ mod dispatcher_kill;
 mod dlq;
 mod outbox;
 mod reconcile;
+mod up;
