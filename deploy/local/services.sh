@@ -48,12 +48,42 @@ wait_for() {
   say "$what ready after $((SECONDS - start))s"
 }
 
-rabbit_ready() { port_open 5672 && $SUDO rabbitmqctl -q status >/dev/null 2>&1; }
+AMQP_PORT=${PAYSYNC_SERVICES_AMQP_PORT:-5672}
+AMQP_HANDSHAKE_SECS=${PAYSYNC_SERVICES_AMQP_HANDSHAKE_SECS:-10}
+
+# amqp_answers: the broker answers an AMQP 0-9-1 protocol header with a frame (Connection.Start,
+# frame type 1) within AMQP_HANDSHAKE_SECS. A broker can accept TCP and never answer: RabbitMQ
+# 3.10.8 has been seen so after its quorum-queue segment writer crashed.
+amqp_answers() {
+  local first
+  first=$(timeout "$AMQP_HANDSHAKE_SECS" bash -c \
+    'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "AMQP\x00\x00\x09\x01" >&3; head -c 1 <&3 | od -An -tx1' \
+    _ "$AMQP_PORT" 2>/dev/null | tr -d ' \n')
+  [ "$first" = "01" ]
+}
+
+rabbit_ready() { port_open "$AMQP_PORT" && amqp_answers && $SUDO rabbitmqctl -q status >/dev/null 2>&1; }
+
+# A broker that accepts connections but not the AMQP handshake is wedged: stop it (forcibly if
+# it does not stop) so that it is started again below.
+restart_wedged_rabbitmq() {
+  say "rabbitmq: accepts TCP on 127.0.0.1:$AMQP_PORT but answers no AMQP handshake in ${AMQP_HANDSHAKE_SECS}s: restarting it"
+  timeout 60 $SUDO rabbitmqctl stop >/dev/null 2>&1 \
+    || $SUDO pkill -KILL -f 'beam.*rabbit' >/dev/null 2>&1 || true
+  local start=$SECONDS
+  while port_open "$AMQP_PORT"; do
+    [ $((SECONDS - start)) -ge "$DEADLINE_SECS" ] && die "rabbitmq: still listening after stop; restart it by hand"
+    sleep 1
+  done
+}
 
 ensure_rabbitmq() {
-  if port_open 5672; then
-    say "rabbitmq: already accepting connections on 127.0.0.1:5672"
-    return
+  if port_open "$AMQP_PORT"; then
+    if amqp_answers; then
+      say "rabbitmq: already accepting connections on 127.0.0.1:$AMQP_PORT"
+      return
+    fi
+    restart_wedged_rabbitmq
   fi
   if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
     apt_install rabbitmq-server
@@ -161,6 +191,17 @@ ensure_mail_catcher() {
   wait_for "mail catcher" port_open 1025
   say "mail catcher: listening on 127.0.0.1:1025 (maildir $MAILDIR)"
 }
+
+# `services.sh --check-amqp`: only tells whether the broker on PAYSYNC_SERVICES_AMQP_PORT answers
+# the AMQP handshake (exit 0) or not (exit 1), and changes nothing.
+if [ "${1:-}" = "--check-amqp" ]; then
+  if amqp_answers; then
+    say "rabbitmq: 127.0.0.1:$AMQP_PORT answers the AMQP handshake"
+    exit 0
+  fi
+  say "rabbitmq: 127.0.0.1:$AMQP_PORT answers no AMQP handshake in ${AMQP_HANDSHAKE_SECS}s"
+  exit 1
+fi
 
 ensure_rabbitmq
 ensure_postgres

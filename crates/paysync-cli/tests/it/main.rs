@@ -7,4 +7,5 @@ mod dispatcher_kill;
 mod dlq;
 mod outbox;
 mod reconcile;
+mod services;
 mod up;
