@@ -353,14 +353,24 @@ impl Publisher {
     }
 
     /// Replays a logged event: `payload` goes back to the work queue marked as a replay, so
-    /// the worker runs its handler again although the event is in the log.
+    /// the worker runs its handler again although the event is in the log, once per
+    /// `replay_id` (unique per replay: a redelivery of it is a duplicate).
     pub async fn publish_replay(
         &self,
         meta: &paysync_domain::EventMeta,
         payload: &[u8],
+        replay_id: &str,
     ) -> Result<(), PublishError> {
-        self.publish_marked(meta, payload, header::REPLAY, AMQPValue::Boolean(true))
-            .await
+        let replay_id = long_string(replay_id);
+        self.publish_marked(
+            meta,
+            payload,
+            &[
+                (header::REPLAY, AMQPValue::Boolean(true)),
+                (header::REPLAY_ID, replay_id),
+            ],
+        )
+        .await
     }
 
     /// Publishes an event that reconciliation fetched from the provider's API (authenticated
@@ -373,21 +383,22 @@ impl Publisher {
         payload: &[u8],
     ) -> Result<(), PublishError> {
         let source = long_string(paysync_domain::message::SOURCE_RECONCILE);
-        self.publish_marked(meta, payload, header::SOURCE, source)
+        self.publish_marked(meta, payload, &[(header::SOURCE, source)])
             .await
     }
 
-    /// An event's first publish into the work queue with one more header, `name: value`.
+    /// An event's first publish into the work queue with more headers, `marks`.
     async fn publish_marked(
         &self,
         meta: &paysync_domain::EventMeta,
         payload: &[u8],
-        name: &str,
-        value: AMQPValue,
+        marks: &[(&str, AMQPValue)],
     ) -> Result<(), PublishError> {
         let props = event_properties(meta, 1);
         let mut table = props.headers().clone().unwrap_or_default();
-        table.insert(name.into(), value);
+        for (name, value) in marks {
+            table.insert((*name).into(), value.clone());
+        }
         self.publish_raw(
             DEFAULT_EXCHANGE,
             &self.inner.work_queue,

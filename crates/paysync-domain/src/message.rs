@@ -52,6 +52,9 @@ pub mod header {
     /// Set on an operator replay from the event log: the handler runs again although the
     /// event is already logged.
     pub const REPLAY: &str = "paysync-replay";
+    /// Set with [`REPLAY`]: the replay's own id, so that a second delivery of the same replay
+    /// (the broker redelivers what was committed but not acknowledged) is not applied again.
+    pub const REPLAY_ID: &str = "paysync-replay-id";
     /// Where an event came from when not from a webhook: [`super::SOURCE_RECONCILE`] for one
     /// that reconciliation found in the provider's own event list.
     pub const SOURCE: &str = "paysync-source";

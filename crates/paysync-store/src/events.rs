@@ -60,6 +60,17 @@ impl Inserted {
     }
 }
 
+/// What recording an operator replay found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// Counted on the logged event: run the handler again.
+    Counted,
+    /// This replay (by its id) was applied before: a second delivery, nothing to do.
+    Again,
+    /// The event is not in the log: process it as new.
+    NotLogged,
+}
+
 /// A stored event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
@@ -287,9 +298,33 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// For an operator replay: counts the replay on the logged event. `false` when the event
-    /// is not in the log (then it is processed as new).
-    pub async fn mark_replayed(&self, meta: &EventMeta) -> Result<bool, StoreError> {
+    /// For an operator replay: records its id (when it has one) and counts the replay on the
+    /// logged event. [`Replayed::Again`] when this replay was already applied (a second
+    /// delivery of it), [`Replayed::NotLogged`] when the event is not in the log (then it is
+    /// processed as new).
+    pub async fn mark_replayed(
+        &self,
+        meta: &EventMeta,
+        replay_id: Option<&str>,
+    ) -> Result<Replayed, StoreError> {
+        if let Some(id) = replay_id {
+            let stmt = self
+                .0
+                .prepare_cached(
+                    "insert into event_replays (replay_id, provider, event_id) values ($1, $2, $3) \
+                     on conflict (replay_id) do nothing",
+                )
+                .await
+                .map_err(StoreError::db("prepare replay record"))?;
+            let n = self
+                .0
+                .execute(&stmt, &[&id, &meta.provider.as_str(), &meta.event_id])
+                .await
+                .map_err(StoreError::db("record replay"))?;
+            if n == 0 {
+                return Ok(Replayed::Again);
+            }
+        }
         let stmt = self
             .0
             .prepare_cached(
@@ -302,7 +337,11 @@ impl Tx<'_> {
             .execute(&stmt, &[&meta.provider.as_str(), &meta.event_id])
             .await
             .map_err(StoreError::db("mark replay"))?;
-        Ok(n == 1)
+        Ok(if n == 1 {
+            Replayed::Counted
+        } else {
+            Replayed::NotLogged
+        })
     }
 
     /// Links the logged event to an account.

@@ -24,7 +24,7 @@ pub use billing::Resolution;
 pub use console::{AccountHit, EventRate, EventSearch, Page};
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
-pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome};
+pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome, Replayed};
 pub use lane::{CHANNEL as OUTBOX_CHANNEL, LaneConnection};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, PurgeState, ReplayEvent};

@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_log_unlinked_index",
         sql: include_str!("../../../migrations/0011_event_log_unlinked_index.sql"),
     },
+    Migration {
+        version: 12,
+        name: "event_replays",
+        sql: include_str!("../../../migrations/0012_event_replays.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -24,6 +24,9 @@ pub struct Event {
     body: Box<str>,
     /// An operator replay from the event log: the handler runs again on purpose.
     pub replay: bool,
+    /// The replay's own id (`paysync-replay-id`), when the replay has one: a second delivery of
+    /// it is a duplicate.
+    pub replay_id: Option<String>,
     /// The account a handler linked the event to; [`NO_ACCOUNT`] for none.
     account: AtomicI64,
     /// What the handler derived from the body, kept so it is parsed once (see
@@ -42,6 +45,7 @@ impl Event {
             attempt,
             body: body.into(),
             replay,
+            replay_id: None,
             account: AtomicI64::new(NO_ACCOUNT),
             derived: OnceLock::new(),
         }

@@ -674,7 +674,11 @@ impl Ops {
                     received_at_ms: e.received_at_ms,
                 };
                 self.publisher
-                    .publish_replay(&meta, e.payload.as_bytes())
+                    .publish_replay(
+                        &meta,
+                        e.payload.as_bytes(),
+                        &uuid::Uuid::new_v4().to_string(),
+                    )
                     .await
                     .map_err(OpsError::interrupted(published, total))?;
                 published += 1;

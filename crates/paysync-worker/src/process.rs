@@ -78,12 +78,16 @@ fn decode(incoming: &Incoming) -> Result<Event, Failure> {
         ReadError::Message(e) => Failure::permanent("malformed_message", e),
         ReadError::Body(e) => Failure::permanent("malformed_body", e),
     })?;
-    Ok(Event::new(
+    let mut event = Event::new(
         read.meta,
         read.attempt,
         read.body,
         incoming.header_bool(header::REPLAY),
-    ))
+    );
+    if event.replay {
+        event.replay_id = incoming.header_str(header::REPLAY_ID);
+    }
+    Ok(event)
 }
 
 /// A delivery decoded for the batch path.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use paysync_domain::EventMeta;
-use paysync_store::{Conn, Inserted, NewEvent, Outcome, Store};
+use paysync_store::{Conn, Inserted, NewEvent, Outcome, Replayed, Store};
 
 use super::{Decoded, Done};
 use crate::Failure;
@@ -78,10 +78,20 @@ pub(crate) async fn apply_on(
     let step = Step::new(handlers, event);
     let meta = &event.meta;
     let tx = conn.transaction().await.map_err(Failure::from_store)?;
-    // A replay re-runs the handler for an event already in the log (counted there); one
-    // that is not in the log is processed as new.
-    let replayed = event.replay && tx.mark_replayed(meta).await.map_err(Failure::from_store)?;
-    let logged = if replayed {
+    // A replay re-runs the handler for an event already in the log (counted there), once per
+    // replay id; one that is not in the log is processed as new.
+    let replayed = if event.replay {
+        tx.mark_replayed(meta, event.replay_id.as_deref())
+            .await
+            .map_err(Failure::from_store)?
+    } else {
+        Replayed::NotLogged
+    };
+    if replayed == Replayed::Again {
+        let _ = tx.rollback().await;
+        return Ok(Done::Duplicate);
+    }
+    let logged = if replayed == Replayed::Counted {
         // The row's account is not known here: link it whatever the handler finds.
         Inserted::New { account: None }
     } else {

@@ -102,3 +102,73 @@ async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_
     work_queue_drained(&broker).await;
     worker.stop().await;
 }
+
+/// A replay is applied once, even when the broker delivers it twice: committed, not
+/// acknowledged (the worker dies), delivered again. Its id, recorded in the replay's
+/// transaction, makes the second delivery a duplicate.
+#[tokio::test]
+async fn a_replay_delivered_twice_is_applied_once() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers.clone()).await;
+    publish_one(&broker, "evt_replay_twice", "invoice.paid").await;
+    logged(&db, "evt_replay_twice").await;
+    worker.stop().await;
+
+    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel::<()>();
+    let committed_tx = Arc::new(std::sync::Mutex::new(Some(committed_tx)));
+    let hook: paysync_worker::AfterCommitHook = Arc::new(move |_meta| {
+        let tx = committed_tx.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some(tx) = tx {
+                let _ = tx.send(());
+            }
+            std::future::pending::<()>().await
+        })
+    });
+    let app = App::build(settings(&broker, &db, fast_retry(3)), handlers.clone())
+        .await
+        .unwrap()
+        .with_after_commit_hook(hook);
+    let crashing = spawn(app).await;
+    let ops = paysync_worker::ops::Ops::new(store.clone(), publisher(&broker));
+    let report = ops
+        .replay(
+            paysync_domain::Provider::Stripe,
+            Some(&["evt_replay_twice".to_owned()]),
+            None,
+            None,
+            false,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.published, 1);
+    tokio::time::timeout(Duration::from_secs(20), committed_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    crashing.abort().await;
+
+    let worker = spawn_worker(&broker, &db, fast_retry(3), handlers).await;
+    let row = poll_until(
+        Duration::from_secs(30),
+        "the replay's second delivery counted as a duplicate",
+        || async {
+            let row = store.event("stripe", "evt_replay_twice").await.unwrap()?;
+            (row.duplicates == 1).then_some(row)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.replays, 1, "the replay counted once");
+    assert_eq!(
+        calls.count.load(Ordering::SeqCst),
+        2,
+        "the handler ran for the event and for its replay, not for the replay's redelivery"
+    );
+    work_queue_drained(&broker).await;
+    worker.stop().await;
+}
