@@ -82,6 +82,10 @@ pub enum DlqCommand {
     Import {
         /// The file written by `paysync dlq export`.
         file: PathBuf,
+        /// Leave out the first N letters of the file: an interrupted import says which N
+        /// continues it.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
     },
     /// Operator actions: who, when, what, how many.
     History {
@@ -325,7 +329,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
             }
             eprintln!("exported {} dead letter(s)", lines.len());
         }
-        DlqCommand::Import { file } => {
+        DlqCommand::Import { file, skip } => {
             let reader = std::io::BufReader::new(
                 std::fs::File::open(&file)
                     .with_context(|| format!("cannot open {}", file.display()))?,
@@ -338,7 +342,7 @@ pub async fn run(env: &Env<'_>, command: DlqCommand) -> anyhow::Result<ExitCode>
                 .collect();
             let bar = progress_bar("importing");
             let report = ops
-                .import(&lines, &actor, &|done, total| {
+                .import(&lines, skip, &actor, &|done, total| {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
                 })

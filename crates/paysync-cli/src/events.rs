@@ -46,6 +46,10 @@ pub enum EventsCommand {
         /// Processed at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// Leave out the first N of the selection (in event-log order): an interrupted replay
+        /// says which N continues it.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
         /// Show how many would be replayed.
         #[arg(long)]
         dry_run: bool,
@@ -79,6 +83,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
             event_ids,
             event_type,
             since,
+            skip,
             dry_run,
         } => {
             if event_ids.is_empty() && (event_type.is_none() || since.is_none()) {
@@ -96,6 +101,7 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
                     ids,
                     event_type.as_deref(),
                     since,
+                    skip,
                     dry_run,
                     &config::actor(env),
                     &|_, _| {},

@@ -261,6 +261,9 @@ struct ReplayBody {
     #[serde(rename = "type")]
     event_type: Option<String>,
     since: Option<String>,
+    /// Leave out the first this many of the selection (to continue an interrupted replay).
+    #[serde(default)]
+    skip: usize,
     #[serde(default)]
     dry_run: bool,
 }
@@ -287,6 +290,7 @@ async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Re
                 body.event_ids.as_deref(),
                 body.event_type.as_deref(),
                 since,
+                body.skip,
                 body.dry_run,
                 "admin-api",
                 &|_, _| {},

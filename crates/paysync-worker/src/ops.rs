@@ -62,6 +62,20 @@ pub enum OpsError {
         #[source]
         source: paysync_amqp::PublishError,
     },
+    /// A replay or an import stopped at an unconfirmed publish; the items before `resume_from`
+    /// (in the selection's order) are in the work queue, and a run with that skip continues.
+    #[error(
+        "republish not confirmed after {resume_from} of {total}; continue with --skip {resume_from}"
+    )]
+    Resumable {
+        /// Items confirmed, those skipped included.
+        resume_from: usize,
+        /// Selected in all.
+        total: usize,
+        /// Why.
+        #[source]
+        source: paysync_amqp::PublishError,
+    },
     /// A view could not be written as JSON.
     #[error("cannot write JSON")]
     Encode(#[from] serde_json::Error),
@@ -82,10 +96,13 @@ pub enum OpsError {
 }
 
 impl OpsError {
-    /// A republish failed after `done` of `total`.
-    fn interrupted(done: usize, total: usize) -> impl FnOnce(paysync_amqp::PublishError) -> Self {
-        move |source| Self::Publish {
-            done,
+    /// A replay or an import failed after the first `resume_from` of `total` were confirmed.
+    fn resumable(
+        resume_from: usize,
+        total: usize,
+    ) -> impl FnOnce(paysync_amqp::PublishError) -> Self {
+        move |source| Self::Resumable {
+            resume_from,
             total,
             source,
         }
@@ -572,16 +589,18 @@ impl Ops {
     }
 
     /// Replays an export file: each line's exact body goes back to the work queue with a fresh
-    /// attempt budget. Returns how many were published.
+    /// attempt budget, after the first `skip` lines (to continue an interrupted import).
+    /// Returns how many were published.
     pub async fn import(
         &self,
         lines: &[String],
+        skip: usize,
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<ImportReport, OpsError> {
         let total = lines.len();
         let mut published = 0;
-        for (i, line) in lines.iter().enumerate() {
+        for (i, line) in lines.iter().enumerate().skip(skip) {
             let bad = |reason: &str| OpsError::BadExportLine {
                 line: i + 1,
                 reason: reason.into(),
@@ -604,9 +623,9 @@ impl Ops {
                     redrives,
                 )
                 .await
-                .map_err(OpsError::interrupted(published, total))?;
+                .map_err(OpsError::resumable(i, total))?;
             published += 1;
-            progress(published, total);
+            progress(skip + published, total);
         }
         self.store
             .record_action(
@@ -643,7 +662,9 @@ impl Ops {
     }
 
     /// Republishes logged events for reprocessing: the handler runs again (it must be
-    /// idempotent) and the event's `replays` count goes up.
+    /// idempotent) and the event's `replays` count goes up. The selection is in event-log
+    /// order, and the first `skip` are left out (to continue an interrupted replay: new events
+    /// only ever come after).
     // The selection (provider, ids, type, since) mirrors the CLI's and the API's flags one to one.
     #[allow(clippy::too_many_arguments)]
     pub async fn replay(
@@ -652,6 +673,7 @@ impl Ops {
         ids: Option<&[String]>,
         event_type: Option<&str>,
         since: Option<OffsetDateTime>,
+        skip: usize,
         dry_run: bool,
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
@@ -663,7 +685,7 @@ impl Ops {
         let total = events.len();
         let mut published = 0;
         if !dry_run {
-            for e in &events {
+            for (i, e) in events.iter().enumerate().skip(skip) {
                 let meta = EventMeta {
                     provider,
                     event_id: e.event_id.clone(),
@@ -680,9 +702,9 @@ impl Ops {
                         &uuid::Uuid::new_v4().to_string(),
                     )
                     .await
-                    .map_err(OpsError::interrupted(published, total))?;
+                    .map_err(OpsError::resumable(i, total))?;
                 published += 1;
-                progress(published, total);
+                progress(skip + published, total);
             }
         }
         let target = match (ids, event_type) {

@@ -583,6 +583,7 @@ pub(crate) async fn replay(State(c): State<Console>, op: Operator, body: Bytes) 
             ids_opt,
             event_type.as_deref(),
             since,
+            0,
             false,
             ACTOR,
             &|_, _| {},

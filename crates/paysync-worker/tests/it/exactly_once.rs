@@ -139,6 +139,7 @@ async fn a_replay_delivered_twice_is_applied_once() {
             Some(&["evt_replay_twice".to_owned()]),
             None,
             None,
+            0,
             false,
             "test",
             &|_, _| {},

@@ -292,7 +292,7 @@ async fn export_then_import_replays_the_exact_bodies() {
         .unwrap();
     assert_eq!(lines.len(), 3);
     // The export file is loss-free: the import publishes the exact bodies again.
-    let report = ops.import(&lines, "test", &|_, _| {}).await.unwrap();
+    let report = ops.import(&lines, 0, "test", &|_, _| {}).await.unwrap();
     assert_eq!(as_json(&report)["published"], 3);
     let queued = broker
         .take_messages(&broker.topology().work_queue(), 3, Duration::from_secs(10))
@@ -317,6 +317,104 @@ async fn export_then_import_replays_the_exact_bodies() {
         .map(|a| a["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["dlq.import", "dlq.export"]);
+
+    // An import that cannot publish says where to continue; the skip continues it there.
+    let unreachable = Ops::new(store.clone(), unreachable_publisher(&broker));
+    let err = unreachable
+        .import(&lines, 0, "test", &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("republish not confirmed after 0 of 3; continue with --skip 0"),
+        "{err}"
+    );
+    let report = ops.import(&lines, 2, "test", &|_, _| {}).await.unwrap();
+    assert_eq!(report.published, 1);
+    let queued = broker
+        .take_messages(&broker.topology().work_queue(), 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let third: Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(
+        queued[0].read_event().unwrap().meta.event_id,
+        third["event_id"].as_str().unwrap(),
+        "only the line after the skipped two"
+    );
+}
+
+/// An operator publisher whose broker cannot be reached.
+fn unreachable_publisher(broker: &TestBroker) -> paysync_amqp::Publisher {
+    let mut settings = broker.settings("operator-unreachable");
+    settings.url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        paysync_testkit::closed_port()
+    );
+    settings.connect_timeout = Duration::from_secs(2);
+    paysync_amqp::Publisher::new(settings)
+}
+
+#[tokio::test]
+async fn an_interrupted_replay_says_where_to_continue_and_the_skip_continues_it() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    let store = db.store().await.unwrap();
+    let (ok, _) = handlers("invoice.paid", Script::Succeed);
+    let worker = spawn_worker(&broker, &db, fast_retry(3), ok).await;
+    let ids: Vec<String> = (1..=4).map(|i| format!("evt_resume_{i}")).collect();
+    for id in &ids {
+        publish_one(&broker, id, "invoice.paid").await;
+        logged(&db, id).await;
+    }
+    let epoch = time::OffsetDateTime::UNIX_EPOCH;
+    let unreachable = Ops::new(store.clone(), unreachable_publisher(&broker));
+    let err = unreachable
+        .replay(
+            paysync_domain::Provider::Stripe,
+            None,
+            Some("invoice.paid"),
+            Some(epoch),
+            0,
+            false,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("republish not confirmed after 0 of 4; continue with --skip 0"),
+        "{err}"
+    );
+    // Continued after the first three (as if they had been confirmed): only the fourth, the
+    // newest in the log, is replayed.
+    let report = ops_for(&broker, &store)
+        .replay(
+            paysync_domain::Provider::Stripe,
+            None,
+            Some("invoice.paid"),
+            Some(epoch),
+            3,
+            false,
+            "test",
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.published, report.selected), (1, 4));
+    poll_until(Duration::from_secs(30), "the fourth replayed", || async {
+        let row = store.event("stripe", "evt_resume_4").await.unwrap()?;
+        (row.replays == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    for id in &ids[..3] {
+        assert_eq!(
+            store.event("stripe", id).await.unwrap().unwrap().replays,
+            0,
+            "{id}"
+        );
+    }
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -544,6 +642,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
             Some(&["evt_replayed".to_owned()]),
             None,
             None,
+            0,
             true,
             "test",
             &|_, _| {},
@@ -563,6 +662,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
             Some(&["evt_replayed".to_owned()]),
             None,
             None,
+            0,
             false,
             "test",
             &|_, _| {},
