@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use paysync_store::{EventFilter, Store};
-use paysync_worker::ops::{EventView, ts};
+use paysync_worker::ops::{EventView, ReplaySelection, ts};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -97,10 +97,12 @@ pub async fn run(env: &Env<'_>, command: EventsCommand) -> anyhow::Result<ExitCo
             let ids = (!event_ids.is_empty()).then_some(event_ids.as_slice());
             let report = ops
                 .replay(
-                    provider,
-                    ids,
-                    event_type.as_deref(),
-                    since,
+                    &ReplaySelection {
+                        provider,
+                        ids,
+                        event_type: event_type.as_deref(),
+                        since,
+                    },
                     skip,
                     dry_run,
                     &config::actor(env),

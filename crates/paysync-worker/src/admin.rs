@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ops::{Ops, OpsError, Selection};
+use crate::ops::{Ops, OpsError, ReplaySelection, Selection};
 
 #[derive(Clone)]
 struct AdminState {
@@ -286,10 +286,12 @@ async fn replay(State(s): State<AdminState>, Json(body): Json<ReplayBody>) -> Re
     answer(
         s.ops
             .replay(
-                provider,
-                body.event_ids.as_deref(),
-                body.event_type.as_deref(),
-                since,
+                &ReplaySelection {
+                    provider,
+                    ids: body.event_ids.as_deref(),
+                    event_type: body.event_type.as_deref(),
+                    since,
+                },
                 body.skip,
                 body.dry_run,
                 "admin-api",

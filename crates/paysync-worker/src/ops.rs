@@ -375,6 +375,20 @@ pub struct ImportReport {
     pub published: usize,
 }
 
+/// Which logged events a replay takes, as the CLI's and the API's flags give them: these ids,
+/// or the events of a type processed since a time, of one provider.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySelection<'a> {
+    /// The provider whose events are replayed.
+    pub provider: Provider,
+    /// These event ids.
+    pub ids: Option<&'a [String]>,
+    /// Every event of this type (with `since`).
+    pub event_type: Option<&'a str>,
+    /// Processed at or after this time.
+    pub since: Option<OffsetDateTime>,
+}
+
 /// What an event replay did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
@@ -646,38 +660,33 @@ impl Ops {
         Ok(actions.iter().map(ActionView::from).collect())
     }
 
-    /// How many logged events a replay with this selection would republish: its preview (a
-    /// read, not audited).
-    pub async fn replay_count(
-        &self,
-        provider: Provider,
-        ids: Option<&[String]>,
-        event_type: Option<&str>,
-        since: Option<OffsetDateTime>,
-    ) -> Result<i64, OpsError> {
+    /// How many logged events `selection` holds: a replay's preview (a read, not audited).
+    pub async fn replay_count(&self, selection: &ReplaySelection<'_>) -> Result<i64, OpsError> {
+        let s = selection;
         Ok(self
             .store
-            .count_events_for_replay(provider.as_str(), ids, event_type, since)
+            .count_events_for_replay(s.provider.as_str(), s.ids, s.event_type, s.since)
             .await?)
     }
 
-    /// Republishes logged events for reprocessing: the handler runs again (it must be
-    /// idempotent) and the event's `replays` count goes up. The selection is in event-log
-    /// order, and the first `skip` are left out (to continue an interrupted replay: new events
-    /// only ever come after).
-    // The selection (provider, ids, type, since) mirrors the CLI's and the API's flags one to one.
-    #[allow(clippy::too_many_arguments)]
+    /// Republishes the logged events of `selection` for reprocessing: the handler runs again
+    /// (it must be idempotent) and the event's `replays` count goes up. The selection is in
+    /// event-log order, and the first `skip` are left out (to continue an interrupted replay:
+    /// new events only ever come after).
     pub async fn replay(
         &self,
-        provider: Provider,
-        ids: Option<&[String]>,
-        event_type: Option<&str>,
-        since: Option<OffsetDateTime>,
+        selection: &ReplaySelection<'_>,
         skip: usize,
         dry_run: bool,
         actor: &str,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<ReplayReport, OpsError> {
+        let ReplaySelection {
+            provider,
+            ids,
+            event_type,
+            since,
+        } = *selection;
         let events = self
             .store
             .events_for_replay(provider.as_str(), ids, event_type, since)

@@ -20,7 +20,9 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{ACTOR, Console, Fields, Operator, PAGE};
 use crate::ops::outbox::{DeliverySelection, DeliveryView, DestinationView, ForcedBreaker};
-use crate::ops::{ActionView, EventView, GroupView, LetterView, OpsError, Selection, ts};
+use crate::ops::{
+    ActionView, EventView, GroupView, LetterView, OpsError, ReplaySelection, Selection, ts,
+};
 
 /// The overview counts events committed in this window.
 const RATE_WINDOW_SECS: i64 = 300;
@@ -555,12 +557,14 @@ pub(crate) async fn replay(State(c): State<Console>, op: Operator, body: Bytes) 
         Some([one]) => format!("/console/events/{}/{}", p.as_str(), super::url_encode(one)),
         _ => "/console/events".to_owned(),
     };
+    let selection = ReplaySelection {
+        provider: p,
+        ids: ids_opt,
+        event_type: event_type.as_deref(),
+        since,
+    };
     if form.get("confirm") != Some("yes") {
-        let count = match c
-            .ops()
-            .replay_count(p, ids_opt, event_type.as_deref(), since)
-            .await
-        {
+        let count = match c.ops().replay_count(&selection).await {
             Ok(n) => n,
             Err(e) => return c.failed(&op, &e),
         };
@@ -578,16 +582,7 @@ pub(crate) async fn replay(State(c): State<Console>, op: Operator, body: Bytes) 
     }
     match c
         .ops()
-        .replay(
-            p,
-            ids_opt,
-            event_type.as_deref(),
-            since,
-            0,
-            false,
-            ACTOR,
-            &|_, _| {},
-        )
+        .replay(&selection, 0, false, ACTOR, &|_, _| {})
         .await
     {
         Ok(r) => c.done(
@@ -730,15 +725,8 @@ pub(crate) async fn outbox(
         destination: given(&q.destination),
         ..DeliveryFilter::default()
     };
-    if let Err(e) = c
-        .ops()
-        .outbox_list(&DeliveryFilter {
-            limit: 1,
-            ..filter.clone()
-        })
-        .await
-    {
-        // Unknown names are refused by the operator code.
+    // Unknown names are refused as the CLI and the API refuse them.
+    if let Err(e) = crate::ops::outbox::check_filter(&filter) {
         return c.failed(&op, &e);
     }
     let (page, destinations) = tokio::join!(

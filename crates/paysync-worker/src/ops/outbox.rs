@@ -90,7 +90,7 @@ fn state<'a>(name: &str, allowed: &[&'a str]) -> Result<&'a str, OpsError> {
 }
 
 /// Checks the names in `filter`: known destination, operation and state.
-fn check_filter(filter: &DeliveryFilter) -> Result<(), OpsError> {
+pub fn check_filter(filter: &DeliveryFilter) -> Result<(), OpsError> {
     if let Some(d) = &filter.destination {
         destination(d)?;
     }

@@ -69,8 +69,8 @@ struct Console {
     fixed: Arc<AtomicBool>,
     applied: Arc<Mutex<HashMap<String, u32>>>,
     store: Store,
-    _db: TestDb,
-    _broker: TestBroker,
+    db: TestDb,
+    broker: TestBroker,
 }
 
 /// A worker with the billing handlers, a fixable handler for [`BROKEN_TYPE`] and the console
@@ -103,8 +103,8 @@ async fn console_worker() -> Console {
         fixed,
         applied,
         store,
-        _db: db,
-        _broker: broker,
+        db,
+        broker,
     }
 }
 
@@ -228,7 +228,7 @@ async fn click(browser: &Browser, css: &str, lands_on: &str) {
 #[tokio::test]
 async fn an_operator_logs_in_fixes_a_dead_letter_group_retries_it_and_watches_it_drain() {
     let c = console_worker().await;
-    let publisher = publisher(&c._broker);
+    let publisher = publisher(&c.broker);
     // Billing state for the accounts, events and outbox pages: real Stripe payloads.
     publish_fixtures(
         &publisher,
@@ -474,7 +474,7 @@ fn csrf_of(page: &str) -> String {
 #[tokio::test]
 async fn every_page_needs_a_session_every_form_its_token_and_failed_logins_are_limited() {
     let c = console_worker().await;
-    let publisher = publisher(&c._broker);
+    let publisher = publisher(&c.broker);
     for i in 1..=3 {
         publish_event(&publisher, &format!("evt_guard_{i}"), BROKEN_TYPE).await;
     }
@@ -721,7 +721,7 @@ async fn session(client: &reqwest::Client, base: &str) -> (String, String) {
 #[tokio::test]
 async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_console() {
     let c = console_worker().await;
-    let publisher = publisher(&c._broker);
+    let publisher = publisher(&c.broker);
     publish_fixtures(
         &publisher,
         "evt_ops_",
@@ -734,7 +734,7 @@ async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_con
     )
     .await;
     let invoice = "evt_ops_invoice.paid";
-    let row = logged(&c._db, invoice).await;
+    let row = logged(&c.db, invoice).await;
     let account = row
         .account_id
         .expect("the invoice's customer has an account");
@@ -867,6 +867,14 @@ async fn replays_searches_and_outbox_actions_go_through_the_operator_code_as_con
         .await
         .unwrap();
     assert!(page.contains("sent by hand"), "the delivery page shows why");
+    let r = get("/console/outbox?destination=fax".into()).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("unknown destination &quot;fax&quot;")
+    );
 
     // Every one of these is in the audit trail as the console's.
     let actions: Vec<(String, String)> = c
@@ -897,7 +905,7 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn outages_of_the_database_or_the_broker_show_on_the_page_and_change_nothing() {
     let c = console_worker().await;
-    publish_event(&publisher(&c._broker), "evt_outage_1", BROKEN_TYPE).await;
+    publish_event(&publisher(&c.broker), "evt_outage_1", BROKEN_TYPE).await;
     poll_until(Duration::from_secs(60), "1 open dead letter", || async {
         (open_dead_letters(&c.store, 10).await.unwrap().len() == 1).then_some(())
     })
@@ -908,7 +916,7 @@ async fn outages_of_the_database_or_the_broker_show_on_the_page_and_change_nothi
 
     // The database unreachable: the overview says which figures it could not read, the other
     // pages and actions answer 503 with the cause.
-    let mut s = settings(&c._broker, &c._db, fast_retry(2));
+    let mut s = settings(&c.broker, &c.db, fast_retry(2));
     s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
     s.store.url = format!(
         "postgres://postgres@127.0.0.1:{}/paysync",
@@ -947,7 +955,7 @@ async fn outages_of_the_database_or_the_broker_show_on_the_page_and_change_nothi
 
     // The broker unreachable: a retry says it was not confirmed and how to continue; the
     // letter stays open.
-    let mut s = settings(&c._broker, &c._db, fast_retry(2));
+    let mut s = settings(&c.broker, &c.db, fast_retry(2));
     s.admin_token = Some(secrecy::SecretString::from(TOKEN.to_owned()));
     s.amqp.url = format!(
         "amqp://guest:guest@127.0.0.1:{}/%2f",

@@ -48,14 +48,15 @@ async fn an_event_without_a_handler_is_recorded_as_ignored_and_acked() {
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_twice() {
-    let (broker, db) = (TestBroker::new(), TestDb::new());
-    db.store().await.unwrap();
-    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+/// A worker that, after its first commit, tells the receiver and then hangs: the ack never
+/// happens, and aborting it leaves the delivery committed but unacknowledged.
+async fn hanging_after_commit(
+    broker: &TestBroker,
+    db: &TestDb,
+    handlers: &paysync_worker::Handlers,
+) -> (Running, tokio::sync::oneshot::Receiver<()>) {
     let (committed_tx, committed_rx) = tokio::sync::oneshot::channel::<()>();
     let committed_tx = Arc::new(std::sync::Mutex::new(Some(committed_tx)));
-    // After the commit, tell the test and then hang: the ack never happens.
     let hook: paysync_worker::AfterCommitHook = Arc::new(move |_meta| {
         let tx = committed_tx.lock().unwrap().take();
         Box::pin(async move {
@@ -65,11 +66,19 @@ async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_
             std::future::pending::<()>().await
         })
     });
-    let app = App::build(settings(&broker, &db, fast_retry(3)), handlers.clone())
+    let app = App::build(settings(broker, db, fast_retry(3)), handlers.clone())
         .await
         .unwrap()
         .with_after_commit_hook(hook);
-    let crashing = spawn(app).await;
+    (spawn(app).await, committed_rx)
+}
+
+#[tokio::test]
+async fn work_interrupted_between_commit_and_ack_is_redelivered_and_not_applied_twice() {
+    let (broker, db) = (TestBroker::new(), TestDb::new());
+    db.store().await.unwrap();
+    let (handlers, calls) = handlers("invoice.paid", Script::Succeed);
+    let (crashing, committed_rx) = hanging_after_commit(&broker, &db, &handlers).await;
     publish_one(&broker, "evt_commit_then_crash", "invoice.paid").await;
     tokio::time::timeout(Duration::from_secs(20), committed_rx)
         .await
@@ -116,29 +125,16 @@ async fn a_replay_delivered_twice_is_applied_once() {
     logged(&db, "evt_replay_twice").await;
     worker.stop().await;
 
-    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel::<()>();
-    let committed_tx = Arc::new(std::sync::Mutex::new(Some(committed_tx)));
-    let hook: paysync_worker::AfterCommitHook = Arc::new(move |_meta| {
-        let tx = committed_tx.lock().unwrap().take();
-        Box::pin(async move {
-            if let Some(tx) = tx {
-                let _ = tx.send(());
-            }
-            std::future::pending::<()>().await
-        })
-    });
-    let app = App::build(settings(&broker, &db, fast_retry(3)), handlers.clone())
-        .await
-        .unwrap()
-        .with_after_commit_hook(hook);
-    let crashing = spawn(app).await;
+    let (crashing, committed_rx) = hanging_after_commit(&broker, &db, &handlers).await;
     let ops = paysync_worker::ops::Ops::new(store.clone(), publisher(&broker));
     let report = ops
         .replay(
-            paysync_domain::Provider::Stripe,
-            Some(&["evt_replay_twice".to_owned()]),
-            None,
-            None,
+            &paysync_worker::ops::ReplaySelection {
+                provider: paysync_domain::Provider::Stripe,
+                ids: Some(&["evt_replay_twice".to_owned()]),
+                event_type: None,
+                since: None,
+            },
             0,
             false,
             "test",

@@ -10,7 +10,7 @@ use paysync_store::{DeadLetterFilter, EventFilter, PurgeState, Store};
 use paysync_testkit::{
     TestBroker, TestDb, open_dead_letters, poll_until, stripe_fixture, verified_event,
 };
-use paysync_worker::ops::{Ops, Selection};
+use paysync_worker::ops::{Ops, ReplaySelection, Selection};
 use paysync_worker::{App, Handlers};
 use serde_json::Value;
 
@@ -365,19 +365,15 @@ async fn an_interrupted_replay_says_where_to_continue_and_the_skip_continues_it(
         publish_one(&broker, id, "invoice.paid").await;
         logged(&db, id).await;
     }
-    let epoch = time::OffsetDateTime::UNIX_EPOCH;
+    let invoices = ReplaySelection {
+        provider: paysync_domain::Provider::Stripe,
+        ids: None,
+        event_type: Some("invoice.paid"),
+        since: Some(time::OffsetDateTime::UNIX_EPOCH),
+    };
     let unreachable = Ops::new(store.clone(), unreachable_publisher(&broker));
     let err = unreachable
-        .replay(
-            paysync_domain::Provider::Stripe,
-            None,
-            Some("invoice.paid"),
-            Some(epoch),
-            0,
-            false,
-            "test",
-            &|_, _| {},
-        )
+        .replay(&invoices, 0, false, "test", &|_, _| {})
         .await
         .unwrap_err();
     assert!(
@@ -388,16 +384,7 @@ async fn an_interrupted_replay_says_where_to_continue_and_the_skip_continues_it(
     // Continued after the first three (as if they had been confirmed): only the fourth, the
     // newest in the log, is replayed.
     let report = ops_for(&broker, &store)
-        .replay(
-            paysync_domain::Provider::Stripe,
-            None,
-            Some("invoice.paid"),
-            Some(epoch),
-            3,
-            false,
-            "test",
-            &|_, _| {},
-        )
+        .replay(&invoices, 3, false, "test", &|_, _| {})
         .await
         .unwrap();
     assert_eq!((report.published, report.selected), (1, 4));
@@ -636,17 +623,15 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
     logged(&db, "evt_replayed").await;
 
     let ops = ops_for(&broker, &store);
+    let ids = ["evt_replayed".to_owned()];
+    let replayed = ReplaySelection {
+        provider: paysync_domain::Provider::Stripe,
+        ids: Some(&ids),
+        event_type: None,
+        since: None,
+    };
     let dry = ops
-        .replay(
-            paysync_domain::Provider::Stripe,
-            Some(&["evt_replayed".to_owned()]),
-            None,
-            None,
-            0,
-            true,
-            "test",
-            &|_, _| {},
-        )
+        .replay(&replayed, 0, true, "test", &|_, _| {})
         .await
         .unwrap();
     assert_eq!(
@@ -657,16 +642,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
         (Some(1), Some(0))
     );
     let report = ops
-        .replay(
-            paysync_domain::Provider::Stripe,
-            Some(&["evt_replayed".to_owned()]),
-            None,
-            None,
-            0,
-            false,
-            "test",
-            &|_, _| {},
-        )
+        .replay(&replayed, 0, false, "test", &|_, _| {})
         .await
         .unwrap();
     assert_eq!(as_json(&report)["published"], 1);
