@@ -192,6 +192,10 @@ ensure_mail_catcher() {
   say "mail catcher: listening on 127.0.0.1:1025 (maildir $MAILDIR)"
 }
 
+# The test CA and TLS on both servers.
+# shellcheck source=deploy/local/tls.sh
+. "$(dirname "$0")/tls.sh"
+
 # `services.sh --check-amqp`: only tells whether the broker on PAYSYNC_SERVICES_AMQP_PORT answers
 # the AMQP handshake (exit 0) or not (exit 1), and changes nothing.
 if [ "${1:-}" = "--check-amqp" ]; then
@@ -203,8 +207,13 @@ if [ "${1:-}" = "--check-amqp" ]; then
   exit 1
 fi
 
+ensure_test_ca
+ensure_rabbitmq_tls_config
+stop_rabbitmq_for_tls
 ensure_rabbitmq
+wait_for "rabbitmq TLS listener (127.0.0.1:$AMQPS_PORT)" amqps_ready
 ensure_postgres
+ensure_postgres_tls
 ensure_tools
 ensure_browser
 ensure_just

@@ -7,11 +7,20 @@
 use std::fmt;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::connect::NodeCursor;
+
 /// How to reach the broker and how the publisher behaves.
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost`. Holds a password: never logged.
+    /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS), or several such URLs
+    /// separated by commas: the nodes of one cluster, tried in turn (see [`Self::nodes`]).
+    /// Holds a password: never logged.
     pub url: String,
+    /// Trust and identity for `amqps://` nodes.
+    pub tls: AmqpTls,
     /// Prefix of every exchange and queue we declare, so several deployments (or tests) can
     /// share one broker: 1 to [`MAX_PREFIX_LEN`] characters of `[A-Za-z0-9._-]`.
     pub prefix: String,
@@ -30,6 +39,51 @@ pub struct AmqpSettings {
     /// `x-delivery-limit` on quorum queues: a backstop against poison loops (RabbitMQ 3.10
     /// has no default; 4.x defaults to 20).
     pub delivery_limit: u32,
+    /// Which node the next connection attempt starts at: the last one that answered. Clones
+    /// share it, so the publisher, consumers and monitor of one process move together; leave
+    /// it at its default.
+    pub cursor: NodeCursor,
+}
+
+/// TLS material for `amqps://` nodes. The server's certificate must chain to one of the
+/// webpki (Mozilla) roots or to a certificate in `ca_pem`, and name the URL's host.
+#[derive(Clone, Default)]
+pub struct AmqpTls {
+    /// Extra trusted roots, PEM: the private CA of a managed broker.
+    pub ca_pem: Option<String>,
+    /// A client certificate with its key, for brokers that ask for one.
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, both PEM. The key is a secret: never logged.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for AmqpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTls")
+            .field(
+                "ca_certificates",
+                &self
+                    .ca_pem
+                    .as_deref()
+                    .map(|p| pem_certificates(p.as_bytes())),
+            )
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// How many certificates `pem` holds; 0 when it holds none or is not PEM.
+fn pem_certificates(pem: &[u8]) -> usize {
+    CertificateDer::pem_slice_iter(pem)
+        .take_while(Result::is_ok)
+        .count()
 }
 
 impl Default for AmqpSettings {
@@ -43,6 +97,8 @@ impl Default for AmqpSettings {
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             delivery_limit: 20,
+            tls: AmqpTls::default(),
+            cursor: NodeCursor::default(),
         }
     }
 }
@@ -53,14 +109,15 @@ pub const MAX_PREFIX_LEN: usize = 100;
 /// An [`AmqpSettings`] field holding a value the services refuse; each variant names the field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AmqpSettingsError {
-    /// `url` asks for TLS (`amqps://`), which this build cannot speak.
-    #[error(
-        "AMQP url: amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network or a TLS sidecar"
-    )]
-    UrlTls,
-    /// `url` does not start with `amqp://`.
-    #[error("AMQP url: must start with amqp://")]
+    /// `url` names no node, or one that does not start with `amqp://` or `amqps://`.
+    #[error("AMQP url: every comma-separated node must start with amqp:// or amqps://")]
     UrlScheme,
+    /// `tls.ca_pem` holds no PEM certificate.
+    #[error("AMQP tls ca: no PEM certificate in it")]
+    TlsCa,
+    /// `tls.client` has no PEM certificate or no PEM private key.
+    #[error("AMQP tls client: needs a PEM certificate and its PEM private key")]
+    TlsClient,
     /// `prefix` is empty, too long or has a character outside `[A-Za-z0-9._-]`.
     #[error("AMQP prefix: use 1-{MAX_PREFIX_LEN} characters of [A-Za-z0-9._-]")]
     Prefix,
@@ -84,11 +141,24 @@ pub enum AmqpSettingsError {
 impl AmqpSettings {
     /// Checks every field, in declaration order; the first refused one is the error.
     pub fn validate(&self) -> Result<(), AmqpSettingsError> {
-        if self.url.starts_with("amqps://") {
-            return Err(AmqpSettingsError::UrlTls);
-        }
-        if !self.url.starts_with("amqp://") {
+        let nodes = self.nodes();
+        if nodes.is_empty()
+            || !nodes
+                .iter()
+                .all(|n| n.starts_with("amqp://") || n.starts_with("amqps://"))
+        {
             return Err(AmqpSettingsError::UrlScheme);
+        }
+        if let Some(ca) = &self.tls.ca_pem
+            && pem_certificates(ca.as_bytes()) == 0
+        {
+            return Err(AmqpSettingsError::TlsCa);
+        }
+        if let Some(client) = &self.tls.client
+            && (pem_certificates(&client.cert_pem) == 0
+                || PrivateKeyDer::from_pem_slice(&client.key_pem).is_err())
+        {
+            return Err(AmqpSettingsError::TlsClient);
         }
         if !valid_prefix(&self.prefix) {
             return Err(AmqpSettingsError::Prefix);
@@ -110,6 +180,20 @@ impl AmqpSettings {
         }
         Ok(())
     }
+
+    /// How long one whole connection attempt may take: the connect timeout for each node.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.connect_timeout * self.nodes().len().max(1) as u32
+    }
+
+    /// The broker nodes of [`Self::url`], in the order given: comma-separated, blanks dropped.
+    pub fn nodes(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
 }
 
 /// Whether `prefix` can start every exchange and queue name: 1 to [`MAX_PREFIX_LEN`] characters
@@ -126,6 +210,7 @@ impl fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpSettings")
             .field("url", &redact_url(&self.url))
+            .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("connection_name", &self.connection_name)
             .field("publisher_channels", &self.publisher_channels)
@@ -137,8 +222,17 @@ impl fmt::Debug for AmqpSettings {
     }
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
+/// The URL (or comma-separated URLs) with any password replaced by `***`, for logs and errors.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable url>".into();
     };
@@ -178,20 +272,50 @@ mod tests {
     #[test]
     fn invalid_settings_are_refused_naming_the_field() {
         let ok = AmqpSettings::default;
-        let cases: [(AmqpSettings, AmqpSettingsError); 9] = [
-            (
-                AmqpSettings {
-                    url: "amqps://guest:pw@h/%2f".into(),
-                    ..ok()
-                },
-                AmqpSettingsError::UrlTls,
-            ),
+        let cases: [(AmqpSettings, AmqpSettingsError); 12] = [
             (
                 AmqpSettings {
                     url: "http://x".into(),
                     ..ok()
                 },
                 AmqpSettingsError::UrlScheme,
+            ),
+            (
+                AmqpSettings {
+                    url: " , ".into(),
+                    ..ok()
+                },
+                AmqpSettingsError::UrlScheme,
+            ),
+            (
+                AmqpSettings {
+                    url: "amqp://a:5672,http://b".into(),
+                    ..ok()
+                },
+                AmqpSettingsError::UrlScheme,
+            ),
+            (
+                AmqpSettings {
+                    tls: AmqpTls {
+                        ca_pem: Some("not a certificate".into()),
+                        client: None,
+                    },
+                    ..ok()
+                },
+                AmqpSettingsError::TlsCa,
+            ),
+            (
+                AmqpSettings {
+                    tls: AmqpTls {
+                        ca_pem: None,
+                        client: Some(ClientIdentity {
+                            cert_pem: b"no".to_vec(),
+                            key_pem: b"no".to_vec(),
+                        }),
+                    },
+                    ..ok()
+                },
+                AmqpSettingsError::TlsClient,
             ),
             (
                 AmqpSettings {
@@ -259,9 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn several_nodes_plain_or_tls_are_accepted_in_their_order() {
+        let s = AmqpSettings {
+            url: "amqp://g:pw1@a:5672/%2f, amqps://g:pw2@b:5671/%2f,,amqp://c".into(),
+            ..AmqpSettings::default()
+        };
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            s.nodes(),
+            [
+                "amqp://g:pw1@a:5672/%2f",
+                "amqps://g:pw2@b:5671/%2f",
+                "amqp://c"
+            ]
+        );
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert_eq!(
+            redact_url(&s.url),
+            "amqp://g:***@a:5672/%2f,amqps://g:***@b:5671/%2f,amqp://c"
+        );
+    }
+
+    #[test]
     fn errors_name_the_field_and_never_the_url() {
         let s = AmqpSettings {
-            url: "amqps://guest:s3cret@h/%2f".into(),
+            url: "amqps://guest:s3cret@h/%2f,http://x".into(),
             ..AmqpSettings::default()
         };
         let shown = s.validate().unwrap_err().to_string();

@@ -18,10 +18,11 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use paysync_domain::message::{ReadError, ReadMessage, header};
 
 use crate::AmqpSettings;
+use crate::connect::connect;
 use crate::headers::read_event;
 use crate::runtime::ConsumerConfig;
 use crate::topology::{Topology, declare_topology};
@@ -337,7 +338,7 @@ impl ConsumerLink {
         config: &ConsumerConfig,
     ) -> Result<Self, ConsumeError> {
         let opened = tokio::time::timeout(
-            settings.connect_timeout,
+            settings.attempt_timeout(),
             Self::open_now(
                 settings,
                 role,
@@ -366,9 +367,8 @@ impl ConsumerLink {
         lanes: usize,
         prefetch: u16,
     ) -> lapin::Result<Self> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("{}-{role}", settings.connection_name).into());
-        let connection = Connection::connect(&settings.url, props).await?;
+        let name = format!("{}-{role}", settings.connection_name);
+        let connection = connect(settings, &name).await?.connection;
         let setup = connection.create_channel().await?;
         declare_topology(
             &setup,

@@ -6,6 +6,7 @@
 //! [`Incoming`], [`Topology`] and plain errors.
 
 mod config;
+mod connect;
 mod consumer;
 mod headers;
 mod monitor;
@@ -13,7 +14,10 @@ mod publisher;
 mod runtime;
 mod topology;
 
-pub use config::{AmqpSettings, AmqpSettingsError, MAX_PREFIX_LEN, redact_url};
+pub use config::{
+    AmqpSettings, AmqpSettingsError, AmqpTls, ClientIdentity, MAX_PREFIX_LEN, redact_url,
+};
+pub use connect::NodeCursor;
 pub use consumer::{ConsumeError, ConsumerLink, Incoming, Lane, Next};
 pub use headers::{event_properties, read_event};
 pub use monitor::BrokerMonitor;

@@ -3,7 +3,7 @@
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 
 use crate::{AmqpSettings, Topology};
 
@@ -41,14 +41,14 @@ impl BrokerMonitor {
             .as_ref()
             .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
         {
-            let props = ConnectionProperties::default()
-                .with_connection_name(format!("{}-monitor", self.settings.connection_name).into());
+            let name = format!("{}-monitor", self.settings.connection_name);
             let connection = tokio::time::timeout(
-                self.settings.connect_timeout,
-                Connection::connect(&self.settings.url, props),
+                self.settings.attempt_timeout(),
+                crate::connect::connect(&self.settings, &name),
             )
             .await
-            .map_err(|_| timeout_error())??;
+            .map_err(|_| timeout_error())??
+            .connection;
             let channel = connection.create_channel().await?;
             self.link = Some((connection, channel));
         }

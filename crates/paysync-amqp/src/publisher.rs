@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use paysync_domain::VerifiedWebhook;
 use tokio::sync::{Semaphore, watch};
 
@@ -22,6 +22,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use paysync_domain::message::header;
 
 use crate::config::{AmqpSettings, redact_url};
+use crate::connect::{Connected, connect};
 use crate::consumer::Incoming;
 use crate::headers::event_properties;
 use crate::topology::{Topology, declare_topology, delay_routing_key};
@@ -94,6 +95,8 @@ pub enum PublishError {
 
 /// One live connection with its confirm-mode channels.
 struct Link {
+    /// Which of the settings' nodes the connection went to.
+    node: usize,
     generation: u64,
     connection: Connection,
     channels: Vec<Channel>,
@@ -537,7 +540,7 @@ impl Publisher {
             }
         }
         let settings = &self.inner.settings;
-        let attempt = tokio::time::timeout(settings.connect_timeout, self.open_link()).await;
+        let attempt = tokio::time::timeout(settings.attempt_timeout(), self.open_link()).await;
         match attempt {
             Ok(Ok(link)) => {
                 let link = Arc::new(link);
@@ -553,7 +556,7 @@ impl Publisher {
                     hook(link.generation);
                 }
                 tracing::info!(
-                    url = %redact_url(&settings.url),
+                    node = %redact_url(settings.nodes()[link.node]),
                     generation = link.generation,
                     "connected to the broker"
                 );
@@ -582,9 +585,7 @@ impl Publisher {
 
     async fn open_link(&self) -> lapin::Result<Link> {
         let settings = &self.inner.settings;
-        let props = ConnectionProperties::default()
-            .with_connection_name(settings.connection_name.as_str().into());
-        let connection = Connection::connect(&settings.url, props).await?;
+        let Connected { connection, node } = connect(settings, &settings.connection_name).await?;
         // Declare on a throwaway channel: a declaration error closes the channel it ran on.
         let setup = connection.create_channel().await?;
         declare_topology(&setup, &self.inner.topology).await?;
@@ -598,6 +599,7 @@ impl Publisher {
             channels.push(channel);
         }
         Ok(Link {
+            node,
             generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             connection,
             channels,

@@ -255,9 +255,8 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
 /// Connects once, declares the whole topology for `settings` and disconnects (for start-up
 /// checks: a wrong URL or an incompatible existing queue fails here, loudly).
 pub async fn declare(settings: &crate::AmqpSettings) -> lapin::Result<()> {
-    let props = lapin::ConnectionProperties::default()
-        .with_connection_name(format!("{}-setup", settings.connection_name).into());
-    let connection = lapin::Connection::connect(&settings.url, props).await?;
+    let name = format!("{}-setup", settings.connection_name);
+    let connection = crate::connect::connect(settings, &name).await?.connection;
     let channel = connection.create_channel().await?;
     declare_topology(
         &channel,

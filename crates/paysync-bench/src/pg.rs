@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::procs::log_tail;
 
@@ -28,15 +28,16 @@ pub const EVENTS_SCRIPT: &str = include_str!("../pgbench/events-n.sql");
 /// Customers the pgbench scripts draw from (`cus_bench0` … `cus_bench999`).
 pub const SCRIPT_CUSTOMERS: u64 = 1000;
 
-/// Connects to `url`, in `schema` if given.
+/// Connects to `url`, in `schema` if given, with the URL's TLS settings (`sslmode`,
+/// `sslrootcert`) as `paysync` reads them.
 pub async fn connect(url: &str, schema: Option<&str>) -> anyhow::Result<Client> {
-    let mut config: tokio_postgres::Config = url.parse().context("database URL")?;
+    let (mut config, tls) = paysync_store::tls::connect_config(url).context("database URL")?;
     config.application_name("paysync-bench");
     if let Some(schema) = schema {
         config.options(format!("-c search_path={schema}"));
     }
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .context("connecting to PostgreSQL (is it running? deploy/local/services.sh)")?;
     tokio::spawn(async move {

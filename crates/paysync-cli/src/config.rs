@@ -14,7 +14,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use paysync_amqp::{AmqpSettings, AmqpSettingsError, MAX_DELAY_SECS, MAX_PREFIX_LEN};
+use paysync_amqp::{
+    AmqpSettings, AmqpSettingsError, AmqpTls, ClientIdentity, MAX_DELAY_SECS, MAX_PREFIX_LEN,
+};
 use paysync_domain::Mode;
 use paysync_domain::retry::{RetryPolicy, RetryPolicyError};
 use paysync_receiver::{
@@ -153,20 +155,57 @@ pub fn amqp(env: &Env<'_>, role: &str) -> anyhow::Result<AmqpSettings> {
             d.connect_timeout.as_millis() as u64,
         )?),
         delivery_limit: env.parse("PAYSYNC_AMQP_DELIVERY_LIMIT", d.delivery_limit)?,
+        tls: amqp_tls(env)?,
+        ..d
     };
     s.validate().map_err(amqp_refused)?;
     Ok(s)
+}
+
+/// TLS material for `amqps://` nodes: `PAYSYNC_AMQP_CA_FILE` (extra trusted roots, PEM) and a
+/// client certificate from `PAYSYNC_AMQP_CLIENT_CERT_FILE` with its key in
+/// `PAYSYNC_AMQP_CLIENT_KEY` (or `_FILE`), both or neither.
+fn amqp_tls(env: &Env<'_>) -> anyhow::Result<AmqpTls> {
+    let ca_pem = match env.raw("PAYSYNC_AMQP_CA_FILE") {
+        Some(path) => Some(
+            std::fs::read_to_string(path.trim())
+                .with_context(|| format!("PAYSYNC_AMQP_CA_FILE: cannot read {}", path.trim()))?,
+        ),
+        None => None,
+    };
+    let cert = match env.raw("PAYSYNC_AMQP_CLIENT_CERT_FILE") {
+        Some(path) => Some(std::fs::read(path.trim()).with_context(|| {
+            format!("PAYSYNC_AMQP_CLIENT_CERT_FILE: cannot read {}", path.trim())
+        })?),
+        None => None,
+    };
+    let key = env.secret("PAYSYNC_AMQP_CLIENT_KEY")?;
+    let client = match (cert, key) {
+        (Some(cert_pem), Some(key)) => Some(ClientIdentity {
+            cert_pem,
+            key_pem: key.into_bytes(),
+        }),
+        (None, None) => None,
+        _ => bail!(
+            "PAYSYNC_AMQP_CLIENT_CERT_FILE and PAYSYNC_AMQP_CLIENT_KEY (or _FILE): set both or neither"
+        ),
+    };
+    Ok(AmqpTls { ca_pem, client })
 }
 
 /// Names the variable behind a refused [`AmqpSettings`] field.
 fn amqp_refused(err: AmqpSettingsError) -> anyhow::Error {
     use AmqpSettingsError as E;
     match err {
-        E::UrlTls => refused(
+        E::UrlScheme => refused(
             "PAYSYNC_AMQP_URL",
-            "amqps:// (TLS) is not supported by this build; use amqp:// on a trusted network or a TLS sidecar",
+            "every comma-separated node must start with amqp:// or amqps://",
         ),
-        E::UrlScheme => refused("PAYSYNC_AMQP_URL", "must start with amqp://"),
+        E::TlsCa => refused("PAYSYNC_AMQP_CA_FILE", "no PEM certificate in the file"),
+        E::TlsClient => refused(
+            "PAYSYNC_AMQP_CLIENT_CERT_FILE / PAYSYNC_AMQP_CLIENT_KEY",
+            "needs a PEM certificate and its PEM private key",
+        ),
         E::Prefix => refused(
             "PAYSYNC_AMQP_PREFIX",
             format!("use 1-{MAX_PREFIX_LEN} characters of [A-Za-z0-9._-]"),
@@ -752,6 +791,7 @@ fn store_refused(err: StoreSettingsError) -> anyhow::Error {
             "PAYSYNC_DATABASE_URL",
             "invalid database settings: database URL cannot be parsed",
         ),
+        E::Tls(tls) => refused("PAYSYNC_DATABASE_URL", tls),
         E::Schema => refused(
             "PAYSYNC_DATABASE_SCHEMA",
             "use 1-63 characters of [a-z0-9_], not starting with a digit",
@@ -1031,7 +1071,9 @@ mod tests {
             ("PAYSYNC_STRIPE_TOLERANCE_SECS", "-1"),
             ("PAYSYNC_BODY_LIMIT_BYTES", "0"),
             ("PAYSYNC_AMQP_URL", "http://x"),
-            ("PAYSYNC_AMQP_URL", "amqps://guest:topsecret@h/%2f"),
+            ("PAYSYNC_AMQP_URL", "amqps://guest:topsecret@h/%2f,ftp://x"),
+            ("PAYSYNC_AMQP_CA_FILE", "/nonexistent/ca.pem"),
+            ("PAYSYNC_AMQP_CLIENT_KEY", "topsecret-key"),
             ("PAYSYNC_AMQP_PREFIX", "bad prefix"),
             ("PAYSYNC_AMQP_CONFIRM_TIMEOUT_MS", "soon"),
         ] {
@@ -1101,7 +1143,7 @@ mod tests {
             ("PAYSYNC_DATABASE_URL", "mysql://x"),
             ("PAYSYNC_DATABASE_SCHEMA", "Bad-Schema"),
             ("PAYSYNC_WORKER_PREFETCH", "0"),
-            ("PAYSYNC_AMQP_URL", "amqps://guest:pw@host/%2f"),
+            ("PAYSYNC_AMQP_URL", "amqp://guest:pw@host/%2f,ftp://x"),
         ] {
             let vars = env(&[(var, value)]);
             let err = format!(
@@ -1165,10 +1207,26 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            worker_err(&[("PAYSYNC_AMQP_URL", "amqps://guest:pw@host/%2f")]),
-            "PAYSYNC_AMQP_URL: amqps:// (TLS) is not supported by this build; use amqp:// on a \
-             trusted network or a TLS sidecar"
+            worker_err(&[("PAYSYNC_AMQP_URL", "amqp://guest:pw@a/%2f,http://b")]),
+            "PAYSYNC_AMQP_URL: every comma-separated node must start with amqp:// or amqps://"
         );
+        let not_pem = std::env::temp_dir().join(format!("paysync-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "hello").unwrap();
+        assert_eq!(
+            worker_err(&[("PAYSYNC_AMQP_CA_FILE", not_pem.to_str().unwrap())]),
+            "PAYSYNC_AMQP_CA_FILE: no PEM certificate in the file"
+        );
+        std::fs::remove_file(&not_pem).unwrap();
+        assert_eq!(
+            worker_err(&[("PAYSYNC_AMQP_CLIENT_KEY", "k")]),
+            "PAYSYNC_AMQP_CLIENT_CERT_FILE and PAYSYNC_AMQP_CLIENT_KEY (or _FILE): set both or neither"
+        );
+        let amqps = env(&[(
+            "PAYSYNC_AMQP_URL",
+            "amqps://guest:pw@a:5671/%2f, amqps://guest:pw@b:5671/%2f",
+        )]);
+        let w = worker(&with(&amqps), "PAYSYNC_METRICS_ADDR", metrics).unwrap();
+        assert_eq!(w.amqp.nodes().len(), 2);
         assert_eq!(
             worker_err(&[("PAYSYNC_AMQP_PREFIX", "bad prefix")]),
             "PAYSYNC_AMQP_PREFIX: use 1-100 characters of [A-Za-z0-9._-]"

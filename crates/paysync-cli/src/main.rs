@@ -86,6 +86,10 @@ enum Command {
         /// Unix timestamp to sign with (default: now). Useful to test the tolerance window.
         #[arg(long)]
         timestamp: Option<i64>,
+        /// A PEM file of CA certificates to trust for an https --url, besides the public
+        /// roots: a private CA in front of the receiver.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -154,6 +158,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
             url,
             secret,
             timestamp,
+            ca_file,
         } => {
             return send::run(
                 env,
@@ -163,6 +168,7 @@ async fn run(command: Command, env: &Env<'_>) -> anyhow::Result<ExitCode> {
                     url,
                     secret,
                     timestamp,
+                    ca_file,
                 },
             )
             .await;

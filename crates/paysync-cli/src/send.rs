@@ -41,6 +41,8 @@ pub struct SendArgs {
     pub secret: Option<String>,
     /// Stripe's signature timestamp.
     pub timestamp: Option<i64>,
+    /// Extra CA certificates (PEM) to trust for an https URL.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(env: &Env<'_>, args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -68,9 +70,20 @@ pub async fn run(env: &Env<'_>, args: SendArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| dev.to_owned()),
         })
     };
-    let mut request = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json");
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ca-file: cannot read {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|r| !r.is_empty())
+            .with_context(|| format!("--ca-file: no PEM certificate in {}", path.display()))?;
+        for root in roots {
+            client = client.add_root_certificate(root);
+        }
+    }
+    let client = client.build().context("building the HTTP client")?;
+    let mut request = client.post(&url).header("content-type", "application/json");
     let mut cert_server = None;
     match provider {
         Provider::Stripe => {
@@ -146,11 +159,15 @@ pub async fn run(env: &Env<'_>, args: SendArgs) -> anyhow::Result<ExitCode> {
                 .header(headers::CERT_URL, format!("http://{addr}{CERT_PATH}"));
         }
     }
-    let response = request
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
+    let response = request.body(body).send().await.map_err(|e| {
+        let chain = format!("{:#}", anyhow::Error::new(e));
+        let hint = if chain.contains("UnknownIssuer") || chain.contains("certificate") {
+            " (TLS: the server's certificate is not trusted; a private CA needs --ca-file)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot reach {url}{hint}: {chain}")
+    })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if let Some(server) = cert_server {

@@ -349,8 +349,8 @@ mod tests {
                 SettingsError::Amqp(AmqpSettingsError::Prefix),
             ),
             (
-                |s| s.amqp.url = "amqps://guest:topsecret@h/%2f".into(),
-                SettingsError::Amqp(AmqpSettingsError::UrlTls),
+                |s| s.amqp.url = "amqps://guest:topsecret@h/%2f,http://h".into(),
+                SettingsError::Amqp(AmqpSettingsError::UrlScheme),
             ),
         ];
         for (break_it, expected) in cases {

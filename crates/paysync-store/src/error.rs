@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The settings are unusable.
     #[error("invalid database settings: {0}")]
     Config(String),
+    /// A setting is refused (see [`crate::StoreSettings::validate`]).
+    #[error("invalid database settings")]
+    Settings(#[source] crate::StoreSettingsError),
 }
 
 impl StoreError {
@@ -40,8 +43,12 @@ impl StoreError {
 
     /// Whether retrying later may succeed: connection trouble, timeouts, lock conflicts,
     /// serialization failures, resource exhaustion. Data and constraint errors (other than
-    /// a unique-key race) are permanent: the same input fails the same way.
+    /// a unique-key race) are permanent: the same input fails the same way, and so is a server
+    /// certificate that the TLS settings refuse ([`Self::is_certificate_refused`]).
     pub fn is_transient(&self) -> bool {
+        if self.is_certificate_refused() {
+            return false;
+        }
         match self {
             Self::Pool(_) => true,
             Self::Db { source, .. } => match source.code() {
@@ -49,8 +56,20 @@ impl StoreError {
                 None => true,
                 Some(code) => is_transient_state(code),
             },
-            Self::MigrationChanged { .. } | Self::Config(_) => false,
+            Self::MigrationChanged { .. } | Self::Config(_) | Self::Settings(_) => false,
         }
+    }
+
+    /// Whether a connection failed because the TLS handshake refused the server's certificate
+    /// (`sslmode`, `sslrootcert`): not an outage and not the data's fault, but a setting or a
+    /// server certificate for an operator to fix.
+    pub fn is_certificate_refused(&self) -> bool {
+        let driver = match self {
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            Self::Db { source, .. } => source,
+            _ => return false,
+        };
+        crate::tls::is_certificate_refused(driver)
     }
 
     /// Whether a concurrent transaction got in the way (deadlock, serialization failure, a

@@ -31,7 +31,7 @@ impl Store {
     pub async fn lane_connection(&self, destination: &str) -> Result<LaneConnection, StoreError> {
         let (client, mut connection) = self
             .pg
-            .connect(tokio_postgres::NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(StoreError::db("open lane connection"))?;
         let alive = Arc::new(AtomicBool::new(true));

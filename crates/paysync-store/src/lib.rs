@@ -17,6 +17,7 @@ mod operators;
 mod outbox;
 mod reconcile;
 mod settings;
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
@@ -50,6 +51,7 @@ pub struct Store {
     pool: Pool,
     schema: String,
     pg: tokio_postgres::Config,
+    tls: tls::DatabaseTls,
 }
 
 /// A pooled connection. Returned to the pool on drop.
@@ -75,10 +77,10 @@ pub struct PoolStatus {
 impl Store {
     /// Builds the pool; connects lazily.
     pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let pg = settings.pg_config()?;
+        let (pg, tls) = settings.pg_config()?;
         let manager = Manager::from_config(
             pg.clone(),
-            tokio_postgres::NoTls,
+            tls.clone(),
             ManagerConfig {
                 // Fast: only checks the connection is not closed; a broken one fails its next
                 // statement, which is classified transient and retried.
@@ -97,6 +99,7 @@ impl Store {
             pool,
             schema: settings.schema.clone(),
             pg,
+            tls,
         })
     }
 

@@ -153,7 +153,7 @@ impl Store {
     ) -> Result<Option<SessionLock>, StoreError> {
         let (client, connection) = self
             .pg
-            .connect(tokio_postgres::NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(StoreError::db("open reconcile lock connection"))?;
         tokio::spawn(async move {

@@ -5,16 +5,17 @@
 //! the variable that set it.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::StoreError;
+use crate::tls::{DatabaseTls, TlsSettingsError};
 
 /// How to reach PostgreSQL and size the pool.
 #[derive(Clone)]
 pub struct StoreSettings {
-    /// `postgres://user[:password]@host:port/db` (or `postgresql://`). May hold a password:
-    /// never logged.
+    /// `postgres://user[:password]@host:port/db` (or `postgresql://`), with libpq's TLS
+    /// parameters `sslmode`, `sslrootcert`, `sslcert` and `sslkey` ([`crate::tls`]). May hold a
+    /// password: never logged.
     pub url: String,
     /// Schema every statement runs in (`search_path`); tests use one each. A plain identifier
     /// (see [`valid_schema`]).
@@ -62,7 +63,7 @@ impl fmt::Debug for StoreSettings {
 }
 
 /// A [`StoreSettings`] field holding a value the services refuse; each variant names the field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreSettingsError {
     /// `url` starts with neither `postgres://` nor `postgresql://`.
     #[error("database url: must start with postgres:// or postgresql://")]
@@ -70,6 +71,10 @@ pub enum StoreSettingsError {
     /// `url` does not parse as a PostgreSQL connection URL.
     #[error("database url: cannot be parsed")]
     UrlUnparsable,
+    /// A TLS parameter of `url` (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) cannot work;
+    /// a certificate file named there is read here, so a missing one is refused at start.
+    #[error("database url: {0}")]
+    Tls(#[from] TlsSettingsError),
     /// `schema` is not a plain identifier ([`valid_schema`]).
     #[error("database schema: use 1-63 characters of [a-z0-9_], not starting with a digit")]
     Schema,
@@ -83,14 +88,13 @@ pub enum StoreSettingsError {
 
 impl StoreSettings {
     /// Checks the fields an operator sets, in declaration order; the first refused one is the
-    /// error. The pool's fixed timeouts are not checked.
+    /// error. Reads the certificate files the URL names. The pool's fixed timeouts are not
+    /// checked.
     pub fn validate(&self) -> Result<(), StoreSettingsError> {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return Err(StoreSettingsError::UrlScheme);
         }
-        if tokio_postgres::Config::from_str(&self.url).is_err() {
-            return Err(StoreSettingsError::UrlUnparsable);
-        }
+        crate::tls::connect_config(&self.url)?;
         if !valid_schema(&self.schema) {
             return Err(StoreSettingsError::Schema);
         }
@@ -115,9 +119,9 @@ pub fn valid_schema(name: &str) -> bool {
 }
 
 impl StoreSettings {
-    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        let mut pg = tokio_postgres::Config::from_str(&self.url)
-            .map_err(|_| StoreError::Config("database URL cannot be parsed".into()))?;
+    /// tokio-postgres's config for these settings, and the TLS connector the URL asks for.
+    pub(crate) fn pg_config(&self) -> Result<(tokio_postgres::Config, DatabaseTls), StoreError> {
+        let (mut pg, tls) = crate::tls::connect_config(&self.url).map_err(StoreError::Settings)?;
         if !valid_schema(&self.schema) {
             return Err(StoreError::Config(
                 "schema must be 1-63 characters of [a-z0-9_], not starting with a digit".into(),
@@ -130,7 +134,7 @@ impl StoreSettings {
         ));
         pg.application_name(&self.application_name);
         pg.connect_timeout(self.create_timeout);
-        Ok(pg)
+        Ok((pg, tls))
     }
 }
 
@@ -214,7 +218,7 @@ mod tests {
             ),
         ];
         for (settings, expected) in cases {
-            assert_eq!(settings.validate(), Err(expected), "{settings:?}");
+            assert_eq!(settings.validate(), Err(expected.clone()), "{settings:?}");
             let shown = expected.to_string();
             assert!(!shown.contains("PAYSYNC_"), "{shown}");
         }

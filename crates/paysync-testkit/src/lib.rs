@@ -11,6 +11,7 @@ mod message;
 mod metrics;
 mod proxy;
 mod running;
+pub mod tls;
 mod webhook;
 
 /// The WebDriver client behind [`browser::Browser`], so test crates need not depend on it.
@@ -130,15 +131,29 @@ pub fn closed_port() -> u16 {
 pub struct TestBroker {
     prefix: String,
     delivery_limit: u32,
+    /// The broker: one URL, or a cluster's comma-separated nodes.
+    url: String,
 }
 
 impl TestBroker {
-    /// A new isolated prefix `paysync-test-<id>`.
+    /// A new isolated prefix `paysync-test-<id>` on the local broker.
     pub fn new() -> Self {
+        Self::on(&amqp_url())
+    }
+
+    /// A new isolated prefix on the broker at `url` (a cluster: comma-separated nodes, the
+    /// test's own connections going to the first that answers).
+    pub fn on(url: &str) -> Self {
         Self {
             prefix: format!("paysync-test-{}", unique_id()),
             delivery_limit: AmqpSettings::default().delivery_limit,
+            url: url.to_owned(),
         }
+    }
+
+    /// The broker URL (or nodes) of this prefix.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The prefix.
@@ -149,7 +164,7 @@ impl TestBroker {
     /// Settings for an app under this prefix; its connection is named `<prefix>-<role>`.
     pub fn settings(&self, role: &str) -> AmqpSettings {
         AmqpSettings {
-            url: amqp_url(),
+            url: self.url.clone(),
             prefix: self.prefix.clone(),
             connection_name: format!("{}-{role}", self.prefix),
             // Declaring 17 quorum queues on a broker busy with a parallel test suite can take
@@ -166,11 +181,7 @@ impl TestBroker {
 
     /// A fresh connection for the test's own inspection.
     async fn connect(&self) -> anyhow::Result<Connection> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("{}-inspector", self.prefix).into());
-        Connection::connect(&amqp_url(), props).await.context(
-            "test connection to the local RabbitMQ (is it running? deploy/local/services.sh)",
-        )
+        connect_first(&self.url, &format!("{}-inspector", self.prefix)).await
     }
 
     /// Messages ready in `queue` (0 if the queue does not exist).
@@ -269,9 +280,35 @@ impl TestBroker {
         Ok(())
     }
 
-    async fn teardown(prefix: String, delivery_limit: u32) -> anyhow::Result<()> {
-        let topology = Topology::new(prefix, delivery_limit);
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    /// Deletes the prefix's queues and exchanges, one at a time, once no consumer is left on
+    /// them (or after 10 s). RabbitMQ 3.10.8's quorum-queue segment writer can crash when a
+    /// queue is deleted while it truncates that queue's segments after a drain, which is what
+    /// deleting right after the last ack with consumers still attached does (docs/broker.md).
+    async fn teardown(url: String, prefix: String, delivery_limit: u32) -> anyhow::Result<()> {
+        let topology = Topology::new(prefix.clone(), delivery_limit);
+        let conn = connect_first(&url, &format!("{prefix}-teardown")).await?;
+        let channel = conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'wait: while Instant::now() < deadline {
+            for queue in topology.queues() {
+                let Ok(q) = channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                else {
+                    // Absent (never declared), or the channel closed: delete below on a new one.
+                    break 'wait;
+                };
+                if q.consumer_count() > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'wait;
+                }
+            }
+            break;
+        }
         let channel = conn.create_channel().await?;
         for queue in topology.queues() {
             channel
@@ -298,9 +335,32 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         teardown_on_helper_thread(
             "broker",
-            Self::teardown(self.prefix.clone(), self.delivery_limit),
+            Self::teardown(self.url.clone(), self.prefix.clone(), self.delivery_limit),
         );
     }
+}
+
+/// A connection named `name` to the first node of `url` (comma-separated) that answers.
+async fn connect_first(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let mut last = None;
+    for node in url.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        // amqps:// nodes are the local TLS listener: trust the local test CA.
+        let tls = paysync_amqp::lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: std::fs::read_to_string(tls::ca_file()).ok(),
+        };
+        let builder = paysync_amqp::lapin::DefaultConnectionBuilder::new()?
+            .with_uri_str(node.to_owned())
+            .with_properties(props)
+            .with_tls_config(tls);
+        match builder.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(anyhow::anyhow!("{last:?}"))
+        .context("test connection to RabbitMQ (is it running? deploy/local/services.sh)")
 }
 
 /// The newest `limit` rows of the event log, of every type.
@@ -334,7 +394,7 @@ pub fn paysync_env(broker: &TestBroker, db: &TestDb) -> [(&'static str, String);
     [
         ("PAYSYNC_DATABASE_URL", database_url()),
         ("PAYSYNC_DATABASE_SCHEMA", db.schema().to_owned()),
-        ("PAYSYNC_AMQP_URL", amqp_url()),
+        ("PAYSYNC_AMQP_URL", broker.url().to_owned()),
         ("PAYSYNC_AMQP_PREFIX", broker.prefix().to_owned()),
     ]
 }
@@ -383,19 +443,20 @@ impl TestDb {
         Ok(store)
     }
 
-    /// A plain client in this schema, for assertions in SQL.
+    /// A plain client in this schema, for assertions in SQL. It connects with the TLS
+    /// settings of [`database_url`] (`sslmode`, `sslrootcert`), as the store does.
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let mut config: tokio_postgres::Config = database_url().parse()?;
+        let (mut config, tls) = paysync_store::tls::connect_config(&database_url())?;
         config.options(format!("-c search_path={}", self.schema));
         config.application_name(&self.schema);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = config.connect(tls).await?;
         tokio::spawn(connection);
         Ok(client)
     }
 
     async fn drop_schema(schema: String) -> anyhow::Result<()> {
-        let (client, connection) =
-            tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
+        let (config, tls) = paysync_store::tls::connect_config(&database_url())?;
+        let (client, connection) = config.connect(tls).await?;
         tokio::spawn(connection);
         // The test is over: end its connections first, so a transaction left open by a
         // panicking test (or one whose rollback never got sent) cannot block the drop.

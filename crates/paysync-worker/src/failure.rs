@@ -43,9 +43,12 @@ impl Failure {
 
     /// Classifies a store error: transient ones (connection, timeout, lock, serialization)
     /// are retryable as `database_unavailable`, the rest permanent as `database_rejected`.
+    /// A server certificate refused by the TLS settings is not transient, but it is not the
+    /// event's fault either: it is retried as `database_unavailable` too, so that the events
+    /// wait for the operator's fix instead of all going to the dead letters.
     #[track_caller]
     pub fn from_store(err: StoreError) -> Self {
-        if err.is_transient() {
+        if err.is_transient() || err.is_certificate_refused() {
             Self::retryable("database_unavailable", err)
         } else {
             Self::permanent("database_rejected", err)

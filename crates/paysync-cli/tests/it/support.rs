@@ -1,0 +1,66 @@
+//! What the process-level tests share: `paysync` processes that die with the test, and a
+//! provider that posts until it gets a 200.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use paysync_testkit::{TestBroker, TestDb, paysync_env, signature_now, stripe_event};
+
+/// The Stripe signing secret the spawned receivers are given.
+pub const SECRET: &str = "whsec_process_tests";
+
+/// A child process killed when the test ends, passed or not.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `paysync <role>` on the test's prefix and schema, with `extra` variables on top.
+pub fn spawn(role: &str, broker: &TestBroker, db: &TestDb, extra: &[(&str, String)]) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_paysync"))
+            .arg(role)
+            .envs(paysync_env(broker, db))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PAYSYNC_METRICS_ADDR", "127.0.0.1:0")
+            .env("PAYSYNC_STRIPE_WEBHOOK_SECRET", SECRET)
+            .env("PAYSYNC_AMQP_CONNECT_TIMEOUT_MS", "3000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Posts `id` until the receiver answers 200 (a provider retries whatever is not 2xx); counts
+/// the refusals.
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    id: String,
+    refused: &AtomicUsize,
+) -> String {
+    let body = stripe_event(&id, "customer.updated", false);
+    loop {
+        let answer = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature_now(SECRET, &body))
+            .body(body.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status() == 200 => return id,
+            _ => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
