@@ -64,12 +64,16 @@ amqp_answers() {
 
 rabbit_ready() { port_open "$AMQP_PORT" && amqp_answers && $SUDO rabbitmqctl -q status >/dev/null 2>&1; }
 
-# A broker that accepts connections but not the AMQP handshake is wedged: stop it (forcibly if
-# it does not stop) so that it is started again below.
-restart_wedged_rabbitmq() {
-  say "rabbitmq: accepts TCP on 127.0.0.1:$AMQP_PORT but answers no AMQP handshake in ${AMQP_HANDSHAKE_SECS}s: restarting it"
-  timeout 60 $SUDO rabbitmqctl stop >/dev/null 2>&1 \
-    || $SUDO pkill -KILL -f 'beam.*rabbit' >/dev/null 2>&1 || true
+# stop_rabbitmq WHY: stops the broker on $AMQP_PORT so that it is started again below; when
+# `rabbitmqctl stop` fails within 60 s, kills the process listening on the port (and only it: the
+# local cluster's nodes of deploy/local/cluster.sh run beside it).
+stop_rabbitmq() {
+  say "rabbitmq: $1: restarting it"
+  if ! timeout 60 $SUDO rabbitmqctl stop >/dev/null 2>&1; then
+    local pid
+    pid=$($SUDO ss -Hltnp "sport = :$AMQP_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+    [ -n "$pid" ] && $SUDO kill -KILL "$pid" 2>/dev/null || true
+  fi
   local start=$SECONDS
   while port_open "$AMQP_PORT"; do
     [ $((SECONDS - start)) -ge "$DEADLINE_SECS" ] && die "rabbitmq: still listening after stop; restart it by hand"
@@ -83,7 +87,8 @@ ensure_rabbitmq() {
       say "rabbitmq: already accepting connections on 127.0.0.1:$AMQP_PORT"
       return
     fi
-    restart_wedged_rabbitmq
+    # Wedged: accepts connections but not the handshake.
+    stop_rabbitmq "accepts TCP on 127.0.0.1:$AMQP_PORT but answers no AMQP handshake in ${AMQP_HANDSHAKE_SECS}s"
   fi
   if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
     apt_install rabbitmq-server

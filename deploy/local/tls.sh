@@ -124,14 +124,7 @@ $TLS_END"
 # stop_rabbitmq_for_tls: a running broker reads its listeners at start only.
 stop_rabbitmq_for_tls() {
   [ "${RABBIT_TLS_CHANGED:-0}" -eq 1 ] && port_open "$AMQP_PORT" || return 0
-  say "rabbitmq: restarting to load the TLS listener"
-  timeout 60 $SUDO rabbitmqctl stop >/dev/null 2>&1 \
-    || $SUDO pkill -KILL -f 'beam.*rabbit@' >/dev/null 2>&1 || true
-  local start=$SECONDS
-  while port_open "$AMQP_PORT"; do
-    [ $((SECONDS - start)) -ge "$DEADLINE_SECS" ] && die "rabbitmq: still listening after stop; restart it by hand"
-    sleep 1
-  done
+  stop_rabbitmq "the TLS listener is new or changed"
 }
 
 # ensure_postgres_tls: the server certificate signed by the test CA (ALTER SYSTEM, then a reload:

@@ -22,6 +22,13 @@ fn over_tls(broker: &TestBroker, role: &str, ca: Option<String>) -> AmqpSettings
     }
 }
 
+async fn work_queue_depth(broker: &TestBroker) -> u32 {
+    broker
+        .message_count(&broker.topology().work_queue())
+        .await
+        .unwrap()
+}
+
 /// Whether the broker lists a connection named `name` as TLS (`rabbitmqctl list_connections`).
 fn broker_says_tls(name: &str) -> Option<bool> {
     let out = Command::new("rabbitmqctl")
@@ -58,13 +65,7 @@ async fn a_publisher_over_amqps_with_the_test_ca_gets_its_confirms_on_a_tls_conn
         Some(true),
         "the broker sees the publisher's connection as TLS"
     );
-    assert_eq!(
-        broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(work_queue_depth(&broker).await, 1);
     publisher.close().await;
 }
 
@@ -135,13 +136,7 @@ async fn a_wrong_ca_or_none_fails_with_an_error_naming_the_ca_setting_and_no_pas
         );
         publisher.close().await;
     }
-    assert_eq!(
-        broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(work_queue_depth(&broker).await, 0);
 }
 
 #[tokio::test]
@@ -165,13 +160,7 @@ async fn a_node_list_whose_first_node_is_down_connects_to_the_next_and_stays_the
     }
     // A clone (another component of the same process) starts where the last connection went.
     paysync_amqp::declare(&settings).await.unwrap();
-    assert_eq!(
-        broker
-            .message_count(&broker.topology().work_queue())
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(work_queue_depth(&broker).await, 3);
     publisher.close().await;
 
     let all_down = AmqpSettings {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use paysync_testkit::{Tally, TestBroker, TestDb, closed_port, poll_until};
 
-use crate::support::{deliver, spawn};
+use crate::support::{broker_connections, deliver, spawn};
 
 const EVENTS: usize = 5_000;
 
@@ -37,22 +37,9 @@ fn cluster(args: &[&str]) -> String {
 
 /// The client-provided names of the connections on `node` (c1, c2, c3).
 fn connections_on(node: &str) -> Vec<String> {
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "-n",
-            &format!("paysync-{node}@localhost"),
-            "list_connections",
-            "--silent",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("{\"connection_name\",\"")?;
-            Some(rest.split_once('"')?.0.to_owned())
-        })
+    broker_connections(Some(&format!("paysync-{node}@localhost")))
+        .into_iter()
+        .map(|(_, name)| name)
         .collect()
 }
 

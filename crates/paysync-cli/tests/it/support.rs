@@ -64,3 +64,24 @@ pub async fn deliver(
         }
     }
 }
+
+/// The broker's connections as `(is TLS, client-provided name)`, from `rabbitmqctl` on the
+/// default node or on `node` (a local cluster node's name, e.g. `paysync-c1@localhost`).
+pub fn broker_connections(node: Option<&str>) -> Vec<(bool, String)> {
+    let mut cmd = Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        cmd.args(["-n", node]);
+    }
+    let out = cmd
+        .args(["list_connections", "--silent", "ssl", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("{\"connection_name\",\"")?;
+            let name = rest.split_once('"')?.0.to_owned();
+            Some((l.starts_with("true"), name))
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use paysync_testkit::{Tally, TestBroker, TestDb, closed_port, database_url, poll_until, tls};
 
-use crate::support::{deliver, spawn};
+use crate::support::{broker_connections, deliver, spawn};
 
 /// The test database's URL with libpq's TLS parameters.
 fn database_url_tls(ca: &std::path::Path) -> String {
@@ -20,17 +20,9 @@ fn database_url_tls(ca: &std::path::Path) -> String {
 
 /// Names of the broker's connections that are TLS.
 fn tls_connections() -> Vec<String> {
-    let out = Command::new("rabbitmqctl")
-        .args(["list_connections", "--silent", "ssl", "client_properties"])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("true"))
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("{\"connection_name\",\"")?;
-            Some(rest.split_once('"')?.0.to_owned())
-        })
+    broker_connections(None)
+        .into_iter()
+        .filter_map(|(tls, name)| tls.then_some(name))
         .collect()
 }
 
