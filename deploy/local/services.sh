@@ -81,6 +81,12 @@ stop_rabbitmq() {
   done
 }
 
+install_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+  fi
+}
+
 ensure_rabbitmq() {
   if port_open "$AMQP_PORT"; then
     if amqp_answers; then
@@ -90,9 +96,7 @@ ensure_rabbitmq() {
     # Wedged: accepts connections but not the handshake.
     stop_rabbitmq "accepts TCP on 127.0.0.1:$AMQP_PORT but answers no AMQP handshake in ${AMQP_HANDSHAKE_SECS}s"
   fi
-  if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
-    apt_install rabbitmq-server
-  fi
+  install_rabbitmq
   say "rabbitmq: starting (rabbitmq-server -detached)"
   $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
   wait_for "rabbitmq" rabbit_ready
@@ -213,6 +217,7 @@ if [ "${1:-}" = "--check-amqp" ]; then
 fi
 
 ensure_test_ca
+install_rabbitmq # the TLS configuration needs its user and directories
 ensure_rabbitmq_tls_config
 stop_rabbitmq_for_tls
 ensure_rabbitmq

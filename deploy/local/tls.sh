@@ -84,8 +84,8 @@ extendedKeyUsage=clientAuth" other-ca
 # marker lines, replaced when it changes). Peer certificates are verified when sent, not required.
 # Sets RABBIT_TLS_CHANGED=1 when the file changed: the broker must then be restarted.
 ensure_rabbitmq_tls_config() {
-  local owner
-  owner=$(stat -c %U /var/lib/rabbitmq 2>/dev/null || echo root)
+  local owner=root
+  id rabbitmq >/dev/null 2>&1 && owner=rabbitmq
   if ! $SUDO cmp -s "$TLS_DIR/server.key" "$TLS_DIR/rabbitmq/server.key"; then
     $SUDO mkdir -p "$TLS_DIR/rabbitmq"
     $SUDO cp "$TLS_DIR/server.key" "$TLS_DIR/rabbitmq/server.key"
