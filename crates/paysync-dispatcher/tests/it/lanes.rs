@@ -142,9 +142,11 @@ async fn a_payload_error_is_dead_at_once_and_a_config_error_disables_the_destina
     })
     .await
     .expect("gauge");
-    // Nothing burns while disabled: the item is pending again, its attempt not counted.
-    let before = chat.calls().len();
+    // Nothing burns while disabled: the items are pending again, their attempts not counted.
+    // (Counted once all three answered: the batch's last send may still be in flight when the
+    // first refusal disables the destination.)
     until_states(&db, &[("pending", 3)]).await;
+    let before = chat.calls().len();
     let c = db.client().await.expect("client");
     let attempts: i64 = c
         .query_one("select sum(attempts) from outbox_deliveries", &[])
