@@ -17,6 +17,7 @@ pub mod outbound;
 pub mod paypal;
 pub mod retry;
 pub mod square;
+pub mod standard_webhooks;
 pub mod stripe;
 pub mod timestamp;
 pub mod verify;
