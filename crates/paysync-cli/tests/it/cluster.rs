@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use paysync_testkit::{Tally, TestBroker, TestDb, closed_port, poll_until};
 
-use crate::support::{broker_connections, deliver, spawn};
+use crate::support::{Refusals, broker_connections, deliver, spawn};
 
 const EVENTS: usize = 5_000;
 
@@ -65,7 +65,7 @@ async fn killing_the_connected_cluster_node_mid_stream_loses_and_doubles_nothing
     let worker = spawn("worker", &broker, &db, &[]);
     let url = format!("http://127.0.0.1:{http}/webhooks/stripe");
     let client = reqwest::Client::new();
-    let refused = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(Refusals::default());
     let sent = Arc::new(AtomicUsize::new(0));
 
     // Both processes connect to c1, the first node that answers.
@@ -122,9 +122,10 @@ async fn killing_the_connected_cluster_node_mid_stream_loses_and_doubles_nothing
         .unwrap();
     let lost = accepted.difference(&tally.distinct).count();
     println!(
-        "cluster kill -9 of c1 after {at_kill} accepted: {} (lost by id {lost}; {} answers other than 200, sent again)",
+        "cluster kill -9 of c1 after {at_kill} accepted: {} (lost by id {lost}; {} answers other than 200 within {:.1} s, sent again)",
         tally.summary(accepted.len()),
-        refused.load(Ordering::Relaxed)
+        refused.count(),
+        refused.span().as_secs_f64()
     );
     let moved = connections_on("c2")
         .into_iter()

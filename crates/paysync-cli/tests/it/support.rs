@@ -3,7 +3,8 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use paysync_testkit::{TestBroker, TestDb, paysync_env, signature_now, stripe_event};
 
@@ -38,16 +39,45 @@ pub fn spawn(role: &str, broker: &TestBroker, db: &TestDb, extra: &[(&str, Strin
     )
 }
 
-/// Posts `id` until the receiver answers 200 (a provider retries whatever is not 2xx); counts
-/// the refusals.
+/// Answers other than 200: how many, and when the first and the last came.
+#[derive(Default)]
+pub struct Refusals {
+    count: AtomicUsize,
+    window: Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Refusals {
+    fn note(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        *window = Some(window.map_or((now, now), |(first, _)| (first, now)));
+    }
+
+    /// How many.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// From the first to the last.
+    pub fn span(&self) -> Duration {
+        let window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.map_or(Duration::ZERO, |(first, last)| last - first)
+    }
+}
+
+/// Posts `id` until the receiver answers 200 (a provider retries whatever is not 2xx), every
+/// 200 ms, for at most 5 minutes; notes the refusals.
 pub async fn deliver(
     client: &reqwest::Client,
     url: &str,
     id: String,
-    refused: &AtomicUsize,
+    refused: &Refusals,
 ) -> String {
     let body = stripe_event(&id, "customer.updated", false);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
+        assert!(Instant::now() < deadline, "{id}: no 200 in 5 minutes");
         let answer = client
             .post(url)
             .header("content-type", "application/json")
@@ -58,7 +88,7 @@ pub async fn deliver(
         match answer {
             Ok(r) if r.status() == 200 => return id,
             _ => {
-                refused.fetch_add(1, Ordering::Relaxed);
+                refused.note();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

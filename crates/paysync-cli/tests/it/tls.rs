@@ -4,12 +4,11 @@
 //! `sslmode=verify-full` against the test CA.
 
 use std::process::Command;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use paysync_testkit::{Tally, TestBroker, TestDb, closed_port, database_url, poll_until, tls};
 
-use crate::support::{broker_connections, deliver, spawn};
+use crate::support::{Refusals, broker_connections, deliver, spawn};
 
 /// The test database's URL with libpq's TLS parameters.
 fn database_url_tls(ca: &std::path::Path) -> String {
@@ -72,7 +71,7 @@ async fn receiver_and_worker_work_over_amqps_after_a_dead_first_node_and_verify_
     let _worker = spawn("worker", &broker, &db, &tls_env(vec![]));
     let url = format!("http://127.0.0.1:{http}/webhooks/stripe");
     let client = reqwest::Client::new();
-    let refused = AtomicUsize::new(0);
+    let refused = Refusals::default();
     let mut accepted = Vec::new();
     for i in 0..50 {
         accepted.push(deliver(&client, &url, format!("evt_tls_{i:03}"), &refused).await);
