@@ -2,8 +2,8 @@
 //! provider that posts until it gets a 200.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use paysync_testkit::{TestBroker, TestDb, paysync_env, signature_now, stripe_event};
