@@ -43,6 +43,11 @@ bench *args: services
     cargo build --release --locked --bin paysync --bin paysync-bench
     target/release/paysync-bench run {{args}}
 
+# Scale-out benchmark: 2 receivers and 1, 2, 4 workers on the three-node cluster (deploy/local/cluster.sh; started and stopped if not running). Extra args go to `paysync-bench run`, e.g. `just bench-cluster --runs 1`. See docs/benchmarks.md.
+bench-cluster *args: services
+    cargo build --release --locked --bin paysync --bin paysync-bench
+    target/release/paysync-bench run --only cluster {{args}}
+
 # Run the console's browser test and keep its screenshots (1280 and 390 px) in docs/console/.
 console-screenshots: services
     PAYSYNC_CONSOLE_SCREENSHOTS="$PWD/docs/console" cargo test -p paysync-worker --test it --locked console::an_operator

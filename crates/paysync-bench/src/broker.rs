@@ -28,6 +28,19 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
         .context("connecting to RabbitMQ (is it running? deploy/local/services.sh)")
 }
 
+/// Opens a connection named `name` to the first node of `urls` (comma-separated) that
+/// answers; the error of the last one otherwise.
+pub async fn connect_any(urls: &str, name: &str) -> anyhow::Result<Connection> {
+    let mut last = None;
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match connect(url, name).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no AMQP URL in {urls:?}")))
+}
+
 /// Declares `queue` as a durable quorum queue (idempotent).
 pub async fn declare_quorum(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     let mut args = FieldTable::default();
@@ -92,8 +105,20 @@ pub async fn settled_count(
 /// queued: whichever load it lands in loses that much broker CPU. Only the local node is
 /// reachable this way; an error says why (no `rabbitmqctl`, no Erlang cookie for this user).
 pub async fn roll_over_wal() -> anyhow::Result<()> {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(["-q", "eval", "ra_log_wal:force_roll_over(ra_log_wal)."])
+    roll_over_wal_on(None).await
+}
+
+/// [`roll_over_wal`] on the node `node` (`rabbitmqctl -n <node>`), or the local default node.
+/// The nodes of `deploy/local/cluster.sh` share the default node's Erlang cookie, so they are
+/// reachable the same way.
+pub async fn roll_over_wal_on(node: Option<&str>) -> anyhow::Result<()> {
+    let mut command = tokio::process::Command::new("rabbitmqctl");
+    command.arg("-q");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let output = command
+        .args(["eval", "ra_log_wal:force_roll_over(ra_log_wal)."])
         .kill_on_drop(true)
         .output()
         .await

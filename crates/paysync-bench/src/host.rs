@@ -152,9 +152,73 @@ impl CpuTimes {
     }
 }
 
+impl CpuTimes {
+    /// Busy and all (busy, idle and stolen) clock ticks since `start`, all cores together.
+    pub fn ticks_since(&self, start: &Self) -> Option<(u64, u64)> {
+        let busy = self.busy.checked_sub(start.busy)?;
+        let idle = self.idle.checked_sub(start.idle)?;
+        let steal = self.steal.checked_sub(start.steal)?;
+        Some((busy, busy + idle + steal))
+    }
+}
+
+/// CPU time of process `pid` in clock ticks: `utime + stime`, plus, with `children`, the
+/// `cutime + cstime` of its children that ended (fields 14–17 of `/proc/<pid>/stat`). None
+/// when the process is gone.
+pub fn process_ticks(pid: u32, children: bool) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&stat, children)
+}
+
+/// [`process_ticks`] from the text of a `/proc/<pid>/stat` file. The command name, in
+/// parentheses, may hold spaces: the fields are counted after its closing parenthesis.
+fn stat_ticks(stat: &str, children: bool) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): field n is at index n − 3.
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let own = field(14)? + field(15)?;
+    Some(if children {
+        own + field(16)? + field(17)?
+    } else {
+        own
+    })
+}
+
+/// CPU time of every process named `comm` (`/proc/<pid>/comm`), with the time of their ended
+/// children, in clock ticks: e.g. `postgres`, whose postmaster collects the time of the
+/// backends that ended.
+pub fn ticks_of_command(comm: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim_end() == comm)
+        })
+        .filter_map(|pid| process_ticks(pid, true))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_ticks_are_counted_after_the_command_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime …
+        let stat = "42 (tokio rt) S) S 1 42 42 0 -1 4194560 10 0 0 0 300 50 7 3 20 0 9";
+        assert_eq!(stat_ticks(stat, false), Some(350));
+        assert_eq!(stat_ticks(stat, true), Some(360));
+        assert_eq!(stat_ticks("42 (x) S 1", false), None);
+        let now = CpuTimes::parse("cpu  400 0 150 900 50 10 10 80 0 0\n").unwrap();
+        let start = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0\n").unwrap();
+        assert_eq!(now.ticks_since(&start), Some((420, 600)));
+        assert!(process_ticks(std::process::id(), true).is_some());
+    }
 
     #[test]
     fn cpu_shares_come_from_the_aggregate_line() {

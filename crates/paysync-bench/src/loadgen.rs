@@ -42,7 +42,9 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Arguments of `paysync-bench loadgen`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadgenArgs {
-    /// Where to POST, e.g. `http://127.0.0.1:8080/webhooks/stripe`.
+    /// Where to POST, e.g. `http://127.0.0.1:8080/webhooks/stripe`. Several comma-separated
+    /// URLs spread the connections over them in turn (connection `k` goes to URL `k mod n`),
+    /// as a load balancer spreads clients over receivers.
     #[arg(long)]
     pub url: String,
     /// The signing secret (`whsec_…`).
@@ -98,7 +100,7 @@ impl Signer {
         Self {
             provider: args.provider.clone(),
             secret: args.secret.clone(),
-            url: args.url.clone(),
+            url: urls(&args.url).next().unwrap_or_default().to_owned(),
             cert_url: args.cert_url.clone().unwrap_or_default(),
             tag: args.tag.clone(),
         }
@@ -278,7 +280,6 @@ fn prebuild(factory: &EventFactory, signer: &Signer, count: u64) -> anyhow::Resu
 }
 
 struct Shared {
-    target: Target,
     source: Source,
     count: u64,
     next: AtomicU64,
@@ -304,8 +305,17 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The URLs of a `--url` list, trimmed, empty entries skipped.
+fn urls(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
 async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
-    let target = Target::parse(&args.url).await?;
+    let mut targets = Vec::new();
+    for url in urls(&args.url) {
+        targets.push(Target::parse(url).await?);
+    }
+    anyhow::ensure!(!targets.is_empty(), "--url names no URL");
     let count = match (args.rate, args.duration_secs, args.count) {
         (Some(rate), Some(secs), _) => (rate * secs).round() as u64,
         (_, _, Some(count)) => count,
@@ -339,8 +349,10 @@ async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         )
     };
     let mut senders = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        senders.push(connect::<Body>(target.addr).await?);
+    for k in 0..args.connections {
+        let target = targets[k % targets.len()].clone();
+        let sender = connect::<Body>(target.addr).await?;
+        senders.push((target, sender));
     }
     eprintln!(
         "loadgen: {count} requests to {} over {} connections ({}), built in {:.1} s",
@@ -358,7 +370,6 @@ async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     )
     .unwrap_or_default();
     let shared = Arc::new(Shared {
-        target,
         source,
         count,
         next: AtomicU64::new(0),
@@ -367,7 +378,7 @@ async fn generate(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     });
     let tasks: Vec<_> = senders
         .into_iter()
-        .map(|sender| tokio::spawn(connection_task(shared.clone(), sender)))
+        .map(|(target, sender)| tokio::spawn(connection_task(shared.clone(), target, sender)))
         .collect();
     let mut status: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors = 0;
@@ -418,6 +429,7 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 
 async fn connection_task(
     shared: Arc<Shared>,
+    target: Target,
     mut sender: SendRequest<Body>,
 ) -> anyhow::Result<TaskStats> {
     let mut stats = TaskStats {
@@ -442,7 +454,7 @@ async fn connection_task(
         let prepared = shared.source.get(i)?;
         let origin = due.unwrap_or_else(Instant::now);
         stats.sent += 1;
-        match send(&mut sender, &shared.target, prepared).await {
+        match send(&mut sender, &target, prepared).await {
             Ok(code) => {
                 consecutive_errors = 0;
                 *stats.status.entry(code.as_u16()).or_default() += 1;
@@ -460,7 +472,7 @@ async fn connection_task(
                 if consecutive_errors > 100 {
                     anyhow::bail!("100 requests in a row failed on one connection: {err:#}");
                 }
-                if let Ok(fresh) = connect::<Body>(shared.target.addr).await {
+                if let Ok(fresh) = connect::<Body>(target.addr).await {
                     sender = fresh;
                 }
             }
@@ -504,4 +516,22 @@ fn now_secs() -> i64 {
             .as_secs(),
     )
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_names_each_receiver_once_in_order() {
+        let list = "http://127.0.0.1:1/webhooks/stripe, http://127.0.0.1:2/webhooks/stripe,";
+        assert_eq!(
+            urls(list).collect::<Vec<_>>(),
+            [
+                "http://127.0.0.1:1/webhooks/stripe",
+                "http://127.0.0.1:2/webhooks/stripe"
+            ]
+        );
+        assert_eq!(urls("").count(), 0);
+    }
 }

@@ -66,6 +66,11 @@ impl Proc {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Peak resident set size (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
         status_kib(self.pid, "VmHWM")

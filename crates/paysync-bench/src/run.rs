@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// figures come from a run of every row.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Group>,
+    /// Events per configuration of the `cluster` group (default 80,000, or 20,000 with
+    /// `--quick`): size it so that each configuration takes 20–40 s on the machine.
+    #[arg(long)]
+    pub cluster_events: Option<u64>,
 }
 
 /// The groups of rows `--only` selects.
@@ -67,6 +71,9 @@ pub enum Group {
     /// The operator console's pages on 100,000 events, 10,000 dead letters and 10,000
     /// accounts.
     Console,
+    /// Scale-out on the three-node cluster of `deploy/local/cluster.sh`: 2 receivers and 1, 2
+    /// and 4 workers. Measured only when `--only` names it (it needs the cluster).
+    Cluster,
 }
 
 /// Counts and durations of one benchmark.
@@ -94,6 +101,8 @@ pub struct Plan {
     pub outbox_backlog: u64,
     /// Events the reconcile row lists (half of them missing from the log).
     pub reconcile_events: u64,
+    /// Events posted to each configuration of the cluster group.
+    pub cluster_events: u64,
     /// Rate of the long memory run.
     pub soak_rate: f64,
     /// Length of the long memory run.
@@ -124,6 +133,7 @@ impl Plan {
             e2e_count: if quick { 20_000 } else { 60_000 },
             outbox_backlog: if quick { 2_000 } else { 10_000 },
             reconcile_events: if quick { 4_000 } else { 20_000 },
+            cluster_events: if quick { 20_000 } else { 80_000 },
             soak_rate: 500.0,
             soak_secs: if quick { 45 } else { 600 },
             soak_early_secs: if quick { 15 } else { 60 },
@@ -145,6 +155,9 @@ pub struct Cleanup {
     queues: Mutex<Vec<String>>,
     exchanges: Mutex<Vec<String>>,
     schemas: Mutex<Vec<String>>,
+    /// The cluster the `cluster` group declared `cluster_objects` on (its URL list).
+    cluster_url: Mutex<Option<String>>,
+    cluster_objects: Mutex<Vec<broker::Object>>,
     done: AtomicBool,
 }
 
@@ -156,6 +169,8 @@ impl Cleanup {
             queues: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
             schemas: Mutex::new(Vec::new()),
+            cluster_url: Mutex::new(None),
+            cluster_objects: Mutex::new(Vec::new()),
             done: AtomicBool::new(false),
         }
     }
@@ -178,6 +193,46 @@ impl Cleanup {
         }
     }
 
+    /// Removes paysync's whole topology under `prefix` on the cluster at `url` (comma-separated
+    /// node URLs) at the end, or at [`Cleanup::run_cluster`].
+    pub fn cluster_topology(&self, url: &str, prefix: &str) {
+        *self.cluster_url.lock().unwrap_or_else(|p| p.into_inner()) = Some(url.to_owned());
+        let (queues, exchanges) = broker::topology_objects(prefix);
+        let mut objects = self
+            .cluster_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for object in queues
+            .into_iter()
+            .map(broker::Object::Queue)
+            .chain(exchanges.into_iter().map(broker::Object::Exchange))
+        {
+            if !objects.contains(&object) {
+                objects.push(object);
+            }
+        }
+    }
+
+    /// Deletes what was registered on the cluster so far (call it once the processes that
+    /// used it are stopped); returns what could not be deleted.
+    pub async fn run_cluster(&self) -> Vec<String> {
+        let objects = std::mem::take(
+            &mut *self
+                .cluster_objects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let url = self
+            .cluster_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match url {
+            Some(url) if !objects.is_empty() => self.delete_objects(&url, objects).await,
+            _ => Vec::new(),
+        }
+    }
+
     /// Removes `queue` at the end.
     pub fn queue(&self, queue: &str) {
         Self::push(&self.queues, queue.to_owned());
@@ -196,7 +251,7 @@ impl Cleanup {
     /// that closes the whole connection (RabbitMQ 3.10's segment writer can crash when a
     /// quorum queue is deleted right after a purge; it restarts): what is left is tried again
     /// on a new connection, up to [`CLEANUP_ATTEMPTS`] times. Returns the last failures.
-    async fn delete_objects(&self, mut left: Vec<broker::Object>) -> Vec<String> {
+    async fn delete_objects(&self, url: &str, mut left: Vec<broker::Object>) -> Vec<String> {
         let mut failures = Vec::new();
         for attempt in 0..CLEANUP_ATTEMPTS {
             if left.is_empty() {
@@ -206,7 +261,7 @@ impl Cleanup {
                 tokio::time::sleep(CLEANUP_PAUSE).await;
             }
             failures.clear();
-            let connection = match broker::connect(&self.amqp_url, "paysync-bench-cleanup").await {
+            let connection = match broker::connect_any(url, "paysync-bench-cleanup").await {
                 Ok(connection) => connection,
                 Err(err) => {
                     failures.push(format!("broker: {err:#}"));
@@ -245,7 +300,8 @@ impl Cleanup {
             .map(broker::Object::Queue)
             .chain(exchanges.into_iter().map(broker::Object::Exchange))
             .collect();
-        failures.extend(self.delete_objects(objects).await);
+        failures.extend(self.delete_objects(&self.amqp_url, objects).await);
+        failures.extend(self.run_cluster().await);
         for schema in schemas {
             if let Err(err) = pg::drop_schema(&self.db_url, &schema).await {
                 failures.push(format!("{err:#}"));
@@ -332,7 +388,8 @@ struct Rest {
 impl Bench {
     /// Whether `group`'s rows are measured in this run.
     pub fn measures(&self, group: Group) -> bool {
-        self.only.is_empty() || self.only.contains(&group)
+        // The cluster group needs the three-node cluster: only when asked for by name.
+        (self.only.is_empty() && group != Group::Cluster) || self.only.contains(&group)
     }
 
     async fn setup(args: &RunArgs) -> anyhow::Result<Self> {
@@ -360,8 +417,13 @@ impl Bench {
         let db_url = pg::DEFAULT_URL.to_owned();
         let amqp = broker::connect(&amqp_url, &format!("paysync-bench-{id}")).await?;
         let cleanup = Arc::new(Cleanup::new(&amqp_url, &db_url));
+        let mut plan = Plan::new(args.quick);
+        if let Some(n) = args.cluster_events {
+            anyhow::ensure!(n >= 1, "--cluster-events must be at least 1");
+            plan.cluster_events = n;
+        }
         Ok(Self {
-            plan: Plan::new(args.quick),
+            plan,
             runs,
             prefix: format!("bench-{id}"),
             schema_base: format!("bench_{id}"),

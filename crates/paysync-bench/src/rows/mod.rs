@@ -1,6 +1,6 @@
 //! The rows of the table, each measured `runs` times (except the long memory run): one module
 //! per group of rows that `--only` selects (`broker`, `receiver`, `pgbench`, `worker`, `e2e`,
-//! `outbox`, `reconcile`, `console`, `memory`), what they share in `common`, and here the order
+//! `outbox`, `reconcile`, `console`, `memory`, and `cluster`, measured only when named), what they share in `common`, and here the order
 //! of the table.
 //!
 //! A row that fails is reported as `FAILED` with its error, and the others still run. Checks
@@ -9,6 +9,7 @@
 //! did not hold.
 
 mod broker;
+mod cluster;
 mod common;
 mod console;
 mod e2e;
@@ -78,6 +79,10 @@ pub async fn all(bench: &Bench) -> Vec<Row> {
     if bench.measures(Group::Console) {
         let measured = console::measure(bench).await;
         rows.extend(or_failed(bench, measured, console::names()));
+    }
+    if bench.measures(Group::Cluster) {
+        let measured = cluster::measure(bench).await;
+        rows.extend(or_failed(bench, measured, cluster::names()));
     }
     rows.extend(receiver_peak);
     rows.extend(worker_peak);
