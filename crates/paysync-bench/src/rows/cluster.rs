@@ -529,14 +529,28 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     measured
 }
 
+/// Every configuration `runs` times. A failed measurement stops the group: its configuration and
+/// those not measured yet are reported `FAILED` with the error, the others with what they got.
 async fn measure_all(bench: &Bench, cluster: &Cluster) -> anyhow::Result<Vec<Row>> {
     let mut configs: Vec<Config> = WORKER_COUNTS.iter().map(|_| Config::default()).collect();
-    for run in 0..bench.runs {
+    let mut failed: Option<(usize, anyhow::Error)> = None;
+    'runs: for run in 0..bench.runs {
         let mut applied_this_run = [None; WORKER_COUNTS.len()];
         for workers in order(run) {
             let i = index(workers);
             let config = &mut configs[i];
-            let m = measure_one(bench, cluster, workers, run, &mut config.cpu).await?;
+            let m = match measure_one(bench, cluster, workers, run, &mut config.cpu).await {
+                Ok(m) => m,
+                Err(err) => {
+                    bench.progress(format!(
+                        "cluster, {workers} worker{}, run {}: FAILED: {err:#}",
+                        plural(workers),
+                        run + 1
+                    ));
+                    failed = Some((workers, err));
+                    break 'runs;
+                }
+            };
             config.accepted.push(m.accepted);
             config.applied.push(m.applied);
             config.lags.push(m.lag.0, m.lag.1, m.lag.2);
@@ -557,8 +571,36 @@ async fn measure_all(bench: &Bench, cluster: &Cluster) -> anyhow::Result<Vec<Row
     let plan = &bench.plan;
     let mut rows = Vec::new();
     for (&workers, config) in WORKER_COUNTS.iter().zip(&configs) {
+        if let Some((failed_workers, err)) = &failed
+            && (*failed_workers == workers || config.accepted.is_empty())
+        {
+            let err = if *failed_workers == workers {
+                anyhow::anyhow!("{err:#}")
+            } else {
+                anyhow::anyhow!(
+                    "not measured: the group stopped at {failed_workers} worker(s): {err:#}"
+                )
+            };
+            for name in [
+                accepted_name(workers),
+                applied_name(workers),
+                lag_name(workers),
+            ] {
+                rows.push(Row::failed(name, &err));
+            }
+            continue;
+        }
+        let partial = if failed.is_some() {
+            format!(
+                "measured in {} of {} runs (the group stopped at a failure); ",
+                config.accepted.len(),
+                bench.runs
+            )
+        } else {
+            String::new()
+        };
         let setup = format!(
-            "{} events per run at full speed ({} connections spread over the {RECEIVERS} receivers), 3-node cluster (quorum queues on all 3, leader on c1), each process's node list rotated; workers with the default pool 8, 2 lanes, batches of up to 256, prefetch 1,024",
+            "{partial}{} events per run at full speed ({} connections spread over the {RECEIVERS} receivers), 3-node cluster (quorum queues on all 3, leader on c1), each process's node list rotated; workers with the default pool 8, 2 lanes, batches of up to 256, prefetch 1,024",
             num(plan.cluster_events as f64),
             plan.connections
         );
@@ -572,7 +614,7 @@ async fn measure_all(bench: &Bench, cluster: &Cluster) -> anyhow::Result<Vec<Row
                 num(config.load_secs.median())
             ),
         ));
-        let ratio = if workers == 1 {
+        let ratio = if workers == 1 || config.to_one.is_empty() {
             "–".to_owned()
         } else {
             format!("×{:.2} of 1 worker", config.to_one.median())
