@@ -205,6 +205,26 @@ ensure_mail_catcher() {
 # shellcheck source=deploy/local/tls.sh
 . "$(dirname "$0")/tls.sh"
 
+# An independent Standard Webhooks implementation, the reference Python library from PyPI, in a
+# venv of its own: the tests check paysync's outbound signatures with it (and it with them).
+PYTOOLS="${PAYSYNC_LOCAL_PYTOOLS:-/var/lib/paysync-local-tools/venv}"
+STANDARDWEBHOOKS_VERSION=1.3.0
+ensure_standardwebhooks() {
+  if "$PYTOOLS/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+    say "tools: standardwebhooks (Python) present in $PYTOOLS"
+    return
+  fi
+  local py=/usr/bin/python3
+  [ -x "$py" ] || apt_install python3
+  if ! $SUDO "$py" -m venv "$PYTOOLS" >/dev/null 2>&1; then
+    apt_install python3-venv
+    $SUDO "$py" -m venv "$PYTOOLS" >/dev/null || die "cannot make a venv in $PYTOOLS"
+  fi
+  say "tools: installing standardwebhooks==$STANDARDWEBHOOKS_VERSION from PyPI into $PYTOOLS"
+  $SUDO "$PYTOOLS/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
+    || die "pip install standardwebhooks failed"
+}
+
 # `services.sh --check-amqp`: only tells whether the broker on PAYSYNC_SERVICES_AMQP_PORT answers
 # the AMQP handshake (exit 0) or not (exit 1), and changes nothing.
 if [ "${1:-}" = "--check-amqp" ]; then
@@ -227,5 +247,6 @@ ensure_postgres_tls
 ensure_tools
 ensure_browser
 ensure_just
+ensure_standardwebhooks
 ensure_mail_catcher
 say "all services up"

@@ -6,3 +6,4 @@ mod chat_hubspot;
 mod email_stall;
 mod helpers;
 mod lanes;
+mod standard_webhooks;
