@@ -20,6 +20,15 @@ use crate::config::{AmqpSettings, redact_url};
 #[derive(Clone, Default, Debug)]
 pub struct NodeCursor(Arc<AtomicUsize>);
 
+impl NodeCursor {
+    /// Makes the next walk start after `node` (unless another connection already moved it).
+    pub(crate) fn skip(&self, node: usize) {
+        let _ = self
+            .0
+            .compare_exchange(node, node + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// A connection and the node (index into [`AmqpSettings::nodes`]) it went to.
 pub(crate) struct Connected {
     pub connection: Connection,

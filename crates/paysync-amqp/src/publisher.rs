@@ -101,9 +101,38 @@ struct Link {
     connection: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    /// When the link opened: the clock of `unconfirmed_since_ms`.
+    opened: Instant,
+    /// Milliseconds after `opened` of the first confirm timeout since the last confirm; 0 when
+    /// the last publish was confirmed.
+    unconfirmed_since_ms: AtomicU64,
 }
 
 impl Link {
+    /// Notes a confirm: the node works.
+    fn confirmed(&self) {
+        if self.unconfirmed_since_ms.load(Ordering::Relaxed) != 0 {
+            self.unconfirmed_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a confirm timeout; whether nothing has been confirmed for `limit` since the first
+    /// one (a node that takes publishes but cannot get them confirmed, e.g. one that still
+    /// forwards to a dead queue leader).
+    fn unconfirmed_for(&self, limit: Duration) -> bool {
+        let now = (self.opened.elapsed().as_millis() as u64).max(1);
+        let since = match self.unconfirmed_since_ms.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(first) => first,
+        };
+        Duration::from_millis(now - since) >= limit
+    }
+
     fn is_open(&self) -> bool {
         self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
     }
@@ -454,11 +483,23 @@ impl Publisher {
             }
             Err(_) => {
                 self.invalidate_if_broken(&link);
+                if link.unconfirmed_for(timeout * UNCONFIRMED_TIMEOUTS) {
+                    // The connection is up but its node confirms nothing: leave it, and
+                    // start the next walk of the nodes after it.
+                    self.inner.settings.cursor.skip(link.node);
+                    self.drop_link(
+                        &link,
+                        "no publish confirmed on this broker node for twice the confirm timeout; moving to the next node",
+                    );
+                }
                 return Err(PublishError::Timeout(timeout));
             }
         };
         match confirmation {
-            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(None) => {
+                link.confirmed();
+                Ok(())
+            }
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
                 // Unroutable: a queue or binding is gone. Reconnecting re-declares them.
                 self.drop_link(
@@ -604,9 +645,14 @@ impl Publisher {
             connection,
             channels,
             next: AtomicUsize::new(0),
+            opened: Instant::now(),
+            unconfirmed_since_ms: AtomicU64::new(0),
         })
     }
 }
+
+/// How many confirm timeouts long a link may go without any confirm before it is dropped.
+const UNCONFIRMED_TIMEOUTS: u32 = 2;
 
 fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()

@@ -3,8 +3,12 @@
 
 use std::process::Command;
 
-use paysync_amqp::{AmqpSettings, AmqpTls, ClientIdentity, Publisher};
-use paysync_testkit::{TestBroker, amqp_url, closed_port, stripe_event, tls, verified_event};
+use std::time::Duration;
+
+use paysync_amqp::{AmqpSettings, AmqpTls, ClientIdentity, PublishError, Publisher};
+use paysync_testkit::{
+    Fault, FaultProxy, TestBroker, amqp_url, closed_port, stripe_event, tls, verified_event,
+};
 
 fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path)
@@ -175,4 +179,56 @@ async fn a_node_list_whose_first_node_is_down_connects_to_the_next_and_stays_the
         err.contains("127.0.0.1:"),
         "names the last node tried: {err}"
     );
+}
+
+#[tokio::test]
+async fn a_node_that_confirms_nothing_is_left_for_the_next() {
+    let broker = TestBroker::new();
+    let upstream = amqp_url();
+    let host_port = upstream
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(hp, _)| hp.to_owned())
+        .unwrap();
+    let proxy = FaultProxy::start(&host_port).await.unwrap();
+    let settings = AmqpSettings {
+        url: format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f,{upstream}",
+            proxy.port()
+        ),
+        confirm_timeout: Duration::from_millis(500),
+        ..broker.settings("stalled-node")
+    };
+    let publisher = Publisher::new(settings);
+    let event = |i: usize| {
+        verified_event(stripe_event(
+            &format!("evt_stall_{i}"),
+            "customer.updated",
+            false,
+        ))
+    };
+    publisher
+        .publish(&event(0))
+        .await
+        .expect("confirmed through the first node");
+
+    // The first node's connection stays open but nothing comes back, as from a node that
+    // forwards to a queue leader that is gone.
+    proxy.set(Fault::Stall);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut timeouts = 0;
+    for i in 1.. {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish confirmed in 60 s"
+        );
+        match publisher.publish(&event(i)).await {
+            Ok(()) => break,
+            Err(PublishError::Timeout(_)) => timeouts += 1,
+            Err(_) => {}
+        }
+    }
+    assert!(timeouts >= 1, "the stalled node timed out first");
+    assert!(work_queue_depth(&broker).await >= 2);
+    publisher.close().await;
 }

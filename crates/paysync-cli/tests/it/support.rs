@@ -21,8 +21,11 @@ impl Drop for Killed {
     }
 }
 
-/// `paysync <role>` on the test's prefix and schema, with `extra` variables on top.
+/// `paysync <role>` on the test's prefix and schema, with `extra` variables on top. Its log
+/// (warnings and errors) goes to `<temp dir>/<prefix>-<role>.log`, named when the test fails.
 pub fn spawn(role: &str, broker: &TestBroker, db: &TestDb, extra: &[(&str, String)]) -> Killed {
+    let log = std::env::temp_dir().join(format!("{}-{role}.log", broker.prefix()));
+    eprintln!("paysync {role}: log in {}", log.display());
     Killed(
         Command::new(env!("CARGO_BIN_EXE_paysync"))
             .arg(role)
@@ -33,7 +36,7 @@ pub fn spawn(role: &str, broker: &TestBroker, db: &TestDb, extra: &[(&str, Strin
             .env("PAYSYNC_AMQP_CONNECT_TIMEOUT_MS", "3000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     )
@@ -95,23 +98,42 @@ pub async fn deliver(
     }
 }
 
-/// The broker's connections as `(is TLS, client-provided name)`, from `rabbitmqctl` on the
-/// default node or on `node` (a local cluster node's name, e.g. `paysync-c1@localhost`).
-pub fn broker_connections(node: Option<&str>) -> Vec<(bool, String)> {
+/// One broker connection, as `rabbitmqctl list_connections` shows it.
+pub struct BrokerConnection {
+    /// Over TLS.
+    pub tls: bool,
+    /// The broker's port it came in on, which tells the node.
+    pub port: u16,
+    /// The client-provided name.
+    pub name: String,
+}
+
+/// Every connection of the broker or cluster that `node` belongs to (the default node, or a
+/// local cluster node's name, e.g. `paysync-c2@localhost`; `list_connections` is cluster-wide).
+pub fn broker_connections(node: Option<&str>) -> Vec<BrokerConnection> {
     let mut cmd = Command::new("rabbitmqctl");
     if let Some(node) = node {
         cmd.args(["-n", node]);
     }
     let out = cmd
-        .args(["list_connections", "--silent", "ssl", "client_properties"])
+        .args([
+            "list_connections",
+            "--silent",
+            "ssl",
+            "port",
+            "client_properties",
+        ])
         .output()
         .expect("rabbitmqctl");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
-            let (_, rest) = l.split_once("{\"connection_name\",\"")?;
+            let mut fields = l.splitn(3, '\t');
+            let tls = fields.next()? == "true";
+            let port = fields.next()?.parse().ok()?;
+            let (_, rest) = fields.next()?.split_once("{\"connection_name\",\"")?;
             let name = rest.split_once('"')?.0.to_owned();
-            Some((l.starts_with("true"), name))
+            Some(BrokerConnection { tls, port, name })
         })
         .collect()
 }

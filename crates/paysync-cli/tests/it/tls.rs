@@ -21,7 +21,8 @@ fn database_url_tls(ca: &std::path::Path) -> String {
 fn tls_connections() -> Vec<String> {
     broker_connections(None)
         .into_iter()
-        .filter_map(|(tls, name)| tls.then_some(name))
+        .filter(|c| c.tls)
+        .map(|c| c.name)
         .collect()
 }
 
