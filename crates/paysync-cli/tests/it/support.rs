@@ -1,6 +1,7 @@
 //! What the process-level tests share: `paysync` processes that die with the test, and a
 //! provider that posts until it gets a 200.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,35 +12,41 @@ use paysync_testkit::{TestBroker, TestDb, paysync_env, signature_now, stripe_eve
 /// The Stripe signing secret the spawned receivers are given.
 pub const SECRET: &str = "whsec_process_tests";
 
-/// A child process killed when the test ends, passed or not.
-pub struct Killed(pub Child);
+/// A child process killed when the test ends, passed or not; its log is removed unless the
+/// test failed.
+pub struct Killed {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
 /// `paysync <role>` on the test's prefix and schema, with `extra` variables on top. Its log
-/// (warnings and errors) goes to `<temp dir>/<prefix>-<role>.log`, named when the test fails.
+/// (warnings and errors) goes to `<temp dir>/<prefix>-<role>.log`, kept when the test fails.
 pub fn spawn(role: &str, broker: &TestBroker, db: &TestDb, extra: &[(&str, String)]) -> Killed {
     let log = std::env::temp_dir().join(format!("{}-{role}.log", broker.prefix()));
     eprintln!("paysync {role}: log in {}", log.display());
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_paysync"))
-            .arg(role)
-            .envs(paysync_env(broker, db))
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("PAYSYNC_METRICS_ADDR", "127.0.0.1:0")
-            .env("PAYSYNC_STRIPE_WEBHOOK_SECRET", SECRET)
-            .env("PAYSYNC_AMQP_CONNECT_TIMEOUT_MS", "3000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+    let child = Command::new(env!("CARGO_BIN_EXE_paysync"))
+        .arg(role)
+        .envs(paysync_env(broker, db))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PAYSYNC_METRICS_ADDR", "127.0.0.1:0")
+        .env("PAYSYNC_STRIPE_WEBHOOK_SECRET", SECRET)
+        .env("PAYSYNC_AMQP_CONNECT_TIMEOUT_MS", "3000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Killed { child, log }
 }
 
 /// Answers other than 200: how many, and when the first and the last came.
