@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use paysync_domain::billing::account_view;
 use paysync_store::Store;
 use paysync_testkit::TestDb;
-use paysync_worker::Handlers;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
 use crate::billing::{apply, ev};
@@ -111,11 +111,6 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .build()
         .unwrap()
 });
-static DB: LazyLock<(TestDb, Store, Handlers)> = LazyLock::new(|| {
-    let db = TestDb::new();
-    let store = RUNTIME.block_on(db.store()).unwrap();
-    (db, store, paysync_worker::billing::handlers())
-});
 static CASE: AtomicUsize = AtomicUsize::new(0);
 
 fn stream() -> impl Strategy<Value = (Vec<(usize, usize, i64)>, Vec<usize>)> {
@@ -127,44 +122,66 @@ fn stream() -> impl Strategy<Value = (Vec<(usize, usize, i64)>, Vec<usize>)> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn any_permutation_with_duplicates_ends_in_the_in_order_state(
-        (events, dups) in stream(),
-        shuffle_seed in any::<u64>(),
-    ) {
-        let case = CASE.fetch_add(1, Ordering::Relaxed);
-        let (a, b) = (format!("a{case}"), format!("b{case}"));
-        let (_, store, handlers) = &*DB;
-        // In-order stream, by created then position.
-        let mut in_order: Vec<(usize, &(usize, usize, i64))> = events.iter().enumerate().collect();
-        in_order.sort_by_key(|(i, e)| (e.2, *i));
-        // The same events (with duplicates) in a seeded random order.
-        let mut shuffled: Vec<(usize, &(usize, usize, i64))> = events.iter().enumerate().collect();
-        shuffled.extend(dups.iter().map(|d| (*d, &events[*d])));
-        let mut rng = shuffle_seed;
-        for i in (1..shuffled.len()).rev() {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            shuffled.swap(i, (rng >> 33) as usize % (i + 1));
-        }
-        let outcome = RUNTIME.block_on(async {
-            for (i, (c, k, t)) in &in_order {
-                apply(store, handlers, &template(&a, *c, *k, *t, *i)).await.map_err(|f| format!("{f:?}"))?;
+/// A property test run by hand (not `proptest!`), so the test owns its schema and drops it.
+#[test]
+fn any_permutation_with_duplicates_ends_in_the_in_order_state() {
+    let db = TestDb::new();
+    let store = RUNTIME.block_on(db.store()).unwrap();
+    let handlers = paysync_worker::billing::handlers();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(
+        &(stream(), any::<u64>()),
+        |((events, dups), shuffle_seed)| {
+            let case = CASE.fetch_add(1, Ordering::Relaxed);
+            let (a, b) = (format!("a{case}"), format!("b{case}"));
+            // In-order stream, by created then position.
+            let mut in_order: Vec<(usize, &(usize, usize, i64))> =
+                events.iter().enumerate().collect();
+            in_order.sort_by_key(|(i, e)| (e.2, *i));
+            // The same events (with duplicates) in a seeded random order.
+            let mut shuffled: Vec<(usize, &(usize, usize, i64))> =
+                events.iter().enumerate().collect();
+            shuffled.extend(dups.iter().map(|d| (*d, &events[*d])));
+            let mut rng = shuffle_seed;
+            for i in (1..shuffled.len()).rev() {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                shuffled.swap(i, (rng >> 33) as usize % (i + 1));
             }
-            for (i, (c, k, t)) in &shuffled {
-                apply(store, handlers, &template(&b, *c, *k, *t, *i)).await.map_err(|f| format!("{f:?}"))?;
+            let (store, handlers) = (&store, &handlers);
+            let outcome = RUNTIME.block_on(async {
+                for (i, (c, k, t)) in &in_order {
+                    apply(store, handlers, &template(&a, *c, *k, *t, *i))
+                        .await
+                        .map_err(|f| format!("{f:?}"))?;
+                }
+                for (i, (c, k, t)) in &shuffled {
+                    apply(store, handlers, &template(&b, *c, *k, *t, *i))
+                        .await
+                        .map_err(|f| format!("{f:?}"))?;
+                }
+                let mut views = Vec::new();
+                for c in 0..2 {
+                    views.push((
+                        normalized(store, &a, c).await,
+                        normalized(store, &b, c).await,
+                    ));
+                }
+                Ok::<_, String>(views)
+            });
+            let views = outcome.map_err(TestCaseError::fail)?;
+            for (expected, got) in views {
+                prop_assert_eq!(got, expected);
             }
-            let mut views = Vec::new();
-            for c in 0..2 {
-                views.push((normalized(store, &a, c).await, normalized(store, &b, c).await));
-            }
-            Ok::<_, String>(views)
-        });
-        let views = outcome.map_err(TestCaseError::fail)?;
-        for (expected, got) in views {
-            prop_assert_eq!(got, expected);
-        }
+            Ok(())
+        },
+    );
+    if let Err(err) = result {
+        panic!("{err}");
     }
 }

@@ -17,6 +17,7 @@ use paysync_domain::billing::authorizenet::Transaction;
 use paysync_worker::billing::TransactionSource;
 use paysync_worker::{Done, Event, Failure, Handlers, apply_event};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
 /// One event of provider `p` with id `id`, type `t` and body `body`, applied like the worker.
@@ -161,35 +162,33 @@ impl TransactionSource for Details {
     }
 }
 
-static DB: LazyLock<(TestDb, Store, Handlers)> = LazyLock::new(|| {
+static CASE: AtomicUsize = AtomicUsize::new(0);
+
+/// A property test run by hand (not `proptest!`), so the test owns its schema and drops it.
+#[test]
+fn one_reference_one_account_across_providers_in_any_order() {
     let db = TestDb::new();
     let store = RUNTIME.block_on(db.store()).unwrap();
     let details: Arc<dyn TransactionSource> = Arc::new(Details);
-    (
-        db,
-        store,
-        paysync_worker::billing::handlers_with(Some(details)),
-    )
-});
-static CASE: AtomicUsize = AtomicUsize::new(0);
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn one_reference_one_account_across_providers_in_any_order(
-        order in Just((0..7).collect::<Vec<usize>>()).prop_shuffle(),
-        dups in prop::collection::vec(0usize..7, 0..4),
-    ) {
+    let handlers = paysync_worker::billing::handlers_with(Some(details));
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        Just((0..7).collect::<Vec<usize>>()).prop_shuffle(),
+        prop::collection::vec(0usize..7, 0..4),
+    );
+    let result = runner.run(&strategy, |(order, dups)| {
         let ns = format!("x{}", CASE.fetch_add(1, Ordering::Relaxed));
-        let (_, store, handlers) = &*DB;
         let all = events(&ns);
         let got = RUNTIME.block_on(async {
             for i in order.iter().chain(&dups) {
                 let (p, id, t, body) = &all[*i];
-                apply(store, handlers, *p, id, t, body).await;
+                apply(&store, &handlers, *p, id, t, body).await;
             }
-            summary(store, &ns).await
+            summary(&store, &ns).await
         });
         let expected = json!({
             "totals": [
@@ -202,6 +201,10 @@ proptest! {
             "customers": ["authorizenet:ANC_NS", "square:SQC_NS", "stripe:cus_NS"],
         });
         prop_assert_eq!(got, expected);
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
     }
 }
 
