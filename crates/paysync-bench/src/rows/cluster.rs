@@ -12,14 +12,13 @@
 //! the end only if this group started it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use paysync_amqp::AmqpSettings;
-use tokio_postgres::Client;
 
 use super::common::{
-    Latencies, STOP_GRACE, database_env, drain_deadline, loadgen_args, ready, receiver_env,
+    Latencies, STOP_GRACE, database_env, loadgen_args, ready, receiver_env, wait_committed,
 };
 use crate::broker;
 use crate::events::{DEFAULT_CUSTOMERS, EventFactory};
@@ -299,30 +298,6 @@ struct Measured {
     mean_batch: f64,
 }
 
-/// Waits until `expected` events matching `pattern` are in the log or their deadline passes;
-/// fails if a process exits meanwhile. Returns how many are.
-async fn wait_all_committed(
-    client: &Client,
-    pattern: &str,
-    expected: u64,
-    procs: &mut [Proc],
-) -> anyhow::Result<u64> {
-    let deadline = drain_deadline(expected);
-    let start = Instant::now();
-    loop {
-        let n = u64::try_from(pg::count_like(client, pattern).await?)?;
-        if n >= expected || start.elapsed() > deadline {
-            return Ok(n);
-        }
-        for process in procs.iter_mut() {
-            process.ensure_running()?;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One configuration, run `run`: starts the receivers and `workers` workers on a fresh prefix
-/// and schema, posts the events, waits for every commit, checks that every event was applied
 /// exactly once, stops the processes and deletes the prefix's queues.
 async fn measure_one(
     bench: &Bench,
@@ -426,7 +401,7 @@ async fn measure_one(
         report.errors
     );
     let mut all: Vec<Proc> = receivers.into_iter().chain(worker_procs).collect();
-    let committed = wait_all_committed(&client, &pattern, n, &mut all).await?;
+    let committed = wait_committed(&client, &pattern, n, &mut all).await?;
     let (all_receivers, all_workers) = all.split_at(RECEIVERS);
     let cpu_end = CpuSnap::now(all_receivers, all_workers, &brokers);
     cpu.push(&cpu_start, &cpu_end);

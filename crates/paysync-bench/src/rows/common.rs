@@ -157,12 +157,12 @@ pub(super) fn drain_deadline(n: u64) -> Duration {
 }
 
 /// Waits until `expected` events matching `pattern` are in the log (or their
-/// [`drain_deadline`]); returns how many are. Fails if `process` exits meanwhile.
+/// [`drain_deadline`]); returns how many are. Fails if one of `procs` exits meanwhile.
 pub(super) async fn wait_committed(
     client: &Client,
     pattern: &str,
     expected: u64,
-    process: &mut Proc,
+    procs: &mut [Proc],
 ) -> anyhow::Result<u64> {
     let deadline = drain_deadline(expected);
     let start = Instant::now();
@@ -171,7 +171,9 @@ pub(super) async fn wait_committed(
         if n >= expected || start.elapsed() > deadline {
             return Ok(n);
         }
-        process.ensure_running()?;
+        for process in procs.iter_mut() {
+            process.ensure_running()?;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -43,7 +43,7 @@ pub(super) async fn load(
     let report = procs::loadgen(&bench.exe, bench.logs(), name, &args).await?;
     check_answers(checks, &format!("run {run}"), &report);
     let n = report.ok();
-    let committed = wait_committed(client, &pattern, n, up).await?;
+    let committed = wait_committed(client, &pattern, n, std::slice::from_mut(up)).await?;
     checks.expect(committed == n, || {
         format!("run {run}: {committed} of {n} accepted events committed")
     });

@@ -92,7 +92,7 @@ pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let mut checks = Checks::default();
     check_answers(&mut checks, "long run", &report);
     let n = report.ok();
-    let committed = wait_committed(&client, &pattern, n, &mut worker).await?;
+    let committed = wait_committed(&client, &pattern, n, std::slice::from_mut(&mut worker)).await?;
     checks.expect(committed == n, || {
         format!("{committed} of {n} accepted events committed")
     });
