@@ -116,9 +116,8 @@ impl Link {
         }
     }
 
-    /// Notes a confirm timeout; whether nothing has been confirmed for `limit` since the first
-    /// one (a node that takes publishes but cannot get them confirmed, e.g. one that still
-    /// forwards to a dead queue leader).
+    /// Notes a publish that was not confirmed (nacked or timed out); whether nothing has been
+    /// confirmed for `limit` since the first such one.
     fn unconfirmed_for(&self, limit: Duration) -> bool {
         let now = (self.opened.elapsed().as_millis() as u64).max(1);
         let since = match self.unconfirmed_since_ms.compare_exchange(
@@ -483,15 +482,7 @@ impl Publisher {
             }
             Err(_) => {
                 self.invalidate_if_broken(&link);
-                if link.unconfirmed_for(timeout * UNCONFIRMED_TIMEOUTS) {
-                    // The connection is up but its node confirms nothing: leave it, and
-                    // start the next walk of the nodes after it.
-                    self.inner.settings.cursor.skip(link.node);
-                    self.drop_link(
-                        &link,
-                        "no publish confirmed on this broker node for twice the confirm timeout; moving to the next node",
-                    );
-                }
+                self.leave_if_unconfirmed(&link);
                 return Err(PublishError::Timeout(timeout));
             }
         };
@@ -511,9 +502,27 @@ impl Publisher {
                     text: returned.reply_text.to_string(),
                 })
             }
-            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            Confirmation::Nack(None) => {
+                self.leave_if_unconfirmed(&link);
+                Err(PublishError::Nacked)
+            }
             // Invariant: every publisher channel ran confirm.select before use.
             Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// After a publish that was nacked or timed out: when nothing has been confirmed on `link`
+    /// for [`UNCONFIRMED_TIMEOUTS`] confirm timeouts, the connection is up but its node confirms
+    /// nothing (RabbitMQ 3.10 was seen nacking every publish for minutes on a channel that
+    /// published to a quorum queue during its leader election, and a node forwarding to a dead
+    /// leader). Leave it, and start the next walk of the nodes after it.
+    fn leave_if_unconfirmed(&self, link: &Arc<Link>) {
+        if link.unconfirmed_for(self.inner.settings.confirm_timeout * UNCONFIRMED_TIMEOUTS) {
+            self.inner.settings.cursor.skip(link.node);
+            self.drop_link(
+                link,
+                "no publish confirmed on this broker connection for twice the confirm timeout; reconnecting, to the next node first",
+            );
         }
     }
 
@@ -651,7 +660,8 @@ impl Publisher {
     }
 }
 
-/// How many confirm timeouts long a link may go without any confirm before it is dropped.
+/// How many confirm timeouts long a link may go without any confirm, while its publishes are
+/// nacked or time out, before it is dropped.
 const UNCONFIRMED_TIMEOUTS: u32 = 2;
 
 fn reconnect_backoff() -> ExponentialBuilder {
