@@ -103,8 +103,8 @@ struct Link {
     next: AtomicUsize,
     /// When the link opened: the clock of `unconfirmed_since_ms`.
     opened: Instant,
-    /// Milliseconds after `opened` of the first confirm timeout since the last confirm; 0 when
-    /// the last publish was confirmed.
+    /// Milliseconds after `opened` of the first publish nacked or timed out since the last
+    /// confirm; 0 when the last publish was confirmed.
     unconfirmed_since_ms: AtomicU64,
 }
 

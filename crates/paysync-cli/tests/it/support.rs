@@ -99,6 +99,8 @@ pub async fn deliver(
             Ok(r) if r.status() == 200 => return id,
             _ => {
                 refused.note();
+                // Not a wait for something to happen: the pause a provider keeps between its
+                // retries, so a receiver answering 503 is not hammered in a tight loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

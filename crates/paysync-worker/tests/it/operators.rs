@@ -506,16 +506,22 @@ async fn archive_hides_purge_needs_yes_and_every_action_is_in_the_history() {
     );
 }
 
+/// A worker with the admin API on (its token returned) whose `invoice.paid` always fails
+/// permanently, so each one published becomes an open dead letter.
+async fn admin_worker(broker: &TestBroker, db: &TestDb) -> (Running, &'static str) {
+    let mut failing = Handlers::new();
+    register(&mut failing, "invoice.paid", Script::FailPermanently);
+    let token = "an-admin-token-long-enough";
+    let mut s = settings(broker, db, fast_retry(3));
+    s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
+    (spawn(App::build(s, failing).await.unwrap()).await, token)
+}
+
 #[tokio::test]
 async fn the_admin_api_refuses_missing_or_wrong_tokens_and_answers_like_the_cli() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
-    let mut failing = Handlers::new();
-    register(&mut failing, "invoice.paid", Script::FailPermanently);
-    let token = "an-admin-token-long-enough";
-    let mut s = settings(&broker, &db, fast_retry(3));
-    s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
-    let worker = spawn(App::build(s, failing).await.unwrap()).await;
+    let (worker, token) = admin_worker(&broker, &db).await;
     publish_one(&broker, "evt_admin_1", "invoice.paid").await;
     open_letters(&store, 1).await;
 
@@ -665,12 +671,7 @@ async fn a_replay_reruns_the_handler_for_a_logged_event_and_counts_it() {
 async fn retried_dead_letters_are_purged_by_age_and_open_ones_never() {
     let (broker, db) = (TestBroker::new(), TestDb::new());
     let store = db.store().await.unwrap();
-    let mut failing = Handlers::new();
-    register(&mut failing, "invoice.paid", Script::FailPermanently);
-    let token = "an-admin-token-long-enough";
-    let mut s = settings(&broker, &db, fast_retry(3));
-    s.admin_token = Some(secrecy::SecretString::from(token.to_owned()));
-    let worker = spawn(App::build(s, failing).await.unwrap()).await;
+    let (worker, token) = admin_worker(&broker, &db).await;
     let publisher = publisher(&broker);
     for id in ["evt_purge_1", "evt_purge_2"] {
         publish_event(&publisher, id, "invoice.paid").await;
