@@ -85,6 +85,18 @@ impl LaneConfig {
                 hold: Duration::ZERO,
                 breaker: BreakerPolicy::default(),
             },
+            // The business's own endpoint: an account's events go one after another, so
+            // several at once only across accounts. Retries span about a day (Standard
+            // Webhooks senders retry for days; an application's outage is ours to ride out).
+            Destination::App => Self {
+                rate_per_second: 20.0,
+                burst: 20,
+                concurrency: 4,
+                retry: retry(5, 3600, 30),
+                max_age: None,
+                hold: Duration::ZERO,
+                breaker: BreakerPolicy::default(),
+            },
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum Channel {
     Task,
     /// A message about a payment (`outbox`).
     Outbox,
+    /// An event for the business's own application (`app_events`), made from the account's
+    /// projection after the writes, never by a mapper ([`crate::app`]).
+    App,
 }
 
 /// Every intent an event can record.
@@ -36,11 +39,14 @@ pub enum Intent {
     Churn,
     /// A dispute was opened: respond before the evidence deadline. Source: the dispute.
     DisputeResponse,
+    /// Tell the business's application about a change of the account. Source: the event's id
+    /// (`evt_ps_<account>_<sequence>`).
+    AppEvent,
 }
 
 impl Intent {
     /// Every intent, in a fixed order.
-    pub const ALL: [Intent; 8] = [
+    pub const ALL: [Intent; 9] = [
         Intent::ReceiptEmail,
         Intent::PaymentFailedEmail,
         Intent::RefundConfirmationEmail,
@@ -49,6 +55,7 @@ impl Intent {
         Intent::TrialEnding,
         Intent::Churn,
         Intent::DisputeResponse,
+        Intent::AppEvent,
     ];
 
     /// The stored name (the `kind` column).
@@ -62,6 +69,7 @@ impl Intent {
             Intent::TrialEnding => "trial_ending",
             Intent::Churn => "churn",
             Intent::DisputeResponse => "dispute_response",
+            Intent::AppEvent => "app_event",
         }
     }
 
@@ -76,6 +84,7 @@ impl Intent {
             Intent::ReceiptEmail | Intent::PaymentFailedEmail | Intent::RefundConfirmationEmail => {
                 Channel::Outbox
             }
+            Intent::AppEvent => Channel::App,
             _ => Channel::Task,
         }
     }

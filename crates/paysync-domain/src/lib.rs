@@ -6,6 +6,7 @@
 //! Rule of thumb: no IO, no clock, no randomness of its own. Time and random numbers are
 //! arguments, so every function here is deterministic and tested exhaustively.
 
+pub mod app;
 pub mod authorizenet;
 pub mod billing;
 pub mod breaker;

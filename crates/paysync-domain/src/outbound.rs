@@ -19,11 +19,18 @@ pub enum Destination {
     Chat,
     /// HubSpot CRM v3.
     Hubspot,
+    /// The business's own application: Standard Webhooks, signed.
+    App,
 }
 
 impl Destination {
     /// Every destination.
-    pub const ALL: [Destination; 3] = [Destination::Email, Destination::Chat, Destination::Hubspot];
+    pub const ALL: [Destination; 4] = [
+        Destination::Email,
+        Destination::Chat,
+        Destination::Hubspot,
+        Destination::App,
+    ];
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +38,7 @@ impl Destination {
             Destination::Email => "email",
             Destination::Chat => "chat",
             Destination::Hubspot => "hubspot",
+            Destination::App => "app",
         }
     }
 
@@ -42,6 +50,12 @@ impl Destination {
     /// Whether it is a CRM (takes [`Operation::CrmDeal`] and [`Operation::CrmTask`]).
     pub fn is_crm(self) -> bool {
         matches!(self, Destination::Hubspot)
+    }
+
+    /// Whether it keeps an account's order: a delivery is claimed only after the same
+    /// account's earlier deliveries to it are done (sent, dead, skipped or expired).
+    pub fn keeps_account_order(self) -> bool {
+        matches!(self, Destination::App)
     }
 }
 
@@ -66,11 +80,13 @@ pub enum Operation {
     CrmDeal,
     /// Create (upsert) a follow-up task.
     CrmTask,
+    /// POST one event to the business's application.
+    AppWebhook,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::EmailReceipt,
         Operation::EmailPaymentFailed,
         Operation::EmailRefund,
@@ -80,6 +96,7 @@ impl Operation {
         Operation::ChatChurn,
         Operation::CrmDeal,
         Operation::CrmTask,
+        Operation::AppWebhook,
     ];
 
     /// The stored name.
@@ -94,6 +111,7 @@ impl Operation {
             Operation::ChatChurn => "chat.churn",
             Operation::CrmDeal => "crm.deal",
             Operation::CrmTask => "crm.task",
+            Operation::AppWebhook => "app.webhook",
         }
     }
 
@@ -113,6 +131,7 @@ impl Operation {
             | Operation::ChatDisputeOpened
             | Operation::ChatChurn => destination == Destination::Chat,
             Operation::CrmDeal | Operation::CrmTask => destination.is_crm(),
+            Operation::AppWebhook => destination == Destination::App,
         }
     }
 }
@@ -139,6 +158,7 @@ pub fn operations(intent: Intent) -> &'static [Operation] {
         Intent::TrialEnding => &[Operation::CrmTask],
         Intent::Churn => &[Operation::ChatChurn, Operation::CrmDeal],
         Intent::DisputeResponse => &[Operation::ChatDisputeOpened, Operation::CrmTask],
+        Intent::AppEvent => &[Operation::AppWebhook],
     }
 }
 
@@ -148,7 +168,10 @@ pub fn operations(intent: Intent) -> &'static [Operation] {
 pub fn routes(provider: Provider, intent: Intent, source_id: &str) -> Vec<Route> {
     let mut out = Vec::new();
     for &operation in operations(intent) {
-        let key = if source_id.starts_with("account:") {
+        let key = if intent == Intent::AppEvent {
+            // The event id is already unique across providers and accounts.
+            format!("{}:{source_id}", operation.as_str())
+        } else if source_id.starts_with("account:") {
             format!("{}:{}:{source_id}", operation.as_str(), intent.as_str())
         } else {
             format!(

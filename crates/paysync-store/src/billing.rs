@@ -14,10 +14,8 @@
 use std::collections::HashMap;
 
 use futures::future::{BoxFuture, FutureExt as _};
-use paysync_domain::billing::{
-    AccountFacts, Channel, CustomerFact, DisputeFact, InvoiceFact, ObjectKind, PaymentFact,
-    RefundFact, SubscriptionFact, TaskFact,
-};
+use paysync_domain::Provider;
+use paysync_domain::billing::{AccountFacts, Channel, Intent, ObjectKind};
 use paysync_domain::outbound;
 use paysync_domain::writes::{EffectWrite, SnapWrite, Writes};
 use tokio_postgres::types::ToSql;
@@ -138,20 +136,35 @@ pub fn upsert_sql(kind: ObjectKind) -> &'static str {
             })
             .collect();
         let mut names: Vec<String> = (0..extra.len()).map(|i| format!("x{i}")).collect();
+        // When the state was first learned (the KPIs' windows): set once, whatever the order.
+        sets.push(format!(
+            "settled_at = coalesce({t}.settled_at, case when {newer} and excluded.key_terminal \
+             then now() end)"
+        ));
         let mut guard = String::new();
         if refunds {
             cols.push("amount_refunded");
             arrays.push(format!("${}::int8[]", 12 + extra.len()));
             names.push("r".into());
+            cols.push("failed_at");
+            names.push("case when s = 'failed' then now() end".into());
             sets.push(format!(
                 "amount_refunded = greatest({t}.amount_refunded, excluded.amount_refunded)"
             ));
-            guard = format!(" or {t}.amount_refunded < excluded.amount_refunded");
+            sets.push(format!(
+                "failed_at = coalesce({t}.failed_at, case when excluded.status = 'failed' \
+                 then now() end)"
+            ));
+            guard = format!(
+                " or {t}.amount_refunded < excluded.amount_refunded \
+                 or ({t}.failed_at is null and excluded.status = 'failed')"
+            );
         }
         format!(
             "insert into {t} (provider, id, account_id, customer_id, status, amount, currency, \
-                              key_terminal, key_created, key_rank, key_event_id, {cols}) \
-             select p, i, a, c, s, m, cur, kt, kc, kr, ke, {names} \
+                              key_terminal, key_created, key_rank, key_event_id, settled_at, \
+                              {cols}) \
+             select p, i, a, c, s, m, cur, kt, kc, kr, ke, case when kt then now() end, {names} \
              from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
                          $7::text[], $8::bool[], $9::int8[], $10::int2[], $11::text[], {arrays}) \
                   as u(p, i, a, c, s, m, cur, kt, kc, kr, ke, {names}) \
@@ -237,8 +250,8 @@ pub const CUSTOMER_LINKS: &str = "select u.c, m.account_id, a.external_ref \
 
 /// The deliveries a batch's intents call for, as the columns of [`INSERT_DELIVERIES`].
 #[derive(Default)]
-struct Routes<'w> {
-    destinations: Vec<&'static str>,
+pub(crate) struct Routes<'w> {
+    pub(crate) destinations: Vec<&'static str>,
     operations: Vec<&'static str>,
     keys: Vec<String>,
     providers: Vec<&'static str>,
@@ -254,17 +267,28 @@ impl<'w> Routes<'w> {
             for w in writes.effects(channel) {
                 let e = &w.effect;
                 for route in outbound::routes(w.provider, e.intent, &e.source_id) {
-                    r.destinations.push(route.destination.as_str());
-                    r.operations.push(route.operation.as_str());
-                    r.keys.push(route.key);
-                    r.providers.push(w.provider.as_str());
-                    r.intents.push(e.intent.as_str());
-                    r.sources.push(&e.source_id);
-                    r.accounts.push(w.account);
+                    r.push(route, w.provider, e.intent, &e.source_id, w.account);
                 }
             }
         }
         r
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        route: outbound::Route,
+        provider: Provider,
+        intent: Intent,
+        source: &'w str,
+        account: Option<i64>,
+    ) {
+        self.destinations.push(route.destination.as_str());
+        self.operations.push(route.operation.as_str());
+        self.keys.push(route.key);
+        self.providers.push(provider.as_str());
+        self.intents.push(intent.as_str());
+        self.sources.push(source);
+        self.accounts.push(account);
     }
 }
 
@@ -618,7 +642,14 @@ impl Tx<'_> {
                 )
                 .await
             }
+            // Application events are made after the writes, from the projection
+            // (`Tx::record_app`); a mapper never asks for one.
+            Channel::App => Ok(0),
         }
+    }
+
+    pub(crate) async fn write_routes(&self, r: Routes<'_>) -> Result<u64, StoreError> {
+        self.write_deliveries(r).await
     }
 
     async fn write_deliveries(&self, r: Routes<'_>) -> Result<u64, StoreError> {
@@ -639,140 +670,12 @@ impl Tx<'_> {
     }
 }
 
-/// Every row of `sql`, each made into a fact by `fact`; `what` names the read in errors.
-async fn facts<T>(
-    c: &tokio_postgres::Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    what: &'static str,
-    fact: impl Fn(&tokio_postgres::Row) -> T,
-) -> Result<Vec<T>, StoreError> {
-    let rows = c.query(sql, params).await.map_err(StoreError::db(what))?;
-    Ok(rows.iter().map(fact).collect())
-}
-
 impl Store {
     /// The facts of account `id`, or `None`.
     pub async fn account_facts(&self, id: i64) -> Result<Option<AccountFacts>, StoreError> {
         let conn = self.conn().await?;
-        let c = &conn.0;
-        let db = |what| StoreError::db(what);
-        let Some(acct) = c
-            .query_opt(
-                "select id, external_ref from accounts where id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db("read account"))?
-        else {
-            return Ok(None);
-        };
-        let mut f = AccountFacts {
-            id: acct.get(0),
-            external_ref: acct.get(1),
-            ..AccountFacts::default()
-        };
-        f.customers = facts(
-            c,
-            "select provider, customer_id, email, name, deleted from provider_customers \
-                where account_id = $1 order by provider, customer_id",
-            &[&id],
-            "read customers",
-            |r| CustomerFact {
-                provider: r.get(0),
-                customer_id: r.get(1),
-                email: r.get(2),
-                name: r.get(3),
-                deleted: r.get(4),
-            },
-        )
-        .await?;
-        f.subscriptions = facts(
-            c,
-            "select id, status, plan from subscriptions where account_id = $1 order by id",
-            &[&id],
-            "read subscriptions",
-            |r| SubscriptionFact {
-                id: r.get(0),
-                status: r.get(1),
-                plan: r.get(2),
-            },
-        )
-        .await?;
-        f.invoices = facts(
-            c,
-            "select id, status, billing_reason from invoices where account_id = $1 order by id",
-            &[&id],
-            "read invoices",
-            |r| InvoiceFact {
-                id: r.get(0),
-                status: r.get(1),
-                billing_reason: r.get(2),
-            },
-        )
-        .await?;
-        f.payments = facts(
-            c,
-            "select id, status, amount, currency, amount_refunded from payments \
-                where account_id = $1 order by id",
-            &[&id],
-            "read payments",
-            |r| PaymentFact {
-                id: r.get(0),
-                status: r.get(1),
-                amount: r.get(2),
-                currency: r.get(3),
-                amount_refunded: r.get(4),
-            },
-        )
-        .await?;
-        let payment_ids: Vec<String> = f.payments.iter().map(|p| p.id.clone()).collect();
-        f.refunds = facts(
-            c,
-            "select payment_id, status, amount, currency from refunds \
-                where payment_id = any($1) order by id",
-            &[&payment_ids],
-            "read refunds",
-            |r| RefundFact {
-                payment_id: r.get(0),
-                status: r.get(1),
-                amount: r.get(2),
-                currency: r.get(3),
-            },
-        )
-        .await?;
-        f.disputes = facts(
-            c,
-            "select id, payment_id, status, amount, currency from disputes \
-                where payment_id = any($1) or account_id = $2 order by id",
-            &[&payment_ids, &id],
-            "read disputes",
-            |r| DisputeFact {
-                id: r.get(0),
-                payment_id: r.get(1),
-                status: r.get(2),
-                amount: r.get(3),
-                currency: r.get(4),
-            },
-        )
-        .await?;
-        f.checkouts = facts(
-            c,
-            "select status from checkout_sessions where account_id = $1 order by id",
-            &[&id],
-            "read checkouts",
-            |r| r.get(0),
-        )
-        .await?;
-        let dispute_ids: Vec<String> = f.disputes.iter().map(|d| d.id.clone()).collect();
-        f.tasks = facts(c, "select kind, source_id, due_at from tasks where account_id = $1 \
-                    or (kind = 'dispute_response' and source_id = any($2)) order by kind, source_id",
-                &[&id, &dispute_ids], "read tasks", |r| TaskFact {
-                kind: r.get(0),
-                source_id: r.get(1),
-                due_at: r.get(2),
-            }).await?;
-        Ok(Some(f))
+        let client: &tokio_postgres::Client = &conn.0;
+        Ok(crate::app::facts_of(client, &[id]).await?.pop())
     }
 
     /// The account with this external reference, or linked to this provider customer.

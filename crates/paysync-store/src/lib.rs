@@ -6,6 +6,7 @@
 //! whether they are transient ([`StoreError::is_transient`]) so the worker can decide between
 //! a retry and the dead-letter queue without string matching.
 
+mod app;
 mod billing;
 mod console;
 mod dead_letters;
@@ -21,6 +22,7 @@ pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
+pub use app::{AppSlot, NewAppEvent};
 pub use billing::Resolution;
 pub use console::{AccountHit, EventRate, EventSearch, Page};
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};

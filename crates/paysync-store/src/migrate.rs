@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_replays",
         sql: include_str!("../../../migrations/0012_event_replays.sql"),
     },
+    Migration {
+        version: 13,
+        name: "app_events",
+        sql: include_str!("../../../migrations/0013_app_events.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use paysync_domain::Provider;
+use paysync_domain::app;
 use paysync_domain::billing::{
     self, BillingError, Changes, Enrichment, Intent, Notice, ObjectKind, SideEffect,
 };
 use paysync_domain::writes::{SnapWrite, Writes};
-use paysync_store::{Resolution, Tx};
+use paysync_store::{NewAppEvent, Resolution, Tx};
 
 use crate::{Event, Failure, Handler, Handlers};
 
@@ -282,6 +283,8 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
     // been made or changed after the read above.
     let mut fresh: HashSet<(Provider, &str)> = HashSet::new();
     let mut writes = Writes::new();
+    // Each account the batch touched, with the provider of its last event.
+    let mut touched: HashMap<i64, Provider> = HashMap::new();
     for (event, changes) in events.iter().zip(&changes) {
         let meta = &event.meta;
         let provider = meta.provider;
@@ -309,6 +312,7 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
             Resolution::Account { id, .. } => {
                 // The event-log row is linked by the caller (one statement per batch).
                 event.link_account(id);
+                touched.insert(id, provider);
                 Some(id)
             }
             Resolution::Unlinked => None,
@@ -364,5 +368,57 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
             writes.effect(provider, account, effect.clone());
         }
     }
-    tx.write(&writes).await.map_err(Failure::from_store)
+    tx.write(&writes).await.map_err(Failure::from_store)?;
+    tell_app(tx, &touched).await
+}
+
+/// Compares each touched account with what the business's application was last told and
+/// records an event for every real change (`paysync_domain::app`), in this transaction.
+async fn tell_app(tx: &Tx<'_>, touched: &HashMap<i64, Provider>) -> Result<(), Failure> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = touched.keys().copied().collect();
+    let slots = tx.app_slots(&ids).await.map_err(Failure::from_store)?;
+    let occurred_at = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut kept = Vec::with_capacity(slots.len());
+    let mut events = Vec::new();
+    for slot in &slots {
+        let (changes, keep) = app::changes(slot.told.as_ref(), &slot.facts);
+        if changes.is_empty() && slot.told.as_ref() == Some(&keep) {
+            continue;
+        }
+        let provider = touched
+            .get(&slot.account_id)
+            .copied()
+            .unwrap_or(Provider::Stripe);
+        let mut seq = slot.seq;
+        for change in &changes {
+            seq += 1;
+            events.push(NewAppEvent {
+                id: app::event_id(slot.account_id, seq),
+                account_id: slot.account_id,
+                seq,
+                kind: change.kind.as_str(),
+                body: app::body(
+                    change,
+                    slot.account_id,
+                    slot.facts.external_ref.as_deref(),
+                    seq,
+                    &occurred_at,
+                ),
+                provider,
+            });
+        }
+        kept.push((slot.account_id, seq, keep));
+    }
+    let projections: Vec<(i64, i64, &app::Projection)> =
+        kept.iter().map(|(a, s, p)| (*a, *s, p)).collect();
+    tx.record_app(&projections, &events)
+        .await
+        .map_err(Failure::from_store)
 }

@@ -595,6 +595,7 @@ mod tests {
                 }],
                 payments: vec![
                     PaymentFact {
+                        provider: "stripe".into(),
                         id: "pi_0".into(),
                         status: "requires_payment_method".into(),
                         amount: 999,
@@ -602,6 +603,7 @@ mod tests {
                         amount_refunded: 0,
                     },
                     PaymentFact {
+                        provider: "stripe".into(),
                         id: "pi_1".into(),
                         status: "succeeded".into(),
                         amount: 4900,
@@ -610,6 +612,7 @@ mod tests {
                     },
                 ],
                 disputes: vec![DisputeFact {
+                    provider: "stripe".into(),
                     id: "dp_1".into(),
                     payment_id: Some("pi_1".into()),
                     status: "needs_response".into(),

@@ -1302,6 +1302,7 @@ mod tests {
             }],
             payments: vec![
                 PaymentFact {
+                    provider: "stripe".into(),
                     id: "pi_1".into(),
                     status: "succeeded".into(),
                     amount: 4900,
@@ -1309,6 +1310,7 @@ mod tests {
                     amount_refunded: 0,
                 },
                 PaymentFact {
+                    provider: "stripe".into(),
                     id: "pi_2".into(),
                     status: "succeeded".into(),
                     amount: 4905,
@@ -1316,6 +1318,7 @@ mod tests {
                     amount_refunded: 0,
                 },
                 PaymentFact {
+                    provider: "stripe".into(),
                     id: "pi_3".into(),
                     status: "succeeded".into(),
                     amount: 100,

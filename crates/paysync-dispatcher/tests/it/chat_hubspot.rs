@@ -35,6 +35,7 @@ fn won_account() -> AccountFacts {
             plan: Some("pro_monthly".into()),
         }],
         payments: vec![PaymentFact {
+            provider: "stripe".into(),
             id: "pi_1".into(),
             status: "succeeded".into(),
             amount: 4900,

@@ -392,6 +392,8 @@ pub struct InvoiceFact {
 /// A payment of the account.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PaymentFact {
+    /// The provider (`stripe`).
+    pub provider: String,
     /// Provider object id.
     pub id: String,
     /// Provider status.
@@ -420,6 +422,8 @@ pub struct RefundFact {
 /// A dispute of one of the account's payments.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DisputeFact {
+    /// The provider (`stripe`).
+    pub provider: String,
     /// Provider object id.
     pub id: String,
     /// The disputed payment.

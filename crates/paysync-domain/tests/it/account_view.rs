@@ -13,6 +13,7 @@ fn s(v: &str) -> String {
 
 fn busy_account() -> AccountFacts {
     let payment = |id: &str, status: &str, amount, currency: &str, amount_refunded| PaymentFact {
+        provider: "stripe".into(),
         id: s(id),
         status: s(status),
         amount,
@@ -72,6 +73,7 @@ fn busy_account() -> AccountFacts {
             currency: s("usd"),
         }],
         disputes: vec![DisputeFact {
+            provider: "stripe".into(),
             id: s("dp_1"),
             payment_id: Some(s("pi_2")),
             status: s("lost"),
