@@ -142,12 +142,13 @@ pub fn upsert_sql(kind: ObjectKind) -> &'static str {
              then now() end)"
         ));
         let mut guard = String::new();
+        let mut computed = String::new();
         if refunds {
             cols.push("amount_refunded");
             arrays.push(format!("${}::int8[]", 12 + extra.len()));
             names.push("r".into());
             cols.push("failed_at");
-            names.push("case when s = 'failed' then now() end".into());
+            computed = ", case when s = 'failed' then now() end".into();
             sets.push(format!(
                 "amount_refunded = greatest({t}.amount_refunded, excluded.amount_refunded)"
             ));
@@ -164,7 +165,7 @@ pub fn upsert_sql(kind: ObjectKind) -> &'static str {
             "insert into {t} (provider, id, account_id, customer_id, status, amount, currency, \
                               key_terminal, key_created, key_rank, key_event_id, settled_at, \
                               {cols}) \
-             select p, i, a, c, s, m, cur, kt, kc, kr, ke, case when kt then now() end, {names} \
+             select p, i, a, c, s, m, cur, kt, kc, kr, ke, case when kt then now() end, {names}{computed} \
              from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
                          $7::text[], $8::bool[], $9::int8[], $10::int2[], $11::text[], {arrays}) \
                   as u(p, i, a, c, s, m, cur, kt, kc, kr, ke, {names}) \
