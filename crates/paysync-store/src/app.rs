@@ -232,6 +232,10 @@ pub struct NewAppEvent {
     pub provider: Provider,
 }
 
+const PAYMENT_ACCOUNTS: &str = "select distinct p.provider, p.account_id \
+    from unnest($1::text[], $2::text[]) as u(p, i) \
+    join payments p on p.provider = u.p and p.id = u.i where p.account_id is not null";
+
 const LOCK_PROJECTIONS: &str = "insert into app_projections (account_id) \
     select a from unnest($1::int8[]) as u(a) order by a on conflict do nothing";
 const READ_PROJECTIONS: &str = "select account_id, seq, state from app_projections \
@@ -280,6 +284,20 @@ impl Tx<'_> {
                 }
             })
             .collect())
+    }
+
+    /// The accounts of the payments `(providers[i], payments[i])`, with their provider.
+    pub async fn payment_accounts(
+        &self,
+        providers: &[&str],
+        payments: &[&str],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self
+            .0
+            .query(PAYMENT_ACCOUNTS, &[&providers, &payments])
+            .await
+            .map_err(StoreError::db("read payment accounts"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Keeps what each account was told, and writes the events with one delivery each to

@@ -285,6 +285,7 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
     let mut writes = Writes::new();
     // Each account the batch touched, with the provider of its last event.
     let mut touched: HashMap<i64, Provider> = HashMap::new();
+    let mut via_payment: Vec<(Provider, &str)> = Vec::new();
     for (event, changes) in events.iter().zip(&changes) {
         let meta = &event.meta;
         let provider = meta.provider;
@@ -338,6 +339,13 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
             writes.customer(provider, snap, at, &meta.event_id);
         }
         for snap in &changes.snaps {
+            // A refund or dispute that names no customer (Stripe's disputes, Square's refunds)
+            // still changes the account of its payment.
+            if let (None, ObjectKind::Refund | ObjectKind::Dispute, Some(payment)) =
+                (account, snap.kind, snap.parent.as_deref())
+            {
+                via_payment.push((provider, payment));
+            }
             let key = billing::order_key(snap, at, &meta.event_id);
             // The first successful payment opens the (single) welcome task.
             let welcome = matches!(
@@ -369,6 +377,19 @@ async fn apply(tx: &Tx<'_>, events: &[&Event]) -> Result<(), Failure> {
         }
     }
     tx.write(&writes).await.map_err(Failure::from_store)?;
+    if !via_payment.is_empty() {
+        let (providers, payments): (Vec<&str>, Vec<&str>) =
+            via_payment.iter().map(|(p, id)| (p.as_str(), *id)).unzip();
+        for (provider, account) in tx
+            .payment_accounts(&providers, &payments)
+            .await
+            .map_err(Failure::from_store)?
+        {
+            if let Ok(p) = provider.parse::<Provider>() {
+                touched.entry(account).or_insert(p);
+            }
+        }
+    }
     tell_app(tx, &touched).await
 }
 
