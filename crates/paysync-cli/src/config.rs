@@ -880,6 +880,9 @@ pub fn worker(
             "PAYSYNC_WORKER_MONITOR_INTERVAL_SECS",
             d.monitor_interval.as_secs(),
         )?),
+        kpi_interval: Duration::from_secs(
+            env.parse("PAYSYNC_WORKER_KPI_INTERVAL_SECS", d.kpi_interval.as_secs())?,
+        ),
         amqp: amqp(env, "worker")?,
         store,
         admin_token: admin_token(env)?,
@@ -906,6 +909,7 @@ fn worker_refused(err: WorkerSettingsError) -> anyhow::Error {
         ),
         E::ShutdownGrace => refused("PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS", POSITIVE),
         E::MonitorInterval => refused("PAYSYNC_WORKER_MONITOR_INTERVAL_SECS", POSITIVE),
+        E::KpiInterval => refused("PAYSYNC_WORKER_KPI_INTERVAL_SECS", POSITIVE),
         E::ReconcileInterval => refused("PAYSYNC_RECONCILE_INTERVAL", POSITIVE),
         E::Amqp(e) => amqp_refused(e),
         E::Store(e) => store_refused(e),
@@ -1175,6 +1179,7 @@ mod tests {
             "PAYSYNC_WORKER_BATCH_SIZE",
             "PAYSYNC_WORKER_SHUTDOWN_GRACE_SECS",
             "PAYSYNC_WORKER_MONITOR_INTERVAL_SECS",
+            "PAYSYNC_WORKER_KPI_INTERVAL_SECS",
             "PAYSYNC_RETRY_BASE_SECS",
             "PAYSYNC_RETRY_MAX_DELAY_SECS",
         ] {

@@ -34,6 +34,9 @@ pub struct Job {
     pub account: Option<AccountFacts>,
     /// A follow-up's due time (unix seconds), when it has one.
     pub due_at: Option<i64>,
+    /// An application event's body (`app.webhook`): the exact text to sign and send, as
+    /// stored. `None` for every other operation, or when its event row is missing.
+    pub app_body: Option<String>,
 }
 
 /// What became of one attempt at a destination.

@@ -380,7 +380,13 @@ impl Lane {
                 .ctx
                 .env
                 .store
-                .claim(name, limit, self.ctx.env.lease, &self.ctx.env.owner)
+                .claim(
+                    name,
+                    limit,
+                    self.ctx.env.lease,
+                    &self.ctx.env.owner,
+                    d.keeps_account_order(),
+                )
                 .await?;
             if claimed.is_empty() {
                 if probe {
@@ -621,9 +627,10 @@ impl Ctx {
         }
         let store = &self.env.store;
         let ctx = store.delivery_context(claimed.id).await?;
+        // An application event carries everything in its body: no account to read.
         let account = match ctx.account_id {
-            Some(id) => store.account_facts(id).await?,
-            None => None,
+            Some(id) if operation != Operation::AppWebhook => store.account_facts(id).await?,
+            _ => None,
         };
         if let Some(reason) = self
             .still_holds(claimed, operation, account.as_ref())
@@ -643,6 +650,7 @@ impl Ctx {
             notice: ctx.notice,
             account,
             due_at: ctx.due_at,
+            app_body: ctx.app_body,
         })))
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use paysync_domain::outbound::Destination;
 use paysync_store::{StoreSettings, StoreSettingsError};
 
+use crate::destinations::app::{AppSender, AppSettings};
 use crate::destinations::chat::{ChatSender, ChatSettings};
 use crate::destinations::email::{EmailSender, EmailSettings};
 use crate::destinations::hubspot::{HubspotSender, HubspotSettings};
@@ -35,6 +36,8 @@ pub struct Settings {
     pub chat: Option<ChatSettings>,
     /// HubSpot, when configured.
     pub hubspot: Option<HubspotSettings>,
+    /// The business's application (signed webhooks), when configured.
+    pub app: Option<AppSettings>,
     /// How each destination's lane runs.
     pub lanes: Lanes,
 }
@@ -48,6 +51,8 @@ pub struct Lanes {
     pub chat: LaneConfig,
     /// HubSpot.
     pub hubspot: LaneConfig,
+    /// The business's application.
+    pub app: LaneConfig,
 }
 
 impl Default for Lanes {
@@ -56,6 +61,7 @@ impl Default for Lanes {
             email: LaneConfig::default_for(Destination::Email),
             chat: LaneConfig::default_for(Destination::Chat),
             hubspot: LaneConfig::default_for(Destination::Hubspot),
+            app: LaneConfig::default_for(Destination::App),
         }
     }
 }
@@ -73,6 +79,7 @@ impl Default for Settings {
             email: None,
             chat: None,
             hubspot: None,
+            app: None,
             lanes: Lanes::default(),
         }
     }
@@ -121,6 +128,9 @@ pub enum SettingsError {
     /// The HubSpot settings.
     #[error(transparent)]
     Hubspot(#[from] crate::destinations::hubspot::HubspotStartError),
+    /// The application's settings.
+    #[error(transparent)]
+    App(#[from] crate::destinations::app::AppSettingsError),
 }
 
 impl Settings {
@@ -144,6 +154,7 @@ impl Settings {
             ("email", &self.lanes.email),
             ("chat", &self.lanes.chat),
             ("hubspot", &self.lanes.hubspot),
+            ("app", &self.lanes.app),
         ] {
             lane.validate()
                 .map_err(|what| SettingsError::Lane { destination, what })?;
@@ -156,6 +167,9 @@ impl Settings {
         }
         if let Some(h) = &self.hubspot {
             h.validate()?;
+        }
+        if let Some(a) = &self.app {
+            a.validate()?;
         }
         Ok(())
     }
@@ -182,6 +196,9 @@ pub(crate) async fn senders(
             "HubSpot deal stages resolved"
         );
         out.push((Arc::new(sender), settings.lanes.hubspot.clone()));
+    }
+    if let Some(a) = &settings.app {
+        out.push((Arc::new(AppSender::new(a)?), settings.lanes.app.clone()));
     }
     Ok(out)
 }

@@ -224,7 +224,10 @@ pub const INSERT_OUTBOX: &str = "insert into outbox (account_id, kind, source_id
        or not (outbox.notice ?& array(select jsonb_object_keys(excluded.notice)))";
 
 /// The deliveries of a batch's intents, for the destinations a dispatcher configured; once per
-/// destination and key. Wakes the dispatchers' lanes of the destinations that got new work (a
+/// destination and key. Rows go in in one total order (every transaction locks keys in the
+/// same order); shorter keys first, so an account's application events
+/// (`app.webhook:evt_ps_<account>_<seq>`) get ids in sequence order, which the ordered claim
+/// follows. Wakes the dispatchers' lanes of the destinations that got new work (a
 /// notification is sent at commit, once per destination).
 pub const INSERT_DELIVERIES: &str = "with ins as ( \
     insert into outbox_deliveries \
@@ -234,7 +237,7 @@ pub const INSERT_DELIVERIES: &str = "with ins as ( \
     from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
         as u(d, o, k, p, i, s, a) \
     join outbox_destinations od on od.name = u.d and od.configured \
-    order by u.d, u.k \
+    order by u.d, length(u.k), u.k \
     on conflict (destination, idempotency_key) do nothing \
     returning destination) \
   select pg_notify('paysync_outbox', current_schema() || '.' || d) from (select distinct destination as d from ins) x";

@@ -12,6 +12,7 @@ mod console;
 mod dead_letters;
 mod error;
 mod events;
+mod kpis;
 mod lane;
 mod migrate;
 mod operators;
@@ -28,6 +29,7 @@ pub use console::{AccountHit, EventRate, EventSearch, Page};
 pub use dead_letters::{DeadLetterRow, NewDeadLetter};
 pub use error::StoreError;
 pub use events::{EventFilter, EventRow, Inserted, NewEvent, Outcome, Replayed};
+pub use kpis::{BusinessKpis, CheckoutCounts, EntitlementCounts, ProviderKpis};
 pub use lane::{CHANNEL as OUTBOX_CHANNEL, LaneConnection};
 pub use migrate::{MIGRATIONS, Migration};
 pub use operators::{DeadLetterFilter, DeadLetterGroup, OperatorAction, PurgeState, ReplayEvent};
@@ -41,10 +43,11 @@ pub use settings::{StoreSettings, StoreSettingsError, valid_schema};
 
 /// The text of the statements the worker runs for an event, for the bench's pgbench scripts
 /// (a test in `paysync-bench` fails when a script no longer matches them), and of the monitor's
-/// unlinked count, whose plan a test checks.
+/// unlinked count and the business KPIs, whose plans tests check.
 pub mod statements {
     pub use crate::billing::{CUSTOMER_LINKS, INSERT_TASKS, UNLINKED_EVENTS, upsert_sql};
     pub use crate::events::{INSERT_EVENT, INSERT_EVENTS};
+    pub use crate::kpis::BUSINESS_KPIS;
 }
 
 /// The database: a pool plus the schema it works in. Cheap to clone.

@@ -235,13 +235,21 @@ pub struct DeliveryContext {
     pub account_id: Option<i64>,
     /// A follow-up's due time (unix seconds).
     pub due_at: Option<i64>,
+    /// An application event's body: the exact text to sign and send (`app_event` only).
+    pub app_body: Option<String>,
 }
 
-const CLAIM: &str = "with c as ( \
+/// The claim, with `$gate` (SQL text) added to the candidates' conditions.
+macro_rules! claim_sql {
+    ($gate:literal) => {
+        concat!(
+            "with c as ( \
     select id from outbox_deliveries \
     where destination = $1 and state = 'pending' and next_attempt_at <= now() \
       and not exists (select 1 from outbox_destinations od where od.name = $1 \
-          and (od.disabled_reason is not null or od.paused_until > now() or od.forced = 'open')) \
+          and (od.disabled_reason is not null or od.paused_until > now() or od.forced = 'open'))",
+            $gate,
+            " \
     order by next_attempt_at, id limit $2 \
     for update skip locked) \
   update outbox_deliveries d set state = 'in_flight', attempts = d.attempts + 1, \
@@ -249,7 +257,24 @@ const CLAIM: &str = "with c as ( \
     lease_expires_at = now() + $4 * interval '1 millisecond' \
   from c where d.id = c.id \
   returning d.id, d.destination, d.operation, d.idempotency_key, d.provider, d.intent, \
-    d.source_id, d.attempts, d.lease_token, d.created_at";
+    d.source_id, d.attempts, d.lease_token, d.created_at"
+        )
+    };
+}
+
+const CLAIM: &str = claim_sql!("");
+
+/// The claim of a destination that keeps each account's order: a delivery waits while an
+/// earlier one (smaller id) of the same destination and account is pending (a retry not yet
+/// due included) or in flight; a dead, skipped or sent one no longer holds the account back.
+/// The subquery reads `outbox_deliveries_account_open_idx`.
+const CLAIM_IN_ACCOUNT_ORDER: &str = claim_sql!(
+    " \
+      and (outbox_deliveries.account_id is null or not exists (select 1 \
+          from outbox_deliveries e where e.destination = $1 \
+            and e.account_id = outbox_deliveries.account_id \
+            and e.id < outbox_deliveries.id and e.state in ('pending', 'in_flight')))"
+);
 
 const COMPLETE: &str = "with u as ( \
     update outbox_deliveries set state = $3, \
@@ -339,18 +364,27 @@ impl Store {
 
     /// Claims up to `limit` due deliveries of `destination` for `lease`, unless an operator or
     /// a rate limit paused it, it is disabled, or its breaker is forced open. Each claim counts
-    /// an attempt and takes a new fencing token.
+    /// an attempt and takes a new fencing token. With `in_account_order` (a destination whose
+    /// `keeps_account_order()` holds), a delivery is not claimed while an earlier delivery of
+    /// the same destination and account is pending or in flight, so an account's deliveries
+    /// go one at a time, in id order.
     pub async fn claim(
         &self,
         destination: &str,
         limit: i64,
         lease: std::time::Duration,
         owner: &str,
+        in_account_order: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let conn = self.conn().await?;
+        let sql = if in_account_order {
+            CLAIM_IN_ACCOUNT_ORDER
+        } else {
+            CLAIM
+        };
         let stmt = conn
             .0
-            .prepare_cached(CLAIM)
+            .prepare_cached(sql)
             .await
             .map_err(StoreError::db("claim deliveries"))?;
         let rows = conn
@@ -496,18 +530,20 @@ impl Store {
     }
 
     /// What a delivery needs to be rendered: the message's notice, the account, a follow-up's
-    /// due time.
+    /// due time, an application event's body.
     pub async fn delivery_context(&self, id: i64) -> Result<DeliveryContext, StoreError> {
         let conn = self.conn().await?;
         let row = conn
             .0
             .query_opt(
-                "select o.notice, coalesce(d.account_id, o.account_id, t.account_id), t.due_at \
+                "select o.notice, coalesce(d.account_id, o.account_id, t.account_id, a.account_id), \
+                   t.due_at, a.body \
                  from outbox_deliveries d \
                  left join outbox o on o.provider = d.provider and o.kind = d.intent \
                      and o.source_id = d.source_id \
                  left join tasks t on t.provider = d.provider and t.kind = d.intent \
                      and t.source_id = d.source_id \
+                 left join app_events a on d.intent = 'app_event' and a.id = d.source_id \
                  where d.id = $1",
                 &[&id],
             )
@@ -523,6 +559,7 @@ impl Store {
                 .unwrap_or_default(),
             account_id: row.get(1),
             due_at: row.get(2),
+            app_body: row.get(3),
         })
     }
 

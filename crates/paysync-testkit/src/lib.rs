@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod fakes;
+pub mod life;
 mod message;
 mod metrics;
 mod proxy;

@@ -198,6 +198,7 @@ impl App {
             self.processor.clone(),
             self.settings.amqp.clone(),
             self.settings.monitor_interval,
+            self.settings.kpi_interval,
             stop.clone(),
         ));
         let reconciler = tokio::spawn(reconcile::run_scheduled(

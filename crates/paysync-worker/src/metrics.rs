@@ -1,5 +1,9 @@
 //! Every metric the worker exports, declared in one place.
 
+use std::time::Duration;
+
+use paysync_domain::Provider;
+use paysync_store::BusinessKpis;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -74,6 +78,161 @@ pub struct WorkerMetrics {
     pub reconcile_last_success: IntGaugeVec,
     /// `paysync_reconcile_runs_total{provider,outcome}`: scheduled runs, `ok` or `failed`.
     pub reconcile_runs: IntCounterVec,
+    /// `paysync_business_*`: the business KPIs of the last 24 h and 7 d, read from PostgreSQL
+    /// by the monitor.
+    pub business: BusinessMetrics,
+}
+
+/// The windows of the business KPI gauges: their `window` label and length.
+pub const BUSINESS_WINDOWS: [(&str, Duration); 2] = [
+    ("24h", Duration::from_secs(24 * 3600)),
+    ("7d", Duration::from_secs(7 * 24 * 3600)),
+];
+
+/// `outcome` labels of `paysync_business_checkouts`.
+pub const CHECKOUT_OUTCOMES: [&str; 3] = ["completed", "expired", "failed"];
+/// `outcome` labels of `paysync_business_payments`.
+pub const PAYMENT_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
+/// `change` labels of `paysync_business_customers`.
+pub const CUSTOMER_CHANGES: [&str; 2] = ["new", "churned"];
+/// `to` labels of `paysync_business_entitlement_changes`.
+pub const ENTITLEMENTS: [&str; 3] = ["granted", "grace", "denied"];
+
+/// The business KPI gauges (definitions in `docs/kpis.md`), each with a `window` label from
+/// [`BUSINESS_WINDOWS`]; every label combination exists from the start, at zero.
+#[derive(Clone)]
+pub struct BusinessMetrics {
+    /// `paysync_business_checkouts{outcome,window}`: checkout sessions that ended.
+    pub checkouts: IntGaugeVec,
+    /// `paysync_business_payments{provider,outcome,window}`: payments that succeeded, and
+    /// payments first seen failed.
+    pub payments: IntGaugeVec,
+    /// `paysync_business_payments_recovered{provider,window}`: payments that succeeded after
+    /// a failure.
+    pub payments_recovered: IntGaugeVec,
+    /// `paysync_business_refunds{provider,window}`: refunds that succeeded.
+    pub refunds: IntGaugeVec,
+    /// `paysync_business_disputes{provider,window}`: disputes first seen.
+    pub disputes: IntGaugeVec,
+    /// `paysync_business_customers{change,window}`: new and churned customers.
+    pub customers: IntGaugeVec,
+    /// `paysync_business_entitlement_changes{to,window}`: entitlement changes by new value.
+    pub entitlement_changes: IntGaugeVec,
+}
+
+impl BusinessMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let m = Self {
+            checkouts: gauge(
+                "paysync_business_checkouts",
+                "Checkout sessions that ended in the window, by outcome (completed, expired, failed).",
+                &["outcome", "window"],
+            )?,
+            payments: gauge(
+                "paysync_business_payments",
+                "Payments that succeeded, or were first seen failed, in the window.",
+                &["provider", "outcome", "window"],
+            )?,
+            payments_recovered: gauge(
+                "paysync_business_payments_recovered",
+                "Payments that succeeded in the window after having been seen failed.",
+                &["provider", "window"],
+            )?,
+            refunds: gauge(
+                "paysync_business_refunds",
+                "Refunds that succeeded in the window.",
+                &["provider", "window"],
+            )?,
+            disputes: gauge(
+                "paysync_business_disputes",
+                "Disputes first seen in the window.",
+                &["provider", "window"],
+            )?,
+            customers: gauge(
+                "paysync_business_customers",
+                "Customers won (deal stage closed_won) and churned (entitlement denied after granted or grace) in the window.",
+                &["change", "window"],
+            )?,
+            entitlement_changes: gauge(
+                "paysync_business_entitlement_changes",
+                "Entitlement changes in the window, by the entitlement they changed to.",
+                &["to", "window"],
+            )?,
+        };
+        for (window, _) in BUSINESS_WINDOWS {
+            for outcome in CHECKOUT_OUTCOMES {
+                m.checkouts.with_label_values(&[outcome, window]);
+            }
+            for provider in Provider::ALL {
+                let p = provider.as_str();
+                for outcome in PAYMENT_OUTCOMES {
+                    m.payments.with_label_values(&[p, outcome, window]);
+                }
+                m.payments_recovered.with_label_values(&[p, window]);
+                m.refunds.with_label_values(&[p, window]);
+                m.disputes.with_label_values(&[p, window]);
+            }
+            for change in CUSTOMER_CHANGES {
+                m.customers.with_label_values(&[change, window]);
+            }
+            for to in ENTITLEMENTS {
+                m.entitlement_changes.with_label_values(&[to, window]);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Sets every gauge of `window` (a label of [`BUSINESS_WINDOWS`]) from `k`.
+    pub fn set(&self, window: &str, k: &BusinessKpis) {
+        let c = &k.checkouts;
+        for (outcome, n) in [
+            ("completed", c.completed),
+            ("expired", c.expired),
+            ("failed", c.failed),
+        ] {
+            self.checkouts.with_label_values(&[outcome, window]).set(n);
+        }
+        for provider in Provider::ALL {
+            let p = k.provider(provider);
+            let name = provider.as_str();
+            self.payments
+                .with_label_values(&[name, "succeeded", window])
+                .set(p.payments_succeeded);
+            self.payments
+                .with_label_values(&[name, "failed", window])
+                .set(p.payments_failed);
+            self.payments_recovered
+                .with_label_values(&[name, window])
+                .set(p.payments_recovered);
+            self.refunds
+                .with_label_values(&[name, window])
+                .set(p.refunds);
+            self.disputes
+                .with_label_values(&[name, window])
+                .set(p.disputes);
+        }
+        self.customers
+            .with_label_values(&["new", window])
+            .set(k.new_customers);
+        self.customers
+            .with_label_values(&["churned", window])
+            .set(k.churned_customers);
+        let e = &k.entitlement_changes;
+        for (to, n) in [
+            ("granted", e.granted),
+            ("grace", e.grace),
+            ("denied", e.denied),
+        ] {
+            self.entitlement_changes
+                .with_label_values(&[to, window])
+                .set(n);
+        }
+    }
 }
 
 /// States of `paysync_dead_letters`.
@@ -252,6 +411,7 @@ impl WorkerMetrics {
             reconcile_missing.with_label_values(&[provider.as_str()]);
         }
         let broker_reconnects = paysync_telemetry::broker_reconnects(registry)?;
+        let business = BusinessMetrics::register(registry)?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(lag.clone()))?;
@@ -308,6 +468,106 @@ impl WorkerMetrics {
             reconcile_runs,
             batch_size,
             batch_fallbacks,
+            business,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paysync_store::{CheckoutCounts, EntitlementCounts, ProviderKpis};
+    use prometheus::{Encoder as _, TextEncoder};
+
+    fn text(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn business_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("paysync_business_"))
+            .collect()
+    }
+
+    #[test]
+    fn every_business_series_exists_at_zero_and_a_window_is_set_alone() {
+        let registry = Registry::new();
+        let m = WorkerMetrics::register(&registry).unwrap();
+        let before = text(&registry);
+        let lines = business_lines(&before);
+        // Per window: 3 checkout outcomes, 4 providers × (2 payment outcomes, recovered,
+        // refunds, disputes), 2 customer changes, 3 entitlements.
+        let per_window = 3 + 4 * (2 + 1 + 1 + 1) + 2 + 3;
+        assert_eq!(lines.len(), 2 * per_window, "{lines:#?}");
+        assert!(lines.iter().all(|l| l.ends_with(" 0")), "{lines:#?}");
+
+        let mut providers: Vec<ProviderKpis> = Provider::ALL
+            .into_iter()
+            .map(|provider| ProviderKpis {
+                provider,
+                payments_succeeded: 0,
+                payments_failed: 0,
+                payments_recovered: 0,
+                refunds: 0,
+                disputes: 0,
+            })
+            .collect();
+        providers[0] = ProviderKpis {
+            payments_succeeded: 9,
+            payments_failed: 5,
+            payments_recovered: 2,
+            refunds: 1,
+            disputes: 4,
+            ..providers[0]
+        };
+        let kpis = BusinessKpis {
+            window: BUSINESS_WINDOWS[0].1,
+            checkouts: CheckoutCounts {
+                completed: 7,
+                expired: 3,
+                failed: 6,
+            },
+            providers,
+            new_customers: 8,
+            churned_customers: 11,
+            entitlement_changes: EntitlementCounts {
+                granted: 12,
+                grace: 13,
+                denied: 14,
+            },
+        };
+        m.business.set("24h", &kpis);
+        let after = text(&registry);
+        for line in [
+            r#"paysync_business_checkouts{outcome="completed",window="24h"} 7"#,
+            r#"paysync_business_checkouts{outcome="expired",window="24h"} 3"#,
+            r#"paysync_business_checkouts{outcome="failed",window="24h"} 6"#,
+            r#"paysync_business_payments{outcome="succeeded",provider="stripe",window="24h"} 9"#,
+            r#"paysync_business_payments{outcome="failed",provider="stripe",window="24h"} 5"#,
+            r#"paysync_business_payments_recovered{provider="stripe",window="24h"} 2"#,
+            r#"paysync_business_refunds{provider="stripe",window="24h"} 1"#,
+            r#"paysync_business_disputes{provider="stripe",window="24h"} 4"#,
+            r#"paysync_business_customers{change="new",window="24h"} 8"#,
+            r#"paysync_business_customers{change="churned",window="24h"} 11"#,
+            r#"paysync_business_entitlement_changes{to="granted",window="24h"} 12"#,
+            r#"paysync_business_entitlement_changes{to="grace",window="24h"} 13"#,
+            r#"paysync_business_entitlement_changes{to="denied",window="24h"} 14"#,
+            r#"paysync_business_payments{outcome="succeeded",provider="square",window="24h"} 0"#,
+        ] {
+            assert!(after.contains(line), "{line} in\n{after}");
+        }
+        let seven_days: Vec<&str> = business_lines(&after)
+            .into_iter()
+            .filter(|l| l.contains(r#"window="7d""#))
+            .collect();
+        assert_eq!(seven_days.len(), per_window);
+        assert!(
+            seven_days.iter().all(|l| l.ends_with(" 0")),
+            "{seven_days:#?}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The worker's background upkeep besides consuming: the monitor, which refreshes the gauges
 //! read from outside the worker's code path (queue depths, dead-letter counts, pool usage,
-//! unlinked events), and the database ping behind readiness.
+//! unlinked events, and, less often, the business KPIs), and the database ping behind
+//! readiness.
 //!
 //! Rule of thumb: each pass is best effort; a source that is down leaves its gauges as they
 //! were and is logged at `debug`, never fails the worker.
@@ -20,15 +21,19 @@ use crate::process::Processor;
 const DATABASE_PING_EVERY: Duration = Duration::from_secs(2);
 
 /// Refreshes the gauges that are read from outside every `every` until `stop`: queue depths
-/// from the broker, dead-letter counts and pool usage from the database.
+/// from the broker, dead-letter counts and pool usage from the database; and the business
+/// KPIs on the first pass and then on the first pass at least `kpis_every` after the last
+/// refresh (their counts cost more than the others').
 pub(crate) async fn run(
     processor: Arc<Processor>,
     amqp: AmqpSettings,
     every: Duration,
+    kpis_every: Duration,
     stop: Shutdown,
 ) {
     let mut broker = BrokerMonitor::new(amqp);
     let m = &processor.metrics;
+    let mut kpis_due = tokio::time::Instant::now();
     loop {
         let pool = processor.store.pool_status();
         m.pool_max.set(pool.max_size as i64);
@@ -69,9 +74,26 @@ pub(crate) async fn run(
         if let Ok(n) = processor.store.unlinked_event_count().await {
             m.unlinked.set(n);
         }
+        if tokio::time::Instant::now() >= kpis_due {
+            kpis_due = tokio::time::Instant::now() + kpis_every;
+            refresh_business_kpis(&processor).await;
+        }
         tokio::select! {
             () = stop.wait() => break,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Sets the business KPI gauges of every window from the store; a window whose counts cannot
+/// be read keeps its last values.
+async fn refresh_business_kpis(processor: &Processor) {
+    for (window, length) in metrics::BUSINESS_WINDOWS {
+        match processor.store.business_kpis(length).await {
+            Ok(kpis) => processor.metrics.business.set(window, &kpis),
+            Err(err) => {
+                tracing::debug!(error = %err, window, "business KPIs unavailable");
+            }
         }
     }
 }

@@ -45,6 +45,11 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often queue depths, dead-letter counts and pool usage are refreshed for metrics.
     pub monitor_interval: Duration,
+    /// The least time between two refreshes of the business KPI gauges
+    /// (`paysync_business_*`): the monitor refreshes them on its first pass and then on the
+    /// first pass at least this long after the last refresh, so a short `monitor_interval`
+    /// does not run their counts every pass.
+    pub kpi_interval: Duration,
     /// Broker settings.
     pub amqp: AmqpSettings,
     /// Database settings.
@@ -68,6 +73,7 @@ impl Default for Settings {
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(20),
             monitor_interval: Duration::from_secs(15),
+            kpi_interval: Duration::from_secs(30),
             amqp: AmqpSettings::default(),
             store,
             admin_token: None,
@@ -104,6 +110,9 @@ pub enum SettingsError {
     /// `monitor_interval` is zero.
     #[error("monitor_interval: must be greater than zero")]
     MonitorInterval,
+    /// `kpi_interval` is zero.
+    #[error("kpi_interval: must be greater than zero")]
+    KpiInterval,
     /// A field of `amqp`.
     #[error(transparent)]
     Amqp(#[from] AmqpSettingsError),
@@ -141,6 +150,9 @@ impl Settings {
         if self.monitor_interval.is_zero() {
             return Err(SettingsError::MonitorInterval);
         }
+        if self.kpi_interval.is_zero() {
+            return Err(SettingsError::KpiInterval);
+        }
         if self.reconcile.interval.is_zero() {
             return Err(SettingsError::ReconcileInterval);
         }
@@ -176,7 +188,7 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_refused_naming_the_field() {
-        let cases: [(Spoil, SettingsError); 13] = [
+        let cases: [(Spoil, SettingsError); 14] = [
             (|s| s.prefetch = 0, SettingsError::Prefetch),
             (|s| s.concurrency = 0, SettingsError::Concurrency),
             (|s| s.batch_size = 0, SettingsError::BatchSize),
@@ -203,6 +215,10 @@ mod tests {
             (
                 |s| s.monitor_interval = Duration::ZERO,
                 SettingsError::MonitorInterval,
+            ),
+            (
+                |s| s.kpi_interval = Duration::ZERO,
+                SettingsError::KpiInterval,
             ),
             (
                 |s| s.amqp.prefix = "bad prefix".into(),

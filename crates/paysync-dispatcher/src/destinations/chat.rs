@@ -622,6 +622,7 @@ mod tests {
                 ..AccountFacts::default()
             }),
             due_at: None,
+            app_body: None,
         }
     }
 

@@ -432,6 +432,7 @@ mod tests {
             notice,
             account,
             due_at: None,
+            app_body: None,
         }
     }
 

@@ -1420,6 +1420,7 @@ mod tests {
             },
             account: Some(facts()),
             due_at,
+            app_body: None,
         }
     }
 

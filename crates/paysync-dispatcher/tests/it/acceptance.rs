@@ -79,6 +79,7 @@ impl Fakes {
                 email: fast_lane(Destination::Email),
                 chat: fast_lane(Destination::Chat),
                 hubspot: fast_lane(Destination::Hubspot),
+                app: fast_lane(Destination::App),
             },
             ..settings(db, owner)
         }

@@ -59,6 +59,7 @@ fn job(id: i64, operation: Operation, intent: Intent, source_id: &str) -> Job {
         notice: Notice::default(),
         account: Some(won_account()),
         due_at: None,
+        app_body: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn job() -> Job {
         },
         account: None,
         due_at: None,
+        app_body: None,
     }
 }
 

@@ -309,8 +309,8 @@ async fn claims_skip_locked_rows_and_a_stale_lease_completes_nothing() {
     seed(&db, Destination::Chat, "chat.churn", 10).await;
     let lease = Duration::from_secs(60);
     let (a, b) = tokio::join!(
-        store.claim("chat", 6, lease, "a"),
-        store.claim("chat", 6, lease, "b")
+        store.claim("chat", 6, lease, "a", false),
+        store.claim("chat", 6, lease, "b", false)
     );
     let (a, b) = (a.expect("claim a"), b.expect("claim b"));
     assert_eq!(a.len() + b.len(), 10);

@@ -2,6 +2,8 @@
 //! limits, and the destinations' fakes speaking their real protocols.
 
 mod acceptance;
+mod app;
+mod app_life;
 mod chat_hubspot;
 mod email_stall;
 mod helpers;

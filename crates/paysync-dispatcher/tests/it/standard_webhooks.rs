@@ -18,7 +18,7 @@ fn python() -> std::path::PathBuf {
 }
 
 /// Runs `script` with `input` on its standard input; its standard output.
-fn run_python(script: &str, input: &serde_json::Value) -> String {
+pub(crate) fn run_python(script: &str, input: &serde_json::Value) -> String {
     let mut child = Command::new(python())
         .args(["-c", script])
         .stdin(Stdio::piped())
@@ -41,7 +41,7 @@ fn run_python(script: &str, input: &serde_json::Value) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 answers")
 }
 
-const VERIFY: &str = r#"
+pub(crate) const VERIFY: &str = r#"
 import base64, json, sys
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 for case in json.load(sys.stdin):
@@ -64,7 +64,7 @@ print(Webhook(case["secret"]).sign(case["id"], datetime.fromtimestamp(case["ts"]
                                    base64.b64decode(case["body"])))
 "#;
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -2,5 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod event_log;
+mod kpis;
 mod migrations;
+mod outbox_order;
 mod tls;

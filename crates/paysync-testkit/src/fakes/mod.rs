@@ -1,12 +1,14 @@
 //! Local stand-ins for the third parties paysync talks to, speaking their real wire formats: an
 //! SMTP server (a real dialogue), a Slack incoming webhook, the HubSpot CRM v3 endpoints the
-//! dispatcher calls, Authorize.Net's transaction details and the providers' event lists that
-//! reconciliation reads (their JSON bodies, their error bodies, 429s with `Retry-After`).
+//! dispatcher calls, the business's application receiving signed webhooks, Authorize.Net's
+//! transaction details and the providers' event lists that reconciliation reads (their JSON
+//! bodies, their error bodies, 429s with `Retry-After`).
 //!
 //! Each one binds an ephemeral loopback port, runs on the test's runtime, records what it
 //! received, and answers from a script the test sets: a base reply, and replies for the next
 //! few requests.
 
+pub mod app;
 pub mod authorizenet;
 pub mod hubspot;
 pub mod provider_api;

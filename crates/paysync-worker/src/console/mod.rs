@@ -521,7 +521,10 @@ mod tests {
             ("dlq.html", context! { groups => vec![group.clone()] }),
             (
                 "overview.html",
-                context! { refresh => 15, groups => vec![group.clone()], problems => vec!["x"] },
+                context! {
+                    refresh => 15, groups => vec![group.clone()], problems => vec!["x"],
+                    business => vec![context! { measure => "Checkouts completed", day => "7", week => "9" }],
+                },
             ),
             (
                 "letters.html",

@@ -11,7 +11,7 @@ use minijinja::{Value, context};
 use paysync_domain::Provider;
 use paysync_domain::billing::account_view;
 use paysync_domain::money::format_amount;
-use paysync_store::{DeadLetterFilter, DeliveryFilter, EventSearch};
+use paysync_store::{BusinessKpis, DeadLetterFilter, DeliveryFilter, EventSearch};
 use prometheus::core::Collector;
 use serde::Deserialize;
 use serde_json::json;
@@ -63,14 +63,24 @@ fn provider(raw: &str) -> Result<Provider, OpsError> {
 
 pub(crate) async fn overview(State(c): State<Console>, op: Operator) -> Response {
     let store = c.ops().store();
-    let (rates, groups, destinations, checkpoints) = tokio::join!(
+    let [(_, day), (_, week)] = crate::metrics::BUSINESS_WINDOWS;
+    let (rates, groups, destinations, checkpoints, day, week) = tokio::join!(
         store.event_rates(RATE_WINDOW_SECS),
         c.ops().groups(),
         c.ops().outbox_destinations(),
         store.reconcile_checkpoints(),
+        store.business_kpis(day),
+        store.business_kpis(week),
     );
     let mut problems: Vec<String> = Vec::new();
     let mut unreadable: Vec<String> = Vec::new();
+    let business = match (day, week) {
+        (Ok(day), Ok(week)) => business_rows(&day, &week),
+        (Err(e), _) | (_, Err(e)) => {
+            unreadable.push(format!("business KPIs: {e}"));
+            Vec::new()
+        }
+    };
     let rates: Vec<Value> = match rates {
         Ok(rows) => rows
             .iter()
@@ -153,11 +163,111 @@ pub(crate) async fn overview(State(c): State<Console>, op: Operator) -> Response
             title => "Overview", nav => "overview",
             refresh => 15,
             window_minutes => RATE_WINDOW_SECS / 60,
-            rates, groups => groups.iter().take(10).collect::<Vec<_>>(), open,
+            rates, business, groups => groups.iter().take(10).collect::<Vec<_>>(), open,
             destinations, checkpoints, readable, queues, problems, unreadable,
             in_flight => c.0.parts.metrics.in_flight.get(),
         },
     )
+}
+
+/// The rows of the overview's business table: each measure of `docs/kpis.md` over the last
+/// 24 h and the last 7 d, from the same store read as the `paysync_business_*` gauges. The
+/// payment rows are per provider, for the providers with anything counted in either window
+/// (all providers together, all zeros, when none has).
+fn business_rows(day: &BusinessKpis, week: &BusinessKpis) -> Vec<Value> {
+    fn rate(r: Option<f64>) -> String {
+        r.map_or_else(|| "–".to_owned(), |r| format!("{:.1} %", r * 100.0))
+    }
+    /// The counts of `provider`, or of every provider together.
+    fn of(k: &BusinessKpis, provider: Option<Provider>) -> [i64; 5] {
+        k.providers
+            .iter()
+            .filter(|p| provider.is_none_or(|wanted| p.provider == wanted))
+            .fold([0; 5], |t, p| {
+                [
+                    t[0] + p.payments_succeeded,
+                    t[1] + p.payments_failed,
+                    t[2] + p.payments_recovered,
+                    t[3] + p.refunds,
+                    t[4] + p.disputes,
+                ]
+            })
+    }
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let (cd, cw) = (&day.checkouts, &week.checkouts);
+    for (measure, d, w) in [
+        ("Checkouts completed", cd.completed, cw.completed),
+        ("Checkouts expired", cd.expired, cw.expired),
+        ("Checkouts failed", cd.failed, cw.failed),
+    ] {
+        rows.push((measure.into(), d.to_string(), w.to_string()));
+    }
+    rows.push((
+        "Checkout completion rate".into(),
+        rate(cd.completion_rate()),
+        rate(cw.completion_rate()),
+    ));
+    let active: Vec<Option<Provider>> = Provider::ALL
+        .into_iter()
+        .filter(|p| day.provider(*p).any() || week.provider(*p).any())
+        .map(Some)
+        .collect();
+    let shown = if active.is_empty() {
+        vec![None]
+    } else {
+        active
+    };
+    for provider in shown {
+        let name = provider.map_or("all providers", Provider::as_str);
+        let (d, w) = (of(day, provider), of(week, provider));
+        for (i, measure) in [
+            "Payments succeeded",
+            "Payments failed",
+            "Payments recovered",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rows.push((
+                format!("{measure} ({name})"),
+                d[i].to_string(),
+                w[i].to_string(),
+            ));
+        }
+        let recovery = |c: [i64; 5]| rate((c[1] > 0).then(|| c[2] as f64 / c[1] as f64));
+        rows.push((
+            format!("Dunning recovery rate ({name})"),
+            recovery(d),
+            recovery(w),
+        ));
+        rows.push((
+            format!("Refunds ({name})"),
+            d[3].to_string(),
+            w[3].to_string(),
+        ));
+        rows.push((
+            format!("Disputes ({name})"),
+            d[4].to_string(),
+            w[4].to_string(),
+        ));
+    }
+    let (ed, ew) = (&day.entitlement_changes, &week.entitlement_changes);
+    for (measure, d, w) in [
+        ("New customers", day.new_customers, week.new_customers),
+        (
+            "Churned customers",
+            day.churned_customers,
+            week.churned_customers,
+        ),
+        ("Entitlement changes to granted", ed.granted, ew.granted),
+        ("Entitlement changes to grace", ed.grace, ew.grace),
+        ("Entitlement changes to denied", ed.denied, ew.denied),
+    ] {
+        rows.push((measure.into(), d.to_string(), w.to_string()));
+    }
+    rows.into_iter()
+        .map(|(measure, day, week)| context! { measure, day, week })
+        .collect()
 }
 
 /// The queue depths the worker's monitor last read (`paysync_queue_messages`): the work queue,

@@ -17,10 +17,11 @@ use super::{Ops, OpsError, ts};
 
 /// The dispatcher's default send rates (requests a second, per destination): a retry makes its
 /// deliveries due at this pace unless the operator gives a rate.
-pub const RETRY_RATES: [(Destination, f64); 3] = [
+pub const RETRY_RATES: [(Destination, f64); 4] = [
     (Destination::Email, 4.0),
     (Destination::Chat, 1.0),
     (Destination::Hubspot, 9.0),
+    (Destination::App, 10.0),
 ];
 
 /// The longest error excerpt a view shows, in bytes (the dispatcher already redacts them).
@@ -688,7 +689,7 @@ mod tests {
         let err = destination("sms").expect_err("unknown").to_string();
         assert_eq!(
             err,
-            "unknown destination \"sms\"; known: email, chat, hubspot"
+            "unknown destination \"sms\"; known: email, chat, hubspot, app"
         );
         let err = check_filter(&DeliveryFilter {
             operation: Some("email.spam".into()),

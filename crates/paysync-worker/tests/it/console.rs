@@ -390,6 +390,16 @@ async fn an_operator_logs_in_fixes_a_dead_letter_group_retries_it_and_watches_it
         "stripe applied 12",
         "work 0",
         "dead letters (before storing) 0",
+        // The business table, from the billing fixtures: two charges succeeded, one of them
+        // refunded, one dispute; no checkout.
+        "Business, last 24 h / last 7 d",
+        "Checkouts completed 0 0",
+        "Checkout completion rate – –",
+        "Payments succeeded (stripe) 2 2",
+        "Payments failed (stripe) 0 0",
+        "Dunning recovery rate (stripe) – –",
+        "Refunds (stripe) 1 1",
+        "Disputes (stripe) 1 1",
     ] {
         assert!(overview.contains(line), "{line:?} in {overview}");
     }

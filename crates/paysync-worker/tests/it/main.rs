@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod anet_enrich;
+mod app_events;
 mod batches;
 mod billing;
 mod billing_order;
@@ -12,6 +13,7 @@ mod dead_letters;
 mod exactly_once;
 mod faults;
 mod helpers;
+mod kpis;
 mod observability;
 mod operators;
 mod outages;

@@ -229,6 +229,23 @@ async fn traffic_moves_the_counters_and_every_dashboard_and_alert_metric_exists_
         .cloned()
         .collect();
     assert!(named.len() >= 15, "the dashboard and rules name {named:?}");
+    // The "Business" row's panels read every business KPI gauge, which the worker exports
+    // (zeros included) before any traffic of the kind.
+    for metric in [
+        "paysync_business_checkouts",
+        "paysync_business_payments",
+        "paysync_business_payments_recovered",
+        "paysync_business_refunds",
+        "paysync_business_disputes",
+        "paysync_business_customers",
+        "paysync_business_entitlement_changes",
+    ] {
+        assert!(named.contains(metric), "the dashboard names {metric}");
+        assert!(
+            families(&worker_scrape).contains(metric),
+            "the worker exports {metric}"
+        );
+    }
     let missing: Vec<&String> = named.difference(&scraped).collect();
     assert!(
         missing.is_empty(),
