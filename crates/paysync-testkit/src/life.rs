@@ -20,6 +20,21 @@ pub struct LifeEvent {
     pub created: i64,
 }
 
+impl LifeEvent {
+    /// Its metadata, as the receiver would have read it.
+    pub fn meta(&self) -> paysync_domain::EventMeta {
+        paysync_domain::EventMeta {
+            provider: self.provider,
+            event_id: self.id.clone(),
+            event_type: self.event_type.to_owned(),
+            created: self.created,
+            livemode: false,
+            api_version: None,
+            received_at_ms: 1_700_000_000_000,
+        }
+    }
+}
+
 /// The application events [`two_provider_life`] makes, in order.
 pub const LIFE_APP_EVENTS: [&str; 13] = [
     "account.created",

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use paysync_dispatcher::destinations::app::AppSettings;
 use paysync_dispatcher::{App, LaneConfig};
-use paysync_domain::EventMeta;
 use paysync_domain::breaker::BreakerPolicy;
 use paysync_domain::outbound::Destination;
 use paysync_domain::retry::RetryPolicy;
@@ -27,15 +26,7 @@ use crate::standard_webhooks::{VERIFY, b64, run_python};
 const DOWN: Duration = Duration::from_secs(60);
 
 async fn apply(store: &Store, handlers: &Handlers, e: &LifeEvent) {
-    let meta = EventMeta {
-        provider: e.provider,
-        event_id: e.id.clone(),
-        event_type: e.event_type.to_owned(),
-        created: e.created,
-        livemode: false,
-        api_version: None,
-        received_at_ms: 1_700_000_000_000,
-    };
+    let meta = e.meta();
     apply_event(
         store,
         handlers,

@@ -2,7 +2,6 @@
 //! customer life across two providers makes exactly the expected events, numbered per
 //! account; duplicates, redeliveries and older events make none.
 
-use paysync_domain::EventMeta;
 use paysync_store::Store;
 use paysync_testkit::TestDb;
 use paysync_testkit::life::{LIFE_APP_EVENTS, LifeEvent, two_provider_life};
@@ -10,15 +9,7 @@ use paysync_worker::{Done, Event, Handlers, apply_event};
 use serde_json::Value;
 
 async fn apply(store: &Store, handlers: &Handlers, e: &LifeEvent) -> Done {
-    let meta = EventMeta {
-        provider: e.provider,
-        event_id: e.id.clone(),
-        event_type: e.event_type.to_owned(),
-        created: e.created,
-        livemode: false,
-        api_version: None,
-        received_at_ms: 1_700_000_000_000,
-    };
+    let meta = e.meta();
     let event = Event::new(meta, 1, e.body.to_string(), false);
     apply_event(store, handlers, &event)
         .await
