@@ -679,7 +679,7 @@ impl Store {
     pub async fn account_facts(&self, id: i64) -> Result<Option<AccountFacts>, StoreError> {
         let conn = self.conn().await?;
         let client: &tokio_postgres::Client = &conn.0;
-        Ok(crate::app::facts_of(client, &[id]).await?.pop())
+        Ok(crate::app::facts_of(client, &[id], true).await?.pop())
     }
 
     /// The account with this external reference, or linked to this provider customer.
