@@ -32,10 +32,12 @@ create table app_projections (
 );
 
 -- Every event paysync decided to tell the application, written once, in the transaction of
--- the change. `body` is the exact text that is signed and sent.
+-- the change. `body` is the exact text that is signed and sent. `account_id` is the account
+-- as told; it has no foreign key, since an account merged into another is deleted and what
+-- was told about it stays history.
 create table app_events (
     id         text        primary key,
-    account_id bigint      not null references accounts (id),
+    account_id bigint      not null,
     seq        bigint      not null,
     type       text        not null,
     body       text        not null,

@@ -434,6 +434,14 @@ impl Tx<'_> {
             )
             .await?;
         }
+        // The merged account is projected afresh on its next change: what was told under
+        // the old id is not carried over (docs/app-webhooks.md).
+        self.exec(
+            "delete from app_projections where account_id = $1",
+            &[&from],
+            "merge account",
+        )
+        .await?;
         self.exec(
             "delete from accounts where id = $1 and external_ref is null",
             &[&from],

@@ -539,7 +539,7 @@ async fn outbox_destinations_pause_resume_and_force_change_the_row_and_are_audit
         .expect_err("unknown destination");
     assert_eq!(
         unknown.to_string(),
-        "unknown destination \"sms\"; known: email, chat, hubspot"
+        "unknown destination \"sms\"; known: email, chat, hubspot, app"
     );
     let missing = ops
         .destination_force("hubspot", ForcedBreaker::Open, "cli:ada")
