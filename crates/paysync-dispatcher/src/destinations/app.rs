@@ -99,12 +99,10 @@ impl AppSettings {
         if self.secrets.len() > MAX_SIGNATURES {
             return Err(AppSettingsError::TooManySecrets);
         }
-        let url = reqwest::Url::parse(self.url.expose_secret().trim())
-            .map_err(|_| AppSettingsError::InvalidUrl)?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(AppSettingsError::NotHttp);
-        }
-        Ok(url)
+        http::web_url(self.url.expose_secret()).map_err(|p| match p {
+            http::UrlProblem::Invalid => AppSettingsError::InvalidUrl,
+            http::UrlProblem::NotHttp => AppSettingsError::NotHttp,
+        })
     }
 }
 

@@ -78,12 +78,10 @@ impl ChatSettings {
         if self.timeout.is_zero() {
             return Err(ChatSettingsError::ZeroTimeout);
         }
-        let url = reqwest::Url::parse(self.webhook_url.expose_secret().trim())
-            .map_err(|_| ChatSettingsError::InvalidUrl)?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(ChatSettingsError::NotHttp);
-        }
-        Ok(url)
+        http::web_url(self.webhook_url.expose_secret()).map_err(|p| match p {
+            http::UrlProblem::Invalid => ChatSettingsError::InvalidUrl,
+            http::UrlProblem::NotHttp => ChatSettingsError::NotHttp,
+        })
     }
 }
 

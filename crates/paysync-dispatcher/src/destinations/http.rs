@@ -56,6 +56,24 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
     excerpt(&out, DETAIL_MAX)
 }
 
+/// Why a destination's URL is unusable (the caller names it in its own error, without the URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UrlProblem {
+    /// It does not parse.
+    Invalid,
+    /// It is not `http` or `https`, or has no host.
+    NotHttp,
+}
+
+/// `text` (trimmed) as an `http(s)` URL with a host.
+pub(crate) fn web_url(text: &str) -> Result<reqwest::Url, UrlProblem> {
+    let url = reqwest::Url::parse(text.trim()).map_err(|_| UrlProblem::Invalid)?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(UrlProblem::NotHttp);
+    }
+    Ok(url)
+}
+
 /// The `Retry-After` header of `response`, as a delay from `now`.
 pub(crate) fn retry_after(
     headers: &reqwest::header::HeaderMap,
